@@ -1,0 +1,141 @@
+"""What runs around the training steps: printing, the JSON-lines log, checkpoints,
+stopping, the learning-rate schedule, evaluation and plots.
+
+Each extension says when it is due (every N batches or epochs, before or after
+training) and is called with the main loop.
+"""
+import json
+import math
+import sys
+
+import numpy as np
+
+import training
+
+
+class Extension:
+    """Base: due on the events and periods given at construction."""
+
+    def __init__(self, every_n_batches=None, every_n_epochs=None,
+                 before_training=False, after_training=False, on_interrupt=False):
+        self.every_n_batches = every_n_batches
+        self.every_n_epochs = every_n_epochs
+        self.events = {'before_training': before_training, 'after_training': after_training,
+                       'interrupt': on_interrupt}
+
+    def due(self, event, status):
+        if event == 'batch':
+            return bool(self.every_n_batches) and status['iterations_done'] % self.every_n_batches == 0
+        if event == 'epoch':
+            return bool(self.every_n_epochs) and status['epochs_done'] % self.every_n_epochs == 0
+        return self.events.get(event, False)
+
+    def __call__(self, loop, event):
+        raise NotImplementedError
+
+
+class FinishAfter(Extension):
+    """Stop after a number of minibatches, epochs or seconds, counted from the run's start."""
+
+    def __init__(self, max_batches=None, max_epochs=None, max_seconds=None):
+        super().__init__(every_n_batches=1, every_n_epochs=1, before_training=True)
+        self.max_batches, self.max_epochs, self.max_seconds = max_batches, max_epochs, max_seconds
+
+    def __call__(self, loop, event):
+        s = loop.status
+        if ((self.max_batches is not None and s['iterations_done'] >= self.max_batches)
+                or (self.max_epochs is not None and s['epochs_done'] >= self.max_epochs)
+                or (self.max_seconds is not None and s['wall_s'] >= self.max_seconds)):
+            loop.stop_requested = True
+
+
+class LearningRateSchedule(Extension):
+    """The released code's decay (SPEC section 4): every 500 minibatches
+    lr <- max(lr * exp(ln 0.1 / 1000), 1e-4)."""
+
+    def __init__(self, lr, every_n_batches=500, factor=math.exp(math.log(0.1) / 1000), floor=1e-4):
+        super().__init__(every_n_batches=every_n_batches)
+        self.lr, self.factor, self.floor = lr, factor, floor
+
+    def __call__(self, loop, event):
+        new = max(float(self.lr.get_value()) * self.factor, self.floor)
+        self.lr.set_value(np.asarray(new, dtype=self.lr.dtype))
+
+
+class JSONLog(Extension):
+    """Appends every minibatch's monitored values to RUN_DIR/log.jsonl.
+
+    Before training the file is rewritten from the loop's log, so that after a
+    resume it holds exactly the records up to the checkpoint, then the new ones.
+    """
+
+    def __init__(self, path):
+        super().__init__(every_n_batches=1, before_training=True, after_training=True,
+                         on_interrupt=True)
+        self.path = path
+        self.written = 0
+
+    def __call__(self, loop, event):
+        if event == 'before_training':
+            self.written = 0
+            open(self.path, 'w').close()
+        if event == 'batch' and loop.status['iterations_done'] % 50 and not loop.stop_requested:
+            return  # buffer: write in groups of 50 records
+        with open(self.path, 'a') as f:
+            for rec in loop.log[self.written:]:
+                f.write(json.dumps(rec, default=float) + '\n')
+        self.written = len(loop.log)
+
+
+class Printing(Extension):
+    """One progress line: iteration, epoch, mean of each monitored value since last time."""
+
+    def __init__(self, every_n_batches, stream=sys.stdout):
+        super().__init__(every_n_batches=every_n_batches, after_training=True)
+        self.stream = stream
+        self.last = 0
+
+    def __call__(self, loop, event):
+        recent = loop.log[self.last:] or loop.log[-1:]
+        self.last = len(loop.log)
+        if not recent:
+            return
+        keys = [k for k in recent[-1] if k not in ('iteration', 'epoch')]
+        means = {k: np.mean([r[k] for r in recent if isinstance(r.get(k), (int, float))])
+                 for k in keys if isinstance(recent[-1][k], (int, float))}
+        s = loop.status
+        parts = ['iter {:d}'.format(s['iterations_done']), 'epoch {:d}'.format(s['epochs_done']),
+                 '{:.0f}s'.format(s['wall_s'])]
+        parts += ['{} {:.4g}'.format(k, v) for k, v in means.items()]
+        print(' | '.join(parts), file=self.stream, flush=True)
+
+
+class Checkpoint(Extension):
+    """Writes the loop's full state to `path` (atomically), periodically and at the end.
+
+    On Ctrl-C it writes one and says how to resume.
+    """
+
+    def __init__(self, path, every_n_batches=None, resume_hint=None):
+        super().__init__(every_n_batches=every_n_batches, after_training=True, on_interrupt=True)
+        self.path = path
+        self.resume_hint = resume_hint
+
+    def __call__(self, loop, event):
+        training.save_checkpoint(self.path, loop.state_dict())
+        if event == 'interrupt':
+            print('Checkpoint written to {} after {} minibatches. Resume with:\n  {}'.format(
+                self.path, loop.status['iterations_done'],
+                self.resume_hint or '--resume_file ' + self.path), file=sys.stderr, flush=True)
+
+
+def write_results(path, loop, extra):
+    """RUN_DIR/results.json: data set, seed, iterations, wall time, and `extra`."""
+    import util
+    s = loop.status
+    out = {'seed': s['seed'], 'iterations': s['iterations_done'], 'epochs': s['epochs_done'],
+           'wall_s': round(s['wall_s'], 2), 'resumed_from': s['resumed_from']}
+    out.update(loop.config.get('results', {}))
+    out.update(extra)
+    util.write_json(path, out)
+    return out

@@ -1,0 +1,112 @@
+"""Small helpers shared by several scripts: Theano set-up, logit, run directories.
+
+Importing this module configures Theano (SPEC section 10) before Theano itself is
+imported, so every script imports util before theano.
+"""
+import glob
+import importlib.util
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+import warnings
+
+import numpy as np
+
+# The project's Theano defaults; a user's own THEANO_FLAGS are appended and win.
+BASE_FLAGS = {'floatX': 'float32', 'warn_float64': 'ignore'}
+
+
+def find_openblas():
+    """Path of an LP64 OpenBLAS shared library, or None.
+
+    Prefers the copy inside the scipy wheel (SPEC section 10), then a system one.
+    numpy's own copy is ILP64 with suffixed symbols, so Theano cannot link it.
+    """
+    spec = importlib.util.find_spec('scipy')
+    candidates = []
+    if spec is not None and spec.origin:
+        site = os.path.dirname(os.path.dirname(spec.origin))
+        candidates += sorted(glob.glob(os.path.join(site, 'scipy.libs', 'libopenblasp-r*.so')))
+    candidates += sorted(glob.glob('/usr/lib/*/libopenblas.so*') + glob.glob('/usr/lib/libopenblas.so*'))
+    return candidates[0] if candidates else None
+
+
+def blas_ldflags(path):
+    """Linker flags that make Theano's C code call the OpenBLAS at `path`."""
+    folder, name = os.path.split(path)
+    return '-L{0} -l:{1} -Wl,-rpath,{0}'.format(folder, name)
+
+
+def theano_flags(user_flags, openblas):
+    """The THEANO_FLAGS string: project defaults first, the user's flags last (they win).
+
+    With no OpenBLAS, blas.ldflags is set empty (Theano's NumPy C-API BLAS) which
+    avoids the import-time crash under numpy 1.23; openmp is then left off, because
+    that BLAS called from OpenMP threads aborts the process (SPEC section 10).
+    """
+    flags = dict(BASE_FLAGS)
+    if 'blas.ldflags' not in user_flags:
+        flags['blas.ldflags'] = blas_ldflags(openblas) if openblas else ''
+        if openblas:
+            flags['openmp'] = 'True'
+    parts = ['"{}={}"'.format(k, v) if ',' in v or ' ' in v else '{}={}'.format(k, v)
+             for k, v in flags.items()]
+    return ','.join(parts + ([user_flags] if user_flags else []))
+
+
+def silence_theano_warnings():
+    """Hide Theano's known warnings under numpy 1.23 so the project's output is readable."""
+    for category in (DeprecationWarning, FutureWarning, UserWarning, RuntimeWarning):
+        warnings.filterwarnings('ignore', category=category, module=r'theano(\.|$)')
+    warnings.filterwarnings('ignore', message=r'.*np\.(bool|int|float|object|complex)\b')
+    # "We did not find a dynamic library in the library_dir": harmless with -l:file
+    logging.getLogger('theano.tensor.blas').setLevel(logging.ERROR)
+
+
+def configure_theano():
+    """Set THEANO_FLAGS before the first `import theano`; returns the BLAS in use."""
+    if 'theano' in sys.modules:
+        return os.environ.get('PROJECT_BLAS', 'unknown (theano imported first)')
+    user_flags = os.environ.get('THEANO_FLAGS', '')
+    openblas = find_openblas()
+    os.environ['THEANO_FLAGS'] = theano_flags(user_flags, openblas)
+    user_keys = {kv.split('=', 1)[0] for kv in shlex.split(user_flags.replace(',', ' '))}
+    if 'blas.ldflags' in user_keys:
+        os.environ['PROJECT_BLAS'] = 'user THEANO_FLAGS'
+    else:
+        os.environ['PROJECT_BLAS'] = openblas or 'numpy C-API (no OpenBLAS found)'
+    silence_theano_warnings()
+    return os.environ['PROJECT_BLAS']
+
+
+def logit(p, lib=np):
+    """log(p / (1 - p)); pass lib=theano.tensor for symbolic p."""
+    return lib.log(p) - lib.log1p(-p)
+
+
+def make_run_dir(output_dir, model, dataset, suffix=''):
+    """Create and return OUTPUT_DIR/<model>_<dataset>[_suffix]_<timestamp>."""
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    name = '_'.join(p for p in (model, dataset, suffix, stamp) if p)
+    path = os.path.join(output_dir, name)
+    n = 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(output_dir, '{}-{}'.format(name, n))
+    os.makedirs(path)
+    return path
+
+
+def write_json(path, obj):
+    """Write `obj` as indented JSON, atomically."""
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=float)
+        f.write('\n')
+    os.replace(tmp, path)
+
+
+configure_theano()
