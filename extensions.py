@@ -139,3 +139,54 @@ def write_results(path, loop, extra):
     out.update(extra)
     util.write_json(path, out)
     return out
+
+
+class NonFiniteGuard(Extension):
+    """Stops training when `patience` minibatches in a row had a non-finite gradient
+    (each such step is dropped by the step rule; this says so instead of spinning)."""
+
+    def __init__(self, patience=100):
+        super().__init__(every_n_batches=1)
+        self.patience = patience
+        self.streak = 0
+        self.last = None
+
+    def __call__(self, loop, event):
+        count = loop.record.get('n_nonfinite', 0)
+        self.streak = self.streak + 1 if self.last is not None and count > self.last else 0
+        self.last = count
+        if self.streak >= self.patience:
+            print('Stopping: {} minibatches in a row had NaN or inf gradients (all dropped). '
+                  'Lower --lr and resume from the last checkpoint.'.format(self.streak),
+                  file=sys.stderr, flush=True)
+            loop.stop_requested = True
+
+
+class HeldOutBound(Extension):
+    """Adds the bound K on (part of) the held-out set to the log, with its standard error.
+
+    The same examples and noise every time, so successive values are comparable.
+    """
+
+    def __init__(self, experiment, every_n_batches, n_examples=5000, before_training=False):
+        super().__init__(every_n_batches=every_n_batches, before_training=before_training)
+        self.exp = experiment
+        self.x = experiment.test_x[:n_examples]
+        self.fn = None
+
+    def __call__(self, loop, event):
+        if self.fn is None:
+            self.fn = self.exp.compile_bound()
+        r = self.exp.heldout_bound(self.fn, self.x, seed=1)
+        loop.record.update({'heldout_K_bits': r['K_bits'], 'heldout_stderr_bits': r['stderr_bits'],
+                            'heldout_K_minus_Lnull_bits': r['K_minus_Lnull_bits']})
+
+
+def final_evaluation(loop, exp, run_dir, n_draws=10):
+    """The bound on the whole held-out set, figures, and results.json."""
+    import os
+    import figures
+    r = exp.heldout_bound(exp.compile_bound(), exp.test_x, n_draws=n_draws, seed=2)
+    figures.experiment_figures(exp, run_dir, seed=loop.status['seed'])
+    r.update(exp.reference_values())
+    return write_results(os.path.join(run_dir, 'results.json'), loop, r)

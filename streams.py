@@ -80,6 +80,9 @@ def read_fuel_hdf5(path, split, sources=('features',)):
                 have = sorted('{}/{}'.format(*k) for k in table)
                 raise LayoutError('{}: no split {!r} of source {!r}; the file has {}'.format(
                     path, split, source, ', '.join(have)))
+            if source not in f:
+                raise LayoutError('{}: the split table lists source {!r} but the file has no '
+                                  'such dataset'.format(path, source))
             start, stop = table[split, source]
             out[source] = f[source][start:stop]
     return out

@@ -64,6 +64,7 @@ def silence_theano_warnings():
     warnings.filterwarnings('ignore', message=r'.*np\.(bool|int|float|object|complex)\b')
     # "We did not find a dynamic library in the library_dir": harmless with -l:file
     logging.getLogger('theano.tensor.blas').setLevel(logging.ERROR)
+    logging.getLogger('theano.gof.compilelock').setLevel(logging.WARNING)
 
 
 def configure_theano():

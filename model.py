@@ -1,0 +1,259 @@
+"""The diffusion math (SPEC sections 1-2): forward schedule, q(x^t | x^0), the
+posterior q(x^{t-1} | x^t, x^0), the reverse-kernel read-out, and the lower bound
+K of Eq. 14, for Gaussian and binomial diffusion.
+
+Time steps t run 1..T; arrays over t are indexed t - 1. Symbolic x^0 has shape
+(n, D) or (n, C, H, W); t is an int vector (n,) of steps in 2..T.
+"""
+import util  # noqa: F401  (configures Theano before it is imported)
+
+import numpy as np
+import theano
+import theano.tensor as T
+
+from regression import Layer
+from util import logit
+
+floatX = theano.config.floatX
+LOG2 = np.log(2.0)
+BETA_MIN = 1e-6  # released code: smallest b_t
+
+
+def per_example(v):
+    """Sum over every axis but the first."""
+    return v.flatten(2).sum(axis=1)
+
+
+def bcast(v, x):
+    """A per-example vector (n,) shaped to broadcast against x."""
+    return v.dimshuffle([0] + ['x'] * (x.ndim - 1))
+
+
+def temporal_basis(T_steps, J, width):
+    """g_j(t), (J, T): Gaussian bumps with centres evenly spaced over t = 1..T,
+    normalised to sum to 1 at every t (Appendix D.2.1).
+
+    width='paper': std = spacing of the centres; 'code': half the spacing (released code).
+    """
+    centres = np.linspace(1, T_steps, J)
+    spacing = (T_steps - 1) / (J - 1)
+    std = spacing if width == 'paper' else spacing / 2
+    t = np.arange(1, T_steps + 1)
+    g = np.exp(-(t[None, :] - centres[:, None]) ** 2 / (2 * std ** 2))
+    return (g / g.sum(axis=0, keepdims=True)).astype(floatX)
+
+
+# ---------------------------------------------------------------- Gaussian diffusion
+
+def harmonic_beta(T_steps):
+    """b_t = 1 / (T - t + 1): erase a constant fraction of the remaining signal each
+    step; the released code's baseline schedule (and the binomial one)."""
+    return 1.0 / (T_steps - np.arange(1, T_steps + 1) + 1.0)
+
+
+def geometric_beta(T_steps, beta_1, A_T=1e-3):
+    """b_t with the accumulated noise 1 - A_t growing geometrically from b_1 to 1 - A_T
+    (our choice of starting point for a learned schedule; fine data need small steps
+    first, and T = 40 is too few for the harmonic one)."""
+    noise = beta_1 * ((1 - A_T) / beta_1) ** (np.arange(T_steps) / (T_steps - 1.0))
+    A = 1 - noise
+    return 1 - A / np.concatenate([[1.0], A[:-1]])
+
+
+class ForwardSchedule(Layer):
+    """b_t of the forward kernel q(x^t | x^{t-1}) = N(x^{t-1} sqrt(1 - b_t), b_t I).
+
+    b_t = m + sigmoid(logit(base_t) + sum_j c_j g_j(t)) (1 - m - 1e-5)
+    (the released code's parameterisation, SPEC section 1).
+    learn=True (paper, Sec. 2.4.1): c_j are trained by gradient ascent on K and
+        b_1 is fixed to `beta_1`.
+    learn=False (code): c_j = 0 and b_1 gets 0.001 added, as in the released code.
+    """
+
+    def __init__(self, base, basis, learn, beta_1=None):
+        super().__init__('schedule')
+        self.learn, self.beta_1 = learn, beta_1
+        self.base = logit(np.clip(base, 1e-12, 1 - 1e-12)).astype(floatX)
+        self.g = basis
+        self.c = self.param('c', np.zeros(basis.shape[0])) if learn else None
+
+    def beta(self):
+        """Symbolic (T,) vector b_1..b_T."""
+        z = self.base + T.dot(self.c, self.g) if self.learn else T.as_tensor_variable(self.base)
+        beta = BETA_MIN + T.nnet.sigmoid(z) * (1 - BETA_MIN - 1e-5)
+        if self.learn:
+            return T.set_subtensor(beta[0], self.beta_1)
+        return T.inc_subtensor(beta[0], 0.001)
+
+
+def alpha_bar(beta):
+    """A_t = prod_{s<=t} (1 - b_s), by a cumulative sum of logs."""
+    return T.exp(T.extra_ops.cumsum(T.log1p(-beta)))
+
+
+def q_sample(x0, A_t, noise):
+    """x^t ~ q(x^t | x^0) = N(sqrt(A_t) x^0, (1 - A_t) I), reparameterised by `noise`."""
+    return T.sqrt(A_t) * x0 + T.sqrt(1 - A_t) * noise
+
+
+def q_posterior(x0, xt, A_prev, beta_t):
+    """Mean and variance of q(x^{t-1} | x^t, x^0) (SPEC section 1): the product of
+    N(sqrt(A_{t-1}) x^0, 1 - A_{t-1}) and N(x^t / sqrt(a_t), b_t / a_t)."""
+    a_t = 1 - beta_t
+    v1, v2 = 1 - A_prev, beta_t / a_t
+    lam = 1 / v1 + 1 / v2
+    mu = (T.sqrt(A_prev) * x0 / v1 + xt / (T.sqrt(a_t) * v2)) / lam
+    return mu, 1 / lam
+
+
+def kl_gaussian(mu_q, var_q, mu_p, var_p):
+    """KL(N(mu_q, var_q) || N(mu_p, var_p)) per dimension, in nats."""
+    return 0.5 * (T.log(var_p / var_q) + (var_q + T.sqr(mu_q - mu_p)) / var_p - 1)
+
+
+def gaussian_entropy(var):
+    """Differential entropy of N(., var), per dimension, in nats."""
+    return 0.5 * (1 + T.log(2 * np.pi * var))
+
+
+def readout_sigma(z_sigma, beta_t, T_steps, code):
+    """Sigma of p(x^{t-1} | x^t). Paper Eq. 64: sigmoid(z + logit(b_t)).
+    code=True: the released code divides z by sqrt(T) first."""
+    scale = 1.0 / np.sqrt(T_steps) if code else 1.0
+    return T.nnet.sigmoid(z_sigma * np.float32(scale) + logit(beta_t, T))
+
+
+def readout_mu(xt, z_mu, sigma, beta_t, code):
+    """Mean of p(x^{t-1} | x^t). Paper Eq. 65: (x^t - z)(1 - Sigma) + z.
+    code=True: the released code's x^t sqrt(1 - b_t) + z sqrt(b_t)."""
+    if code:
+        return xt * T.sqrt(1 - beta_t) + z_mu * T.sqrt(beta_t)
+    return (xt - z_mu) * (1 - sigma) + z_mu
+
+
+class GaussianDiffusion:
+    """Gaussian diffusion with a learned reverse kernel (paper section 2).
+
+    net(xt, t) returns (z_mu, z_sigma), each shaped like xt.
+    options: base (b_t before learning), learn_beta, beta_1 (ForwardSchedule);
+    code_mu, code_sigma (read-out); kl_factor 'T-1' (paper) or 'T' (released code).
+    """
+
+    def __init__(self, net, T_steps, basis, base, learn_beta=True, beta_1=1e-5,
+                 code_mu=False, code_sigma=False, kl_factor='T-1'):
+        self.net, self.T_steps = net, T_steps
+        self.schedule = ForwardSchedule(base, basis, learn_beta, beta_1)
+        self.code_mu, self.code_sigma = code_mu, code_sigma
+        self.kl_factor = T_steps - 1 if kl_factor == 'T-1' else T_steps
+        self.params = self.schedule.params + net.params
+
+    def reverse_kernel(self, xt, t, beta=None):
+        """mu, Sigma of p(x^{t-1} | x^t), t (n,) in 1..T (Eq. 64-65 or the code's form)."""
+        beta = self.schedule.beta() if beta is None else beta
+        beta_t = bcast(beta[t - 1], xt)
+        z_mu, z_sigma = self.net(xt, t)
+        sigma = readout_sigma(z_sigma, beta_t, self.T_steps, self.code_sigma)
+        return readout_mu(xt, z_mu, sigma, beta_t, self.code_mu), sigma
+
+    def kl_term(self, x0, t, noise):
+        """KL(q(x^{t-1} | x^t, x^0) || p(x^{t-1} | x^t)) summed over dimensions, (n,), nats,
+        at x^t drawn from q(x^t | x^0) with the reparameterised `noise`."""
+        beta = self.schedule.beta()
+        A = alpha_bar(beta)
+        xt = q_sample(x0, bcast(A[t - 1], x0), noise)
+        mu_q, var_q = q_posterior(x0, xt, bcast(A[t - 2], x0), bcast(beta[t - 1], x0))
+        mu_p, var_p = self.reverse_kernel(xt, t, beta)
+        return per_example(kl_gaussian(mu_q, var_q, mu_p, var_p))
+
+    def edge_entropies(self, n_dims):
+        """H_q(X^T|X^0) - H_q(X^1|X^0) - H_p(X^T), all dimensions, nats (Eq. 14, Appendix B.2)."""
+        beta = self.schedule.beta()
+        A_T = alpha_bar(beta)[-1]
+        per_dim = gaussian_entropy(1 - A_T) - gaussian_entropy(beta[0]) - gaussian_entropy(1.0)
+        return n_dims * per_dim
+
+    def bound_K(self, x0, t, noise):
+        """Monte Carlo estimate of K (Eq. 14) per example, nats: one t ~ U{2..T} per example,
+        the KL sample multiplied by (T - 1) (paper) or T (released code)."""
+        n_dims = T.prod(x0.shape[1:])
+        return -self.kl_factor * self.kl_term(x0, t, noise) + self.edge_entropies(n_dims)
+
+    def draw_t(self, rng, n, per_minibatch=False):
+        """Steps t uniform in 2..T; one for the whole minibatch if `per_minibatch` (code)."""
+        if per_minibatch:
+            return np.full(n, rng.integers(2, self.T_steps + 1), dtype='int64')
+        return rng.integers(2, self.T_steps + 1, size=n).astype('int64')
+
+    def draw_noise(self, rng, x0):
+        """The noise inputs of bound_K for a minibatch x0 (numpy)."""
+        return {'noise': rng.standard_normal(x0.shape).astype(floatX)}
+
+
+# ---------------------------------------------------------------- binomial diffusion
+
+def bernoulli_kl(q, p):
+    """KL(Bern(q) || Bern(p)), nats."""
+    return q * (T.log(q) - T.log(p)) + (1 - q) * (T.log1p(-q) - T.log1p(-p))
+
+
+def bernoulli_entropy(p):
+    """H(Bern(p)), nats; p may be 0 or 1."""
+    eps = 1e-12
+    return -(p * T.log(p + eps) + (1 - p) * T.log(1 - p + eps))
+
+
+class BinomialDiffusion:
+    """Binomial diffusion toward Bern(p) (paper section 2, Table App.1).
+
+    q(x^t | x^{t-1}) = Bern(x^{t-1} (1 - b_t) + p b_t), b_t = 1 / (T - t + 1),
+    so A_t = prod (1 - b_s) = (T - t) / T and x^T ~ Bern(p) exactly.
+    net(xt, t) returns logits z with f_b = sigmoid(z) = p(x^{t-1}_i = 1 | x^t).
+    """
+
+    def __init__(self, net, T_steps, p=0.2):
+        self.net, self.T_steps, self.p = net, T_steps, p
+        t = np.arange(1, T_steps + 1)
+        self.beta_np = 1.0 / (T_steps - t + 1)
+        self.A_np = np.cumprod(1 - self.beta_np)
+        self.params = net.params
+
+    def marginal(self, x0, A):
+        """P(x^t = 1 | x^0) = x^0 A_t + p (1 - A_t)."""
+        return x0 * A + self.p * (1 - A)
+
+    def q_posterior(self, x0, xt, A_prev, beta_t):
+        """P(x^{t-1} = 1 | x^t, x^0) by Bayes' rule over the two values of x^{t-1}."""
+        prior1 = self.marginal(x0, A_prev)
+        lik1 = xt * (1 - beta_t + self.p * beta_t) + (1 - xt) * (beta_t - self.p * beta_t)
+        lik0 = xt * (self.p * beta_t) + (1 - xt) * (1 - self.p * beta_t)
+        return prior1 * lik1 / (prior1 * lik1 + (1 - prior1) * lik0)
+
+    def reverse_kernel(self, xt, t):
+        """f_b(x^t, t) = P(x^{t-1} = 1 | x^t) under the model."""
+        return T.nnet.sigmoid(self.net(xt, t))
+
+    def kl_term(self, x0, t, uniform):
+        """Summed KL(q(x^{t-1}|x^t,x^0) || p(x^{t-1}|x^t)), (n,), nats; x^t drawn by `uniform`."""
+        A = T.constant(self.A_np.astype(floatX))
+        beta = T.constant(self.beta_np.astype(floatX))
+        xt = T.cast(T.lt(uniform, self.marginal(x0, bcast(A[t - 1], x0))), floatX)
+        q = self.q_posterior(x0, xt, bcast(A[t - 2], x0), bcast(beta[t - 1], x0))
+        f = T.clip(self.reverse_kernel(xt, t), 1e-7, 1 - 1e-7)
+        return per_example(bernoulli_kl(T.clip(q, 1e-12, 1 - 1e-12), f))
+
+    def bound_K(self, x0, t, uniform):
+        """K per example, nats (Eq. 14 with Bernoulli terms): -(T-1) E[KL] + H_q(X^T|X^0)
+        - H_q(X^1|X^0) - H_p(X^T); H_q(X^T|X^0) = H_p(X^T) = H(p) since A_T = 0."""
+        h1 = per_example(bernoulli_entropy(x0 * (1 - self.beta_np[0]) + self.p * self.beta_np[0]))
+        return -(self.T_steps - 1) * self.kl_term(x0, t, uniform) - h1
+
+    def draw_t(self, rng, n, per_minibatch=False):
+        return rng.integers(2, self.T_steps + 1, size=n).astype('int64')
+
+    def draw_noise(self, rng, x0):
+        return {'noise': rng.random(x0.shape).astype(floatX)}
+
+    def null_bits(self, n_dims):
+        """L_null for binary data: the log likelihood under Bern(p), n_dims H(p) bits (SPEC section 2)."""
+        h = -(self.p * np.log2(self.p) + (1 - self.p) * np.log2(1 - self.p))
+        return -n_dims * h
