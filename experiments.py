@@ -18,23 +18,61 @@ L_NULL_BITS_PER_DIM = -0.5 * np.log2(2 * np.pi * np.e)  # N(0, 1) on unit-varian
 # Paper-vs-code choices of the Gaussian model (SPEC section 9). Each is a --model-args key.
 PRESETS = {
     'paper': dict(learn_beta=True, code_mu=False, code_sigma=False, kl_factor='T-1',
-                  basis_width='paper', t_per_minibatch=False),
+                  basis_width='paper', t_per_minibatch=False,
+                  nonlinearity='paper', scale_nonlinearity='after_sum', conv_path=True,
+                  dense_depth_from_conv=False, dequantisation='paper', norm_from_minibatch=False),
     'code': dict(learn_beta=False, code_mu=True, code_sigma=True, kl_factor='T',
-                 basis_width='code', t_per_minibatch=True),
+                 basis_width='code', t_per_minibatch=True, beta_init='harmonic',
+                 nonlinearity='code', scale_nonlinearity='per_scale', conv_path=True,
+                 dense_depth_from_conv=True, dequantisation='code', norm_from_minibatch=True),
 }
+# Preset keys that only the image sets have (SPEC section 9, items 4-6 and 10).
+IMAGE_PRESET_KEYS = ('nonlinearity', 'scale_nonlinearity', 'conv_path', 'dense_depth_from_conv',
+                     'dequantisation', 'norm_from_minibatch')
+# A preset's value that differs by data set: the paper's MNIST network was dense-only
+# (Appendix D.2.1).
+DATASET_PRESETS = {('MNIST', 'paper'): dict(conv_path=False)}
 
 # Model arguments of each data set (keys of --model-args) and training defaults for
 # this 2-core machine (batch_size, lr, max_batches, ext_every_n).
 MODEL_ARGS = {
-    'swissroll': dict(T=40, n_hidden=16, local_linear=True, n_basis=10, beta_init='geometric', beta_1=1e-6,
+    'swissroll': dict(T=40, n_hidden=16, expert='quadratic', n_basis=10, beta_init='geometric', beta_1=1e-6,
                       noise=datasets.SWISSROLL_NOISE, n_train=200000, n_eval=20000),
     'heartbeat': dict(T=2000, n_hidden=50, n_layers=3, p=0.2, n_train=100000, n_eval=20000),
 }
+# Images: the released code's network defaults (its MNIST run) under its own names, T and
+# the temporal basis; b_1 = 1e-3 is our choice for the learned schedule of the paper
+# preset (the harmonic base's own b_1 at T = 1000; the code's fixed one is 2e-3).
+IMAGE_DEFAULTS = dict(T=1000, n_temporal_basis=10, beta_init='harmonic', beta_1=1e-3,
+                      n_hidden_dense_lower=500, n_hidden_dense_lower_output=2,
+                      n_hidden_dense_upper=20, n_hidden_conv=20, n_layers_conv=4,
+                      n_layers_dense_lower=4, n_layers_dense_upper=2, n_scales=1)
+MODEL_ARGS.update({
+    'MNIST': dict(IMAGE_DEFAULTS),
+    # the CIFAR-10 configuration of the released code's README (about 12.7M parameters)
+    'CIFAR10': dict(IMAGE_DEFAULTS, n_hidden_dense_lower=1000, n_hidden_dense_lower_output=5,
+                    n_hidden_conv=100, n_layers_conv=6, n_layers_dense_lower=6,
+                    n_layers_dense_upper=4, n_hidden_dense_upper=100),
+    # 64x64 patches (datasets.bark); the paper's T = 500. folder: the UIUC textures, or
+    # None for scikit-image's. The dense path alone has 6.6M parameters at this size.
+    'bark': dict(IMAGE_DEFAULTS, T=500, folder=None, patch=64),
+    # 16x16 dead leaves (not the 64x64 default of datasets.py) so that the code's network
+    # (0.9M parameters at this size) trains on two CPU cores at a few steps per second.
+    'deadleaves': dict(IMAGE_DEFAULTS, image_size=16),
+    # 8x8 digits: the code's network is already small here (0.4M parameters).
+    'digits': dict(IMAGE_DEFAULTS),
+})
 RUN_DEFAULTS = {
     'swissroll': dict(batch_size=512, lr=1e-3, max_batches=20000, ext_every_n=1000),
     'heartbeat': dict(batch_size=512, lr=1e-3, max_batches=20000, ext_every_n=1000),
+    'MNIST': dict(batch_size=512, lr=1e-3, max_batches=100000, ext_every_n=1000),
+    'CIFAR10': dict(batch_size=200, lr=1e-3, max_batches=100000, ext_every_n=1000),
+    'bark': dict(batch_size=128, lr=1e-3, max_batches=20000, ext_every_n=500),
+    'deadleaves': dict(batch_size=100, lr=1e-3, max_batches=20000, ext_every_n=50),
+    'digits': dict(batch_size=100, lr=1e-3, max_batches=20000, ext_every_n=500),
 }
-GAUSSIAN = ('swissroll',)
+IMAGES = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits')
+GAUSSIAN = ('swissroll',) + IMAGES
 
 
 def model_args(dataset, fidelity, overrides):
@@ -44,7 +82,9 @@ def model_args(dataset, fidelity, overrides):
     """
     args = dict(MODEL_ARGS[dataset])
     if dataset in GAUSSIAN:
-        args.update(PRESETS[fidelity])
+        preset = dict(PRESETS[fidelity], **DATASET_PRESETS.get((dataset, fidelity), {}))
+        args.update({k: v for k, v in preset.items()
+                     if dataset in IMAGES or k not in IMAGE_PRESET_KEYS})
     unknown = set(overrides) - set(args)
     if unknown:
         raise KeyError('unknown --model-args key(s) {} for {}; valid: {}'.format(
@@ -53,17 +93,70 @@ def model_args(dataset, fidelity, overrides):
     return args
 
 
-class Experiment:
-    """Data, diffusion model and compiled functions for one configuration."""
+# ---------------------------------------------------------------- image set-up
 
-    def __init__(self, dataset, args, seed):
+# Table 1 of the paper, bits/pixel (MNIST was reported as a Parzen estimate instead).
+PAPER_IMAGE_BOUNDS = {'bark': {'paper_K_bits': -0.55, 'paper_K_minus_Lnull_bits': 1.5},
+                      'deadleaves': {'paper_K_bits': 1.489, 'paper_K_minus_Lnull_bits': 3.536},
+                      'CIFAR10': {'paper_K_bits': 5.4, 'paper_K_minus_Lnull_bits': 11.5}}
+IMAGE_NET_KEYS = ('n_temporal_basis', 'n_hidden_dense_lower', 'n_hidden_dense_lower_output',
+                  'n_hidden_dense_upper', 'n_hidden_conv', 'n_layers_conv', 'n_layers_dense_lower',
+                  'n_layers_dense_upper', 'n_scales', 'conv_path', 'nonlinearity',
+                  'scale_nonlinearity', 'dense_depth_from_conv')
+
+
+def pixel_moments(x, chunk=1000):
+    """Mean and standard deviation of all values of uint8 images x, scaled to [0, 1]."""
+    total = total_sq = 0.0
+    for i in range(0, len(x), chunk):
+        v = x[i:i + chunk].astype(np.float64) / 255
+        total, total_sq = total + v.sum(), total_sq + np.square(v).sum()
+    mean = total / x.size
+    return mean, np.sqrt(total_sq / x.size - mean ** 2)
+
+
+def image_data(dataset, args, seed, data_path):
+    """uint8 (train, test) images (N, C, H, W) and the z-scoring (shift, scale) of SPEC
+    section 4: shift = -mean, scale = 1 / std over the whole training set, or over one
+    random minibatch of the default batch size if norm_from_minibatch (released code)."""
+    options = {'deadleaves': {'size': args.get('image_size')},
+               'bark': {'folder': args.get('folder'), 'patch': args.get('patch')}}.get(dataset, {})
+    train, test = (datasets.load_images(dataset, split, data_path, **options) for split in ('train', 'test'))
+    sample = train
+    if args['norm_from_minibatch']:
+        n = min(len(train), RUN_DEFAULTS[dataset]['batch_size'])
+        sample = train[np.sort(np.random.default_rng([seed, 3]).choice(len(train), n, replace=False))]
+    mean, std = pixel_moments(sample)
+    return train, test, -mean, 1 / std
+
+
+def image_diffusion(args, image_shape, rng, base):
+    """GaussianDiffusion of an ImageNetwork read out through the temporal basis;
+    base: b_t before learning."""
+    T_steps = args['T']
+    basis = M.temporal_basis(T_steps, args['n_temporal_basis'], args['basis_width'])
+    net = R.ImageNetwork(image_shape, rng, **{k: args[k] for k in IMAGE_NET_KEYS})
+    return M.GaussianDiffusion(M.TemporalReadout(net, basis), T_steps, basis, base, args['learn_beta'],
+                               args['beta_1'], args['code_mu'], args['code_sigma'], args['kl_factor'])
+
+
+class Experiment:
+    """Data, diffusion model and compiled functions for one configuration.
+
+    Image sets keep their data as uint8 (N, C, H, W); draw_inputs z-scores and
+    dequantises each minibatch, and the bound is reported per pixel.
+    """
+
+    def __init__(self, dataset, args, seed, data_path=None):
         self.dataset, self.args, self.seed = dataset, args, seed
         rng = np.random.default_rng([seed, 0])
         T_steps = args['T']
+        # toy sets: the bound per data vector, monitored on 5000 examples, 2000 at a time
+        self.n_pixels, self.n_monitor, self.eval_batch_size = 1, 5000, 2000
         if dataset == 'swissroll':
             self.train_x = datasets.swissroll(args['n_train'], [seed, 1], args['noise'])
             self.test_x = datasets.swissroll(args['n_eval'], [seed, 2], args['noise'])
-            net = R.SwissRollRBF(T_steps, rng, self.train_x, args['n_hidden'], args['local_linear'])
+            net = R.SwissRollRBF(T_steps, rng, self.train_x, args['n_hidden'], args['expert'])
             basis = M.temporal_basis(T_steps, args['n_basis'], args['basis_width'])
             self.diffusion = M.GaussianDiffusion(
                 net, T_steps, basis, self.beta_base(), args['learn_beta'], args['beta_1'], args['code_mu'],
@@ -75,9 +168,16 @@ class Experiment:
             self.train_x = datasets.heartbeat(args['n_train'], [seed, 1])
             self.test_x = datasets.heartbeat(args['n_eval'], [seed, 2])
             self.null_bits = self.diffusion.null_bits(self.train_x.shape[1])
+        elif dataset in IMAGES:
+            self.train_x, self.test_x, self.shift, self.scale = image_data(dataset, args, seed, data_path)
+            C, H, W = self.train_x.shape[1:]
+            self.diffusion = image_diffusion(args, (C, H, W), rng, self.beta_base())
+            self.dequantisation_width = M.dequantisation_width(self.scale, args['dequantisation'])
+            self.null_bits = C * L_NULL_BITS_PER_DIM  # per pixel, channels together
+            self.n_pixels, self.n_monitor, self.eval_batch_size = H * W, 500, 100
         else:
             raise KeyError(dataset)
-        self.unit = 'bits/seq' if dataset == 'heartbeat' else 'bits'
+        self.unit = 'bits/seq' if dataset == 'heartbeat' else 'bits/pixel' if dataset in IMAGES else 'bits'
         self.x0 = T.TensorType(floatX, (False,) * self.train_x.ndim)('x0')
         self.t = T.lvector('t')
         self.noise = T.TensorType(floatX, (False,) * self.train_x.ndim)('noise')
@@ -95,6 +195,9 @@ class Experiment:
 
     def draw_inputs(self, rng, x0):
         """Numpy inputs (x0, t, noise) of the compiled functions for a minibatch."""
+        if self.dataset in IMAGES:  # uint8 pixels -> z-scored, dequantised (SPEC section 4)
+            x_z = M.zscore(x0, self.shift, self.scale)
+            x0 = M.dequantise(x_z, rng.random(x0.shape), self.dequantisation_width)
         per_mb = self.args.get('t_per_minibatch', False)
         t = self.diffusion.draw_t(rng, len(x0), per_mb)
         return [x0.astype(floatX), t, self.diffusion.draw_noise(rng, x0)['noise']]
@@ -117,18 +220,20 @@ class Experiment:
         """x0, t, noise -> K per example, nats."""
         return theano.function([self.x0, self.t, self.noise], self.K_nats)
 
-    def heldout_bound(self, bound_fn, x, n_draws=1, seed=0, batch_size=2000):
+    def heldout_bound(self, bound_fn, x, n_draws=1, seed=0, batch_size=None):
         """K on the held-out examples x, n_draws Monte Carlo draws of (t, noise) each.
 
-        Returns K_bits (per data vector), K_minus_Lnull_bits, stderr_bits (standard
-        error of the mean over examples of the per-example average), n_eval.
+        Returns K_bits (per data vector; per pixel for images), K_minus_Lnull_bits,
+        stderr_bits (standard error of the mean over examples of the per-example
+        average), n_eval.
         """
+        batch_size = batch_size or self.eval_batch_size
         rng = np.random.default_rng([seed, 12345])
         per_example = np.zeros(len(x))
         for _ in range(n_draws):
             for i in range(0, len(x), batch_size):
                 per_example[i:i + batch_size] += bound_fn(*self.draw_inputs(rng, x[i:i + batch_size]))
-        k_bits = per_example / n_draws / M.LOG2
+        k_bits = M.bits_per_pixel(per_example / n_draws, self.n_pixels)
         return {'K_bits': float(k_bits.mean()),
                 'K_minus_Lnull_bits': float(k_bits.mean() - self.null_bits),
                 'stderr_bits': float(k_bits.std(ddof=1) / np.sqrt(len(x))),
@@ -140,7 +245,10 @@ class Experiment:
         return self.diffusion.beta_np
 
     def reference_values(self, n_exact=4000):
-        """The paper's Table 1 numbers and, where known, the true log likelihood."""
+        """The paper's Table 1 numbers and, where known, the true log likelihood; for
+        images also the z-scoring, x_z = (x / 255 + shift) * scale."""
+        if self.dataset in IMAGES:
+            return dict(PAPER_IMAGE_BOUNDS.get(self.dataset, {}), shift=self.shift, scale=self.scale)
         if self.dataset == 'swissroll':
             ll = datasets.swissroll_log_density(self.test_x[:n_exact], self.args['noise']) / M.LOG2
             return {'paper_K_bits': 2.35, 'paper_K_minus_Lnull_bits': 6.45,

@@ -178,8 +178,25 @@ class HeldOutBound(Extension):
         if self.fn is None:
             self.fn = self.exp.compile_bound()
         r = self.exp.heldout_bound(self.fn, self.x, seed=1)
+        if not loop.log:  # before a fresh run's first minibatch: a record of its own
+            loop.log.append({'iteration': 0, 'epoch': 0})
         loop.record.update({'heldout_K_bits': r['K_bits'], 'heldout_stderr_bits': r['stderr_bits'],
                             'heldout_K_minus_Lnull_bits': r['K_minus_Lnull_bits']})
+
+
+class Plots(Extension):
+    """Rewrites the figures that change during training in the run directory (the
+    schedule b_t, the image read-out over t, the held-out bound so far) after each
+    evaluation and at the end."""
+
+    def __init__(self, experiment, run_dir, every_n_batches):
+        super().__init__(every_n_batches=every_n_batches, after_training=True)
+        self.exp, self.run_dir = experiment, run_dir
+        self.compiled = {}  # functions compiled once, reused at every call
+
+    def __call__(self, loop, event):
+        import figures
+        figures.training_figures(self.exp, loop.log, self.run_dir, self.compiled)
 
 
 def final_evaluation(loop, exp, run_dir, n_draws=10):

@@ -86,3 +86,77 @@ def experiment_figures(exp, run_dir, seed):
         paths.append(os.path.join(run_dir, 'schedule.png'))
         schedule_figure(exp, paths[-1])
     return paths
+
+
+def compile_readout(diffusion, x_ndim):
+    """A function (xt, t) -> (z_mu, z_Sigma) of the network read out at step t."""
+    import theano
+    import theano.tensor as T
+    xt = T.TensorType(theano.config.floatX, (False,) * x_ndim)('xt')
+    t = T.lvector('t')
+    return theano.function([xt, t], list(diffusion.net(xt, t)))
+
+
+def readout_figure(exp, path, readout_fn, n_steps=25, seed=0):
+    """The temporal basis g_j(t) (top) and, for one held-out image carried to x^t by
+    q(x^t | x^0), the read-out z^mu(t) and z^Sigma(t) = sum_j y_j(x^t) g_j(t): the median
+    over pixels and channels, with the 10-90% range (Appendix D.2.1)."""
+    T_steps = exp.diffusion.T_steps
+    ts = np.unique(np.linspace(1, T_steps, n_steps).astype('int64'))
+    rng = np.random.default_rng([seed, 9])
+    x0 = exp.draw_inputs(rng, exp.test_x[:1])[0]
+    A = np.cumprod(1 - exp.beta_values())[ts - 1].reshape(-1, 1, 1, 1)
+    xt = np.sqrt(A) * x0 + np.sqrt(1 - A) * rng.standard_normal((len(ts),) + x0.shape[1:])
+    z_mu, z_sigma = readout_fn(xt.astype(x0.dtype), ts)
+    basis = exp.diffusion.net.basis
+    fig, axes = plt.subplots(3, 1, figsize=(6, 8), sharex=True)
+    axes[0].plot(np.arange(1, T_steps + 1), basis.T)
+    axes[0].set_ylabel('g_j(t)')
+    axes[0].set_title('temporal basis and read-out coefficients')
+    for ax, z, name in ((axes[1], z_mu, 'z^mu'), (axes[2], z_sigma, 'z^Sigma')):
+        lo, mid, hi = np.percentile(z.reshape(len(ts), -1), [10, 50, 90], axis=1)
+        ax.fill_between(ts, lo, hi, alpha=0.3)
+        ax.plot(ts, mid)
+        ax.set_ylabel('{}(t), one image'.format(name))
+    axes[2].set_xlabel('t')
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def heldout_figure(log, path, unit):
+    """The monitored held-out bound K over training, with its standard error; False when
+    the log holds no evaluation yet."""
+    records = [r for r in log if 'heldout_K_bits' in r]
+    if not records:
+        return False
+    it = np.array([r['iteration'] for r in records])
+    k = np.array([r['heldout_K_bits'] for r in records])
+    se = np.array([r['heldout_stderr_bits'] for r in records])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(it, k, yerr=se, marker='o', capsize=2)
+    ax.set_xlabel('minibatches')
+    ax.set_ylabel('held-out K ({})'.format(unit))
+    ax.set_title('monitored bound (higher is better)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def training_figures(exp, log, run_dir, compiled):
+    """The figures that change during training, as PNG files in run_dir; returns their
+    paths. compiled: a dict that keeps compiled functions between calls."""
+    paths = []
+    if isinstance(exp.diffusion, M.GaussianDiffusion):
+        paths.append(os.path.join(run_dir, 'schedule.png'))
+        schedule_figure(exp, paths[-1])
+    if isinstance(getattr(exp.diffusion, 'net', None), M.TemporalReadout):
+        if 'readout' not in compiled:
+            compiled['readout'] = compile_readout(exp.diffusion, exp.train_x.ndim)
+        paths.append(os.path.join(run_dir, 'readout.png'))
+        readout_figure(exp, paths[-1], compiled['readout'], seed=exp.seed)
+    path = os.path.join(run_dir, 'heldout_bound.png')
+    if heldout_figure(log, path, exp.unit):
+        paths.append(path)
+    return paths

@@ -46,9 +46,10 @@ def temporal_basis(T_steps, J, width):
 # ---------------------------------------------------------------- Gaussian diffusion
 
 def harmonic_beta(T_steps):
-    """b_t = 1 / (T - t + 1): erase a constant fraction of the remaining signal each
-    step; the released code's baseline schedule (and the binomial one)."""
-    return 1.0 / (T_steps - np.arange(1, T_steps + 1) + 1.0)
+    """The released code's baseline schedule: b_t = 1 / n_t with n_t running linearly
+    from T down to 2, so roughly 1 / (T - t + 1) (erase a constant fraction of the
+    remaining signal) but ending at b_T = 1/2, which leaves A_T about 1/T."""
+    return 1.0 / np.linspace(T_steps, 2.0, T_steps)
 
 
 def geometric_beta(T_steps, beta_1, A_T=1e-3):
@@ -257,3 +258,49 @@ class BinomialDiffusion:
         """L_null for binary data: the log likelihood under Bern(p), n_dims H(p) bits (SPEC section 2)."""
         h = -(self.p * np.log2(self.p) + (1 - self.p) * np.log2(1 - self.p))
         return -n_dims * h
+
+
+# ---------------------------------------------------------------- images (Appendix D.2.1, SPEC section 4)
+
+def temporal_readout(y, g_t):
+    """z = sum_j y_j g_j(t) (Appendix D.2.1): the network's per-basis coefficients
+    y (n, ..., J) contracted with the basis at each example's step, g_t (n, J)."""
+    return (y * g_t.dimshuffle([0] + ['x'] * (y.ndim - 2) + [1])).sum(axis=-1)
+
+
+class TemporalReadout:
+    """net(xt, t) -> (z_mu, z_Sigma) for GaussianDiffusion from an image network whose
+    output is (n, C, H, W, 2, J): z^mu = sum_j y^mu_j g_j(t), z^Sigma likewise."""
+
+    def __init__(self, net, basis):
+        self.net, self.basis = net, basis  # basis g_j(t): (J, T)
+        self.params = net.params
+
+    def __call__(self, xt, t):
+        g_t = T.constant(self.basis)[:, t - 1].T  # (n, J)
+        z = temporal_readout(self.net(xt), g_t)  # (n, C, H, W, 2)
+        return z[:, :, :, :, 0], z[:, :, :, :, 1]
+
+
+def zscore(x_uint8, shift, scale):
+    """Pixels in [0, 255] -> (x / 255 + shift) * scale (SPEC section 4); with shift = -mean
+    and scale = 1 / std of the [0, 1] training data, unit variance. Returns float64."""
+    return (np.asarray(x_uint8, dtype=np.float64) / 255 + shift) * scale
+
+
+def dequantisation_width(scale, form):
+    """Width of the uniform noise added to z-scored pixels (Theis et al. 2015; SPEC section 4).
+    form='paper': one 8-bit bin in z-scored units, (1 / 255) * scale.
+    form='code': (1 / 255) / scale, the released code's (likely a bug)."""
+    return scale / 255 if form == 'paper' else 1 / (255 * scale)
+
+
+def dequantise(x_z, uniform, width):
+    """x_z + width * u with u ~ U(0, 1): data with a density, so K is a proper bound."""
+    return x_z + width * uniform
+
+
+def bits_per_pixel(K_nats, n_pixels):
+    """K per data vector (nats) -> bits per pixel, all colour channels of a pixel counted
+    together (SPEC section 1: for CIFAR-10, the per-dimension value x 3)."""
+    return K_nats / LOG2 / n_pixels

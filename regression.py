@@ -74,7 +74,7 @@ class PerStepDense(Layer):
 
     def __call__(self, x, t_index):
         """x: (n, n_in); t_index: (n,) int, 0-based step."""
-        return T.batched_dot(x, self.W[t_index]) + self.b[t_index]
+        return (x[:, :, None] * self.W[t_index]).sum(axis=1) + self.b[t_index]
 
 
 # ---------------------------------------------------------------- toy networks (Appendix D.1)
@@ -85,35 +85,41 @@ class SwissRollRBF(Layer):
     One hidden layer of `n_hidden` Gaussian units shared over time,
     h_k = exp(-|x - c_k|^2 / (2 w_k^2)) / sum_l exp(...), and a separate affine
     read-out per time step to (z_mu, z_Sigma), 2 values each for 2-D data.
-    local_linear=True (our addition, not in the paper): the read-out also sees
-    h_k x, so each unit holds a local affine map instead of a constant; this is
-    what lets the mean resolve a thin roll.
-    Centres start at `init_points` (training points), widths at the mean distance
-    to the nearest other centre.
+    expert: what each unit contributes to the read-out. 'constant' (the paper): h_k;
+    'linear' or 'quadratic' (our addition): h_k times the monomials of x up to that
+    degree, so each unit holds a local polynomial map, which lets the mean follow a
+    thin roll closely.
+    Centres start at training points, widths at the mean nearest-centre distance.
     """
 
-    def __init__(self, T_steps, rng, init_points, n_hidden=16, local_linear=True):
+    DEGREE = {'constant': 0, 'linear': 1, 'quadratic': 2}
+
+    def __init__(self, T_steps, rng, init_points, n_hidden=16, expert='quadratic'):
         super().__init__('rbf')
-        n_dims = init_points.shape[1]
         centres = init_points[rng.choice(len(init_points), n_hidden, replace=False)]
         d = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(-1)) + np.eye(n_hidden) * 1e9
         self.centres = self.param('centres', centres)
         self.log_width = self.param('log_width', constant_init(n_hidden, np.log(d.min(1).mean())))
-        n_features = n_hidden * (1 + n_dims) if local_linear else n_hidden
-        self.readout = self.add(PerStepDense('rbf.readout', T_steps, n_features, 2 * n_dims, rng, 0.01))
-        self.n_dims, self.local_linear = n_dims, local_linear
+        self.degree = self.DEGREE[expert]
+        n_monomials = (1, 3, 6)[self.degree]  # 2-D: 1; 1, x, y; 1, x, y, x^2, xy, y^2
+        self.readout = self.add(PerStepDense('rbf.readout', T_steps, n_hidden * n_monomials, 4, rng, 0.01))
 
     def hidden(self, x):
         """h (n, K): normalised Gaussian responses."""
         d2 = T.sqr(x[:, None, :] - self.centres[None, :, :]).sum(axis=2)
         return T.nnet.softmax(-d2 / (2 * T.exp(2 * self.log_width)))
 
+    def monomials(self, x):
+        """(n, M): 1, then x and y, then x^2, xy, y^2, up to the expert's degree."""
+        ones = T.ones_like(x[:, :1])
+        terms = [ones, x, (x[:, [0, 0, 1]] * x[:, [0, 1, 1]])][:self.degree + 1]
+        return T.concatenate(terms, axis=1)
+
     def __call__(self, xt, t):
         h = self.hidden(xt)
-        if self.local_linear:
-            h = T.concatenate([h, (h[:, :, None] * xt[:, None, :]).flatten(2)], axis=1)
-        z = self.readout(h, t - 1)
-        return z[:, :self.n_dims], z[:, self.n_dims:]
+        features = (h[:, :, None] * self.monomials(xt)[:, None, :]).flatten(2)
+        z = self.readout(features, t - 1)
+        return z[:, :2], z[:, 2:]
 
 
 class HeartbeatMLP(Layer):
@@ -132,3 +138,144 @@ class HeartbeatMLP(Layer):
         for layer in self.layers:
             h = T.nnet.sigmoid(layer(h))
         return self.readout(h, t - 1)
+
+
+# ---------------------------------------------------------------- image networks (Appendix D.2.1)
+#
+# Layer counts follow the released code: every n_layers_* counts all affine layers of
+# its path, its last one included. The dense-lower path is n_in -> n_hidden_dense_lower
+# x (depth - 1) -> n_hidden_dense_lower_output x H x W (nonlinear throughout); the upper
+# path is n_layers_dense_upper - 1 per-pixel layers of n_hidden_dense_upper and then the
+# linear read-out to 2J values per channel. With this counting the released code's MNIST
+# defaults have 1,691,008 parameters and its CIFAR-10 configuration 12,692,280 (SPEC
+# section 3: "about 1.69M" and "about 12.7M"); an extra output layer on the dense path
+# would give 1.94M for MNIST.
+
+def leaky_relu(x, slope=0.05):
+    """The released code's nonlinearity: x above zero, slope * x below."""
+    return T.nnet.relu(x, alpha=slope)
+
+
+# nonlinearity='paper': softplus in the convolutional layers, tanh in the dense and
+# per-pixel layers (Appendix D.2.1); 'code': leaky ReLU everywhere (released code).
+NONLINEARITIES = {'paper': {'conv': T.nnet.softplus, 'dense': T.tanh},
+                  'code': {'conv': leaky_relu, 'dense': leaky_relu}}
+
+
+def mean_pool(x, factor):
+    """Mean over factor x factor blocks of x (n, C, H, W) -> (n, C, H / factor, W / factor)."""
+    if factor == 1:
+        return x
+    n, c, h, w = x.shape
+    return x.reshape((n, c, h // factor, factor, w // factor, factor)).mean(axis=(3, 5))
+
+
+def upsample_nearest(x, factor):
+    """Each pixel of x (n, C, h, w) repeated into a factor x factor block."""
+    if factor == 1:
+        return x
+    return T.repeat(T.repeat(x, factor, axis=2), factor, axis=3)
+
+
+class MultiScaleConv(Layer):
+    """One multi-scale convolution layer (Appendix D.2.1): at scales s = 0..n_scales-1 the
+    input is mean-pooled by 2^s, convolved 3x3 ('same', its own filters and biases per
+    scale), and upsampled back to full size by repetition; the scales are summed.
+
+    placement='after_sum' (paper): f(sum_s up_s(conv_s(pool_s(x)))).
+    placement='per_scale' (code): (1 / n_scales) sum_s up_s(f(conv_s(pool_s(x)))).
+    Weights N(0, (sqrt(1 / n_filters) / filter_size^2)^2) with n_filters the number of
+    output channels, biases 0 (released code). conv2d runs as cross-correlation
+    (filter_flip=False), which is what CorrMM computes.
+    """
+
+    def __init__(self, name, n_in, n_filters, n_scales, rng, f, placement, filter_size=3):
+        super().__init__(name)
+        if placement not in ('after_sum', 'per_scale'):
+            raise ValueError('placement must be after_sum or per_scale, not {!r}'.format(placement))
+        std = np.sqrt(1.0 / n_filters) / filter_size ** 2
+        shape = (n_filters, n_in, filter_size, filter_size)
+        self.W = [self.param('W{}'.format(s), gaussian_init(rng, shape, std)) for s in range(n_scales)]
+        self.b = [self.param('b{}'.format(s), constant_init(n_filters)) for s in range(n_scales)]
+        self.f, self.placement = f, placement
+
+    def conv(self, x, s):
+        y = T.nnet.conv2d(x, self.W[s], border_mode='half', filter_flip=False)
+        return y + self.b[s].dimshuffle('x', 0, 'x', 'x')
+
+    def __call__(self, x):
+        n_scales = len(self.W)
+        if self.placement == 'after_sum':
+            return self.f(sum(upsample_nearest(self.conv(mean_pool(x, 2 ** s), s), 2 ** s)
+                              for s in range(n_scales)))
+        total = sum(upsample_nearest(self.f(self.conv(mean_pool(x, 2 ** s), s)), 2 ** s)
+                    for s in range(n_scales))
+        return total / np.float32(n_scales)
+
+
+class ImageNetwork(Layer):
+    """The reverse-process network for images (Appendix D.2.1; released code regression.py).
+
+    x^t (n, C, H, W) -> y (n, C, H, W, 2, J): y[..., 0, j] = y^mu_j, y[..., 1, j] = y^Sigma_j.
+    Lower paths, in parallel: n_layers_conv multi-scale convolution layers of n_hidden_conv
+    channels (skipped when conv_path=False: the paper's dense-only MNIST network), and a
+    dense path on the flattened image whose last layer gives n_hidden_dense_lower_output
+    channels per pixel. Upper path: per-pixel layers on the concatenated channels, then
+    the linear read-out. dense_depth_from_conv=True: the dense path is n_layers_conv deep,
+    not n_layers_dense_lower (released code quirk). Dense weights orthogonal, biases 0.
+    """
+
+    def __init__(self, image_shape, rng, n_temporal_basis=10, n_hidden_dense_lower=500,
+                 n_hidden_dense_lower_output=2, n_hidden_dense_upper=20, n_hidden_conv=20,
+                 n_layers_conv=4, n_layers_dense_lower=4, n_layers_dense_upper=2, n_scales=1,
+                 conv_path=True, nonlinearity='code', scale_nonlinearity='per_scale',
+                 dense_depth_from_conv=True):
+        super().__init__('image_net')
+        C, H, W = image_shape
+        if H % 2 ** (n_scales - 1) or W % 2 ** (n_scales - 1):
+            raise ValueError('{}x{} images cannot be mean-pooled to {} scales (need sides '
+                             'divisible by {})'.format(H, W, n_scales, 2 ** (n_scales - 1)))
+        if min(n_layers_conv, n_layers_dense_lower, n_layers_dense_upper) < 1:
+            raise ValueError('every n_layers_* must be at least 1')
+        f = NONLINEARITIES[nonlinearity]
+        self.f_dense, self.image_shape, self.J = f['dense'], image_shape, n_temporal_basis
+        self.conv = []
+        if conv_path:
+            sizes = [C] + [n_hidden_conv] * n_layers_conv
+            self.conv = [self.add(MultiScaleConv('conv{}'.format(i), a, b, n_scales, rng, f['conv'],
+                                                 scale_nonlinearity))
+                         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+        depth = n_layers_conv if dense_depth_from_conv else n_layers_dense_lower
+        sizes = [C * H * W] + [n_hidden_dense_lower] * (depth - 1) + [n_hidden_dense_lower_output * H * W]
+        self.dense_lower = [self.add(Dense('dense_lower{}'.format(i), a, b, rng))
+                            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+        self.n_dense_channels = n_hidden_dense_lower_output
+        n_features = n_hidden_dense_lower_output + (n_hidden_conv if conv_path else 0)
+        sizes = [n_features] + [n_hidden_dense_upper] * (n_layers_dense_upper - 1)
+        self.dense_upper = [self.add(Dense('dense_upper{}'.format(i), a, b, rng))
+                            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+        self.readout = self.add(Dense('readout', sizes[-1], C * 2 * n_temporal_basis, rng))
+
+    def features(self, x):
+        """The concatenated lower-path channels, (n, F, H, W)."""
+        n = x.shape[0]
+        h = x.flatten(2)
+        for layer in self.dense_lower:
+            h = self.f_dense(layer(h))
+        parts = [h.reshape((n, self.n_dense_channels) + self.image_shape[1:])]
+        if self.conv:
+            c = x
+            for layer in self.conv:
+                c = layer(c)
+            parts.insert(0, c)
+        return T.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def __call__(self, xt):
+        C, H, W = self.image_shape
+        n = xt.shape[0]
+        features = self.features(xt)
+        h = features.dimshuffle(0, 2, 3, 1).reshape((n * H * W, features.shape[1]))
+        for layer in self.dense_upper:
+            h = self.f_dense(layer(h))
+        y = self.readout(h).reshape((n, H, W, C, 2, self.J))  # read-out index: (c, mu/Sigma, j)
+        return y.dimshuffle(0, 3, 1, 2, 4, 5)  # (n, C, H, W, 2, J)

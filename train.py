@@ -2,6 +2,7 @@
 
     python train.py --dataset swissroll
     python train.py --dataset heartbeat --max-batches 2000
+    python train.py --dataset deadleaves --fidelity code --max-batches 200
     python train.py --dataset swissroll --resume_file runs/.../checkpoint.pkl
 
 Each run writes into its own directory under --output-dir: log.jsonl (every
@@ -113,7 +114,9 @@ def build_extensions(args, exp, run_dir, lr):
         E.FinishAfter(args.max_batches, args.max_epochs, max_s),
         E.NonFiniteGuard(),
         E.LearningRateSchedule(lr),
-        E.HeldOutBound(exp, every_n_batches=every, before_training=args.plot_before_training),
+        E.HeldOutBound(exp, every_n_batches=every, n_examples=exp.n_monitor,
+                       before_training=args.plot_before_training),
+        E.Plots(exp, run_dir, every_n_batches=every),
         E.Printing(every),
         E.JSONLog(os.path.join(run_dir, 'log.jsonl')),
         E.Checkpoint(ckpt, every_n_batches=every, resume_hint=hint),
@@ -131,7 +134,10 @@ def main(argv=None):
     print('Run directory: {}'.format(run_dir), flush=True)
 
     config = experiments.model_args(args.dataset, args.fidelity, args.model_args)
-    exp = experiments.Experiment(args.dataset, config, args.seed)
+    try:
+        exp = experiments.Experiment(args.dataset, config, args.seed, args.data_path)
+    except ValueError as e:  # a missing data file (datasets.DataMissing) or a bad --model-args value
+        _fail(str(e))
     step_rule = training.STEP_RULES[args.optimizer](args.lr)
     print('Compiling the training function (the first run takes a minute or two) ...', flush=True)
     step, n_nonfinite = exp.compile_train(step_rule)

@@ -1,0 +1,23 @@
+"""Diffusion probabilistic models (Sohl-Dickstein et al. 2015), reproduced on Theano 1.0.5."""
+from setuptools import setup
+
+setup(
+    name='diffusion-thermodynamics',
+    version='0.1.0',
+    description='Deep Unsupervised Learning using Nonequilibrium Thermodynamics, on Theano',
+    license='MIT',
+    python_requires='>=3.11,<3.12',
+    py_modules=['util', 'streams', 'datasets', 'regression', 'model', 'training', 'extensions',
+                'experiments', 'figures', 'sampler', 'train'],
+    install_requires=[
+        'theano==1.0.5',
+        'numpy==1.23.5',     # newest that Theano 1.0.5 runs with (SPEC section 10)
+        'scipy==1.10.1',     # its wheel carries the OpenBLAS that Theano links
+        'h5py==3.9.0',
+        'matplotlib==3.7.3',
+        'tqdm==4.66.1',
+        'scikit-learn==1.3.2',   # the offline 'digits' data set
+        'scikit-image==0.22.0',  # the offline bark textures, image reading
+    ],
+    extras_require={'test': ['pytest==7.4.3']},
+)

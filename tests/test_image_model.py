@@ -1,0 +1,139 @@
+"""The image parts of model.py and experiments.py: temporal read-out, the two read-out
+formulas, dequantisation, z-scoring, bits per pixel, the learned schedule's gradient."""
+import numpy as np
+import pytest
+import theano
+import theano.tensor as T
+
+import experiments
+import model as M
+
+floatX = theano.config.floatX
+
+
+def test_temporal_readout_hand_computed():
+    y = np.zeros((2, 1, 1, 1, 2, 3), floatX)
+    y[0, 0, 0, 0, 0] = [1, 2, 3]
+    y[0, 0, 0, 0, 1] = [4, 5, 6]
+    y[1, 0, 0, 0, 0] = [1, 1, 1]
+    g = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], floatX)
+    ys, gs = T.TensorType(floatX, (False,) * 6)('y'), T.matrix('g')
+    z = theano.function([ys, gs], M.temporal_readout(ys, gs))(y, g)
+    np.testing.assert_allclose(z[0, 0, 0, 0], [1.5, 4.5])
+    np.testing.assert_allclose(z[1, 0, 0, 0], [1.0, 0.0])
+
+
+class FixedNet:
+    """A stand-in network: the same coefficients y for every input."""
+
+    def __init__(self, y):
+        self.y, self.params = T.constant(y), []
+
+    def __call__(self, xt):
+        return T.alloc(self.y, xt.shape[0], *self.y.shape)
+
+
+def test_temporal_readout_uses_each_examples_step():
+    J, T_steps = 3, 5
+    basis = M.temporal_basis(T_steps, J, 'code')
+    y = np.arange(1 * 2 * 2 * 2 * J, dtype=floatX).reshape(1, 2, 2, 2, J)
+    readout = M.TemporalReadout(FixedNet(y), basis)
+    xs, ts = T.tensor4('x'), T.lvector('t')
+    z_mu, z_sigma = theano.function([xs, ts], list(readout(xs, ts)))(np.zeros((2, 1, 2, 2), floatX), [1, 4])
+    for i, t in enumerate([1, 4]):
+        np.testing.assert_allclose(z_mu[i], y[..., 0, :] @ basis[:, t - 1], rtol=1e-5)
+        np.testing.assert_allclose(z_sigma[i], y[..., 1, :] @ basis[:, t - 1], rtol=1e-5)
+
+
+@pytest.mark.parametrize('code,sigma,mu', [(False, 0.15482809896025468, 1.0606547109357707),
+                                           (True, 0.10459086082705091, 1.2332882874656679)])
+def test_readout_formulas_hand_computed(code, sigma, mu):
+    """z^Sigma = 0.5, z^mu = 0.3, b_t = 0.1, x^t = 1.2, T = 100.
+    Paper Eq. 64: sigmoid(0.5 + logit 0.1) = 1 / (1 + 9 e^-0.5) = 0.15483;
+    Eq. 65: (1.2 - 0.3)(1 - 0.15483) + 0.3 = 1.06065.
+    Code: sigmoid(0.5 / 10 + logit 0.1) = 0.10459; 1.2 sqrt(0.9) + 0.3 sqrt(0.1) = 1.23329."""
+    zs, zm, b, x = (T.scalar(n) for n in ('zs', 'zm', 'b', 'x'))
+    s = M.readout_sigma(zs, b, 100, code)
+    f = theano.function([zs, zm, b, x], [s, M.readout_mu(x, zm, s, b, code)])
+    got = f(0.5, 0.3, 0.1, 1.2)
+    np.testing.assert_allclose(got, [sigma, mu], rtol=1e-5)
+
+
+def test_dequantisation_widths():
+    scale = 3.0
+    assert M.dequantisation_width(scale, 'paper') == pytest.approx(3.0 / 255)
+    assert M.dequantisation_width(scale, 'code') == pytest.approx(1.0 / 765)
+    x = np.array([0, 255], np.uint8)
+    np.testing.assert_allclose(M.zscore(x, -0.5, 2.0), [-1.0, 1.0])
+    np.testing.assert_allclose(M.dequantise(np.zeros(2), np.array([0.0, 1.0]), 0.1), [0.0, 0.1])
+
+
+# ---------------------------------------------------------------- experiments with stand-in images
+
+TINY = dict(T=20, n_temporal_basis=3, n_hidden_dense_lower=8, n_hidden_dense_lower_output=2,
+            n_hidden_dense_upper=4, n_hidden_conv=3, n_layers_conv=2, n_layers_dense_lower=2,
+            n_layers_dense_upper=2)
+
+
+@pytest.fixture
+def fake_images(monkeypatch):
+    """CIFAR-shaped (3 channels) 4x4 stand-in images instead of the real files."""
+    rng = np.random.default_rng(0)
+    data = {'train': rng.integers(0, 256, (600, 3, 4, 4)).astype(np.uint8),
+            'test': rng.integers(0, 256, (50, 3, 4, 4)).astype(np.uint8)}
+    monkeypatch.setattr(experiments.datasets, 'load_images', lambda name, split, path, **kw: data[split])
+    return data
+
+
+def tiny_experiment(fidelity, **overrides):
+    args = experiments.model_args('CIFAR10', fidelity, dict(TINY, **overrides))
+    return experiments.Experiment('CIFAR10', args, seed=0)
+
+
+def test_bits_per_pixel_count_all_channels(fake_images):
+    exp = tiny_experiment('paper')
+    assert exp.unit == 'bits/pixel' and exp.n_pixels == 16
+    assert exp.null_bits == pytest.approx(3 * -0.5 * np.log2(2 * np.pi * np.e))  # -6.14
+    per_dim_nats = -1.0
+    r = exp.heldout_bound(lambda x0, t, noise: np.full(len(x0), per_dim_nats * 48), fake_images['test'])
+    assert r['K_bits'] == pytest.approx(3 * per_dim_nats / np.log(2))
+    assert r['K_minus_Lnull_bits'] == pytest.approx(3 * (per_dim_nats / np.log(2) + 0.5 * np.log2(2 * np.pi * np.e)))
+
+
+@pytest.mark.parametrize('fidelity', ['paper', 'code'])
+def test_zscoring_and_dequantised_inputs(fake_images, fidelity):
+    exp = tiny_experiment(fidelity)
+    train = fake_images['train'] / 255.0
+    if fidelity == 'paper':  # the whole training set
+        assert exp.shift == pytest.approx(-train.mean()) and exp.scale == pytest.approx(1 / train.std())
+        assert exp.dequantisation_width == pytest.approx(exp.scale / 255)
+    else:  # one minibatch of the default batch size (200 for CIFAR10)
+        assert exp.shift != pytest.approx(-train.mean(), abs=1e-6)
+        assert exp.dequantisation_width == pytest.approx(1 / (255 * exp.scale))
+    x = fake_images['test']
+    x0 = exp.draw_inputs(np.random.default_rng(0), x)[0]
+    offset = (x0 - M.zscore(x, exp.shift, exp.scale)) / exp.dequantisation_width
+    assert x0.dtype == floatX and offset.min() > -1e-3 and offset.max() < 1 + 1e-3 and offset.std() > 0.2
+
+
+def test_bound_gradient_reaches_b2_to_bT_not_b1_in_paper_preset(fake_images):
+    exp = tiny_experiment('paper')
+    schedule = exp.diffusion.schedule
+    assert schedule.params == [schedule.c]
+    beta = schedule.beta()
+    # d b_t / d c, one row per step (row by row: T.jacobian would build a scan)
+    jac = theano.function([], T.stack([T.grad(beta[i], schedule.c) for i in range(exp.args['T'])]))()
+    assert not jac[0].any() and (np.abs(jac[1:]).sum(axis=1) > 0).all()
+    grad = theano.function([exp.x0, exp.t, exp.noise], T.grad(exp.K_nats.mean(), schedule.c))
+    g = grad(*exp.draw_inputs(np.random.default_rng(0), fake_images['test']))
+    assert np.abs(g).max() > 0
+    assert theano.function([], beta[0])() == pytest.approx(exp.args['beta_1'])
+
+
+def test_code_preset_schedule_is_fixed_harmonic(fake_images):
+    exp = tiny_experiment('code')
+    assert exp.diffusion.schedule.params == []
+    beta = exp.beta_values()
+    harmonic = M.harmonic_beta(20)
+    np.testing.assert_allclose(beta[1:], M.BETA_MIN + harmonic[1:] * (1 - M.BETA_MIN - 1e-5), rtol=1e-4)
+    assert beta[0] == pytest.approx(harmonic[0] + 0.001, rel=1e-3)

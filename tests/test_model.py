@@ -1,0 +1,121 @@
+"""The diffusion math of model.py against brute force (SPEC sections 1-2)."""
+import itertools
+
+import numpy as np
+import pytest
+import theano
+import theano.tensor as T
+
+import model as M
+import regression as R
+
+f32 = 'float32'
+
+
+def evaluate(expr, **inputs):
+    return theano.function(list(inputs), expr, on_unused_input='ignore')(*inputs.values())
+
+
+def test_q_posterior_matches_brute_force_product_of_gaussians():
+    x0, xt, A_prev, beta_t = 0.7, -0.3, 0.6, 0.05
+    mu, var = M.q_posterior(T.constant(x0), T.constant(xt), T.constant(A_prev), T.constant(beta_t))
+    mu, var = float(mu.eval()), float(var.eval())
+    grid = np.linspace(-6, 6, 200001)
+    prior = np.exp(-(grid - np.sqrt(A_prev) * x0) ** 2 / (2 * (1 - A_prev)))
+    lik = np.exp(-(xt - np.sqrt(1 - beta_t) * grid) ** 2 / (2 * beta_t))  # q(x^t | x^{t-1})
+    post = prior * lik / np.trapz(prior * lik, grid)
+    mean = np.trapz(grid * post, grid)
+    assert mu == pytest.approx(mean, abs=1e-6)
+    assert var == pytest.approx(np.trapz((grid - mean) ** 2 * post, grid), rel=1e-5)
+
+
+def test_gaussian_kl_matches_monte_carlo():
+    mq, vq, mp, vp = 0.3, 0.5, -0.2, 1.7
+    kl = float(M.kl_gaussian(*map(T.constant, (mq, vq, mp, vp))).eval())
+    x = np.random.default_rng(0).normal(mq, np.sqrt(vq), 2_000_000)
+    log_q = -0.5 * np.log(2 * np.pi * vq) - (x - mq) ** 2 / (2 * vq)
+    log_p = -0.5 * np.log(2 * np.pi * vp) - (x - mp) ** 2 / (2 * vp)
+    assert kl == pytest.approx(np.mean(log_q - log_p), abs=3e-3)
+
+
+class ExactReverse(R.Layer):
+    """Read-out values that make Eq. 64-65 give the exact reverse kernel of the
+    variance-preserving chain on N(0, I) data: p(x^{t-1}|x^t) = N(sqrt(1-b_t) x^t, b_t)."""
+
+    def __init__(self):
+        super().__init__('exact')
+        self.beta = None  # set once the schedule exists
+
+    def __call__(self, xt, t):
+        b = M.bcast(self.beta[t - 1], xt)
+        # Sigma = sigmoid(z_s + logit(b)) = b needs z_s = 0; mu = (x - z)(1 - b) + z = sqrt(1-b) x
+        z_mu = xt * (T.sqrt(1 - b) - (1 - b)) / b
+        return z_mu, T.zeros_like(xt)
+
+
+def test_bound_is_exact_for_standard_normal_data_and_exact_reverse_kernel():
+    T_steps, D, n = 20, 3, 100000
+    base = M.harmonic_beta(T_steps)
+    basis = M.temporal_basis(T_steps, 5, 'paper')
+    net = ExactReverse()
+    dif = M.GaussianDiffusion(net, T_steps, basis, base, learn_beta=False, code_mu=False,
+                              code_sigma=False, kl_factor='T-1')
+    net.beta = dif.schedule.beta()
+    x0, t, noise = T.matrix('x0'), T.lvector('t'), T.matrix('noise')
+    fn = theano.function([x0, t, noise], dif.bound_K(x0, t, noise))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, D)).astype(f32)
+    k_bits = fn(x, dif.draw_t(rng, n), rng.standard_normal((n, D)).astype(f32)) / np.log(2) / D
+    stderr = k_bits.std() / np.sqrt(n)
+    true_ll = -0.5 * np.log2(2 * np.pi * np.e)  # -2.047 bits per dimension
+    assert abs(k_bits.mean() - true_ll) < 3 * stderr + 1e-3
+    assert stderr < 0.012
+
+
+def test_bernoulli_posterior_matches_enumeration():
+    p, beta_t, A_prev = 0.2, 0.1, 0.7
+    dif = M.BinomialDiffusion(R.Layer('none'), 10, p)
+    for x0, xt in itertools.product([0.0, 1.0], repeat=2):
+        q = float(dif.q_posterior(T.constant(x0), T.constant(xt), T.constant(A_prev),
+                                  T.constant(beta_t)).eval())
+        joint = {}
+        for prev in (0, 1):
+            prior = x0 * A_prev + p * (1 - A_prev)
+            p_prev = prior if prev else 1 - prior
+            step = prev * (1 - beta_t) + p * beta_t  # P(x^t = 1 | x^{t-1})
+            joint[prev] = p_prev * (step if xt else 1 - step)
+        assert q == pytest.approx(joint[1] / (joint[0] + joint[1]), rel=1e-6)
+
+
+def test_learned_schedule_keeps_beta_1_and_moves_the_rest():
+    T_steps = 12
+    basis = M.temporal_basis(T_steps, 4, 'paper')
+    sched = M.ForwardSchedule(M.geometric_beta(T_steps, 1e-4), basis, learn=True, beta_1=1e-4)
+    beta = sched.beta()
+    before = beta.eval()
+    grad = T.grad(T.sum(T.log(beta) * np.arange(1, T_steps + 1)), sched.c)
+    step = theano.function([], [], updates=[(sched.c, sched.c + 0.5 * grad)])
+    for _ in range(5):
+        step()
+    after = beta.eval()
+    assert after[0] == pytest.approx(1e-4, rel=1e-6) and before[0] == pytest.approx(1e-4, rel=1e-6)
+    assert np.all(np.abs(after[1:] - before[1:]) > 1e-7)
+
+
+def test_fixed_schedule_is_the_released_codes():
+    T_steps = 1000
+    sched = M.ForwardSchedule(M.harmonic_beta(T_steps), M.temporal_basis(T_steps, 10, 'code'),
+                              learn=False)
+    beta = sched.beta().eval()
+    assert beta[0] == pytest.approx(1e-6 + (1 / 1000) * (1 - 1e-6 - 1e-5) + 0.001, rel=1e-4)
+    A_T = np.prod(1 - beta.astype(np.float64))
+    assert 1e-4 < A_T < 1e-2  # SPEC: about 1e-3
+    assert sched.params == []
+
+
+def test_temporal_basis_sums_to_one_and_width_differs():
+    paper = M.temporal_basis(100, 10, 'paper')
+    code = M.temporal_basis(100, 10, 'code')
+    np.testing.assert_allclose(paper.sum(0), 1, rtol=1e-5)
+    np.testing.assert_allclose(code.sum(0), 1, rtol=1e-5)
+    assert paper.max() < code.max()  # wider bumps overlap more

@@ -1,0 +1,208 @@
+"""The image networks of regression.py: the multi-scale convolution against a NumPy
+reference, output shapes, the released code's parameter counts, the preset switches."""
+import numpy as np
+import pytest
+import theano
+import theano.tensor as T
+
+import experiments
+import regression as R
+
+floatX = theano.config.floatX
+CIFAR_SHAPE, MNIST_SHAPE = (3, 32, 32), (1, 28, 28)
+
+
+# ---------------------------------------------------------------- NumPy reference
+
+def np_softplus(x):
+    return np.log1p(np.exp(x))
+
+
+def np_leaky(x):
+    return np.where(x > 0, x, 0.05 * x)
+
+
+def np_correlate_same(x, w, b):
+    """3x3 'same' cross-correlation with zero padding, by explicit sums over offsets."""
+    n, c, h, wd = x.shape
+    xp = np.zeros((n, c, h + 2, wd + 2))
+    xp[:, :, 1:-1, 1:-1] = x
+    out = np.zeros((n, w.shape[0], h, wd))
+    for f in range(w.shape[0]):
+        for a in range(3):
+            for bb in range(3):
+                out[:, f] += np.einsum('nchw,c->nhw', xp[:, :, a:a + h, bb:bb + wd], w[f, :, a, bb])
+        out[:, f] += b[f]
+    return out
+
+
+def np_pool(x, k):
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // k, k, w // k, k).mean(axis=(3, 5))
+
+
+def np_upsample(x, k):
+    return np.kron(x, np.ones((1, 1, k, k)))
+
+
+def np_multiscale(x, weights, biases, f, placement):
+    outs = [np_upsample(np_correlate_same(np_pool(x, 2 ** s), w, b), 2 ** s)
+            for s, (w, b) in enumerate(zip(weights, biases))]
+    if placement == 'after_sum':
+        return f(sum(outs))
+    return sum(f(o) for o in outs) / len(outs)
+
+
+@pytest.mark.parametrize('n_scales', [1, 2, 3])
+@pytest.mark.parametrize('placement,nonlinearity', [('after_sum', 'paper'), ('per_scale', 'code'),
+                                                    ('after_sum', 'code'), ('per_scale', 'paper')])
+def test_multiscale_conv_matches_numpy(n_scales, placement, nonlinearity):
+    rng = np.random.default_rng(n_scales)
+    f = R.NONLINEARITIES[nonlinearity]['conv']
+    layer = R.MultiScaleConv('ms', 2, 3, n_scales, rng, f, placement)
+    # larger weights and non-zero biases than the initialisation, so every term matters
+    for p in layer.params:
+        p.set_value(rng.normal(size=p.get_value().shape).astype(floatX))
+    x = rng.normal(size=(2, 2, 8, 12)).astype(floatX)
+    xs = T.tensor4('x')
+    got = theano.function([xs], layer(xs))(x)
+    np_f = np_softplus if nonlinearity == 'paper' else np_leaky
+    want = np_multiscale(x.astype(np.float64), [w.get_value() for w in layer.W],
+                         [b.get_value() for b in layer.b], np_f, placement)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_multiscale_conv_initialisation():
+    rng = np.random.default_rng(0)
+    layer = R.MultiScaleConv('ms', 20, 100, 2, rng, R.leaky_relu, 'per_scale')
+    w = np.concatenate([p.get_value().ravel() for p in layer.W])
+    assert abs(w.std() / (np.sqrt(1 / 100) / 9) - 1) < 0.03
+    assert all(not b.get_value().any() for b in layer.b)
+
+
+def test_sides_not_divisible_by_the_coarsest_scale_are_refused():
+    with pytest.raises(ValueError, match='divisible by 8'):
+        R.ImageNetwork((1, 28, 28), np.random.default_rng(0), n_scales=4)
+
+
+# ---------------------------------------------------------------- the whole network
+
+SMALL = dict(n_temporal_basis=4, n_hidden_dense_lower=16, n_hidden_dense_lower_output=2,
+             n_hidden_dense_upper=8, n_hidden_conv=4, n_layers_conv=2, n_layers_dense_lower=2,
+             n_layers_dense_upper=2, n_scales=2)
+
+
+@pytest.mark.parametrize('shape', [MNIST_SHAPE, CIFAR_SHAPE])
+@pytest.mark.parametrize('conv_path', [True, False])
+def test_output_shape(shape, conv_path):
+    net = R.ImageNetwork(shape, np.random.default_rng(0), conv_path=conv_path, **SMALL)
+    xs = T.tensor4('x')
+    y = theano.function([xs], net(xs))(np.zeros((3,) + shape, floatX) + 0.5)
+    assert y.shape == (3,) + shape + (2, SMALL['n_temporal_basis'])
+    assert np.isfinite(y).all() and y.std() > 0
+
+
+def test_readout_index_order_is_channel_then_mu_sigma_then_j():
+    """Read-out unit c*2J + k*J + j lands at y[:, c, :, :, k, j]."""
+    shape = (3, 4, 4)
+    net = R.ImageNetwork(shape, np.random.default_rng(0), **dict(SMALL, n_scales=1))
+    net.readout.W.set_value(np.zeros_like(net.readout.W.get_value()))
+    J = SMALL['n_temporal_basis']
+    net.readout.b.set_value(np.arange(3 * 2 * J, dtype=floatX))
+    xs = T.tensor4('x')
+    y = theano.function([xs], net(xs))(np.zeros((1,) + shape, floatX))
+    assert y[0, 2, 3, 1, 1, 3] == 2 * 2 * J + 1 * J + 3
+
+
+def count(net):
+    return sum(p.get_value().size for p in net.params)
+
+
+def image_net(dataset, fidelity, shape, **overrides):
+    args = experiments.model_args(dataset, fidelity, overrides)
+    return R.ImageNetwork(shape, np.random.default_rng(0),
+                          **{k: args[k] for k in experiments.IMAGE_NET_KEYS})
+
+
+def test_parameter_count_mnist_code_defaults():
+    """About 1.69M (SPEC section 3): dense 784-500-500-500-1568 (1,679,068), conv
+    1-20-20-20-20 (11,060), per-pixel 22-20 and read-out 20-20 (880)."""
+    assert count(image_net('MNIST', 'code', MNIST_SHAPE)) == 1691008
+
+
+def test_parameter_count_cifar10_code_configuration():
+    """About 12.7M (SPEC section 3): dense 3072-1000x5-5120, conv 3-100x6, per-pixel
+    105-100-100-100 and read-out 100-60."""
+    assert count(image_net('CIFAR10', 'code', CIFAR_SHAPE)) == 12692280
+
+
+def test_paper_mnist_network_is_dense_only():
+    net = image_net('MNIST', 'paper', MNIST_SHAPE)
+    assert not net.conv
+    # the code network minus the conv path (11,060) and the 20 conv inputs of the first per-pixel layer
+    assert count(net) == 1691008 - 11060 - 20 * 20
+
+
+# ---------------------------------------------------------------- preset switches
+
+def shapes(net):
+    return {p.name: p.get_value().shape for p in net.params}
+
+
+def test_conv_path_switch_removes_exactly_the_conv_path():
+    with_conv = shapes(image_net('CIFAR10', 'code', CIFAR_SHAPE, conv_path=True))
+    without = shapes(image_net('CIFAR10', 'code', CIFAR_SHAPE, conv_path=False))
+    removed = set(with_conv) - set(without)
+    assert removed and all(name.startswith('conv') for name in removed)
+    changed = {n for n in without if without[n] != with_conv[n]}
+    assert changed == {'dense_upper0.W'}  # its input loses the 100 conv channels
+    assert with_conv['dense_upper0.W'][0] - without['dense_upper0.W'][0] == 100
+
+
+def test_dense_depth_switch_changes_only_the_dense_path_depth():
+    kw = dict(SMALL, n_layers_conv=3, n_layers_dense_lower=2)
+    quirk = R.ImageNetwork(MNIST_SHAPE, np.random.default_rng(0), dense_depth_from_conv=True, **kw)
+    plain = R.ImageNetwork(MNIST_SHAPE, np.random.default_rng(0), dense_depth_from_conv=False, **kw)
+    assert (len(quirk.dense_lower), len(plain.dense_lower)) == (3, 2)
+    assert len(quirk.conv) == len(plain.conv) == 3
+    a, b = shapes(quirk), shapes(plain)
+    assert {n for n in set(a) | set(b) if a.get(n) != b.get(n)} <= {
+        'dense_lower{}.{}'.format(i, k) for i in range(3) for k in 'Wb'}
+
+
+@pytest.mark.parametrize('key', ['nonlinearity', 'scale_nonlinearity'])
+def test_nonlinearity_switches_keep_parameters_and_change_outputs(key):
+    values = {'nonlinearity': ('paper', 'code'), 'scale_nonlinearity': ('after_sum', 'per_scale')}[key]
+    nets = [R.ImageNetwork((1, 8, 8), np.random.default_rng(0), **dict(SMALL, **{key: v})) for v in values]
+    assert shapes(nets[0]) == shapes(nets[1])
+    for p, q in zip(nets[0].params, nets[1].params):
+        np.testing.assert_array_equal(p.get_value(), q.get_value())
+    x = np.random.default_rng(1).normal(size=(2, 1, 8, 8)).astype(floatX)
+    xs = T.tensor4('x')
+    y0, y1 = (theano.function([xs], net(xs))(x) for net in nets)
+    assert np.abs(y0 - y1).max() > 1e-3
+
+
+def test_paper_nonlinearities_are_softplus_and_tanh_code_leaky_relu():
+    v = np.array([-2.0, 0.5], dtype=floatX)
+    xs = T.vector('v')
+    paper, code = R.NONLINEARITIES['paper'], R.NONLINEARITIES['code']
+    np.testing.assert_allclose(theano.function([xs], paper['conv'](xs))(v), np.log1p(np.exp(v)), rtol=1e-5)
+    np.testing.assert_allclose(theano.function([xs], paper['dense'](xs))(v), np.tanh(v), rtol=1e-5)
+    for f in (code['conv'], code['dense']):
+        np.testing.assert_allclose(theano.function([xs], f(xs))(v), [-0.1, 0.5], rtol=1e-5)
+
+
+def test_presets_differ_in_named_image_keys_only_and_spare_the_toy_sets():
+    paper, code = (experiments.model_args('CIFAR10', f, {}) for f in ('paper', 'code'))
+    differ = {k for k in paper if paper[k] != code[k]}
+    assert differ == {'learn_beta', 'code_mu', 'code_sigma', 'kl_factor', 'basis_width',
+                      't_per_minibatch', 'nonlinearity', 'scale_nonlinearity',
+                      'dense_depth_from_conv', 'dequantisation', 'norm_from_minibatch'}
+    assert experiments.model_args('MNIST', 'paper', {})['conv_path'] is False
+    assert experiments.model_args('MNIST', 'code', {})['conv_path'] is True
+    for fidelity in ('paper', 'code'):
+        toy = experiments.model_args('swissroll', fidelity, {})
+        assert not set(experiments.IMAGE_PRESET_KEYS) & set(toy)
+        assert set(experiments.model_args('heartbeat', fidelity, {})) == set(experiments.MODEL_ARGS['heartbeat'])
+    assert experiments.model_args('swissroll', 'paper', {})['beta_init'] == experiments.MODEL_ARGS['swissroll']['beta_init']
