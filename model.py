@@ -208,7 +208,7 @@ class BinomialDiffusion:
 
     q(x^t | x^{t-1}) = Bern(x^{t-1} (1 - b_t) + p b_t), b_t = 1 / (T - t + 1),
     so A_t = prod (1 - b_s) = (T - t) / T and x^T ~ Bern(p) exactly.
-    net(xt, t) returns logits z with f_b = sigmoid(z) = p(x^{t-1}_i = 1 | x^t).
+    net(xt, t) returns logits z, read out by reverse_kernel.
     """
 
     def __init__(self, net, T_steps, p=0.2):
@@ -230,8 +230,15 @@ class BinomialDiffusion:
         return prior1 * lik1 / (prior1 * lik1 + (1 - prior1) * lik0)
 
     def reverse_kernel(self, xt, t):
-        """f_b(x^t, t) = P(x^{t-1} = 1 | x^t) under the model."""
-        return T.nnet.sigmoid(self.net(xt, t))
+        """f_b(x^t, t) = P(x^{t-1} = 1 | x^t) = sigmoid(z + logit(x^t (1 - b_t) + p b_t)).
+
+        The offset (our choice; the paper gives no binomial read-out) is the exact
+        time reversal of one forward step under the stationary Bern(p), so an
+        untrained network starts at a sensible kernel, as Eq. 64 does with logit(b_t).
+        """
+        beta_t = bcast(T.constant(self.beta_np.astype(floatX))[t - 1], xt)
+        stay = T.clip(xt * (1 - beta_t) + self.p * beta_t, 1e-6, 1 - 1e-6)
+        return T.nnet.sigmoid(self.net(xt, t) + logit(stay, T))
 
     def kl_term(self, x0, t, uniform):
         """Summed KL(q(x^{t-1}|x^t,x^0) || p(x^{t-1}|x^t)), (n,), nats; x^t drawn by `uniform`."""

@@ -137,3 +137,10 @@ def test_code_preset_schedule_is_fixed_harmonic(fake_images):
     harmonic = M.harmonic_beta(20)
     np.testing.assert_allclose(beta[1:], M.BETA_MIN + harmonic[1:] * (1 - M.BETA_MIN - 1e-5), rtol=1e-4)
     assert beta[0] == pytest.approx(harmonic[0] + 0.001, rel=1e-3)
+
+
+def test_evaluation_draws_one_t_per_example_even_in_code_preset(fake_images):
+    exp = tiny_experiment('code')
+    x = fake_images['test']
+    assert len(set(exp.draw_inputs(np.random.default_rng(0), x)[1])) == 1
+    assert len(set(exp.draw_inputs(np.random.default_rng(0), x, evaluation=True)[1])) > 1

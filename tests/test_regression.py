@@ -205,4 +205,5 @@ def test_presets_differ_in_named_image_keys_only_and_spare_the_toy_sets():
         toy = experiments.model_args('swissroll', fidelity, {})
         assert not set(experiments.IMAGE_PRESET_KEYS) & set(toy)
         assert set(experiments.model_args('heartbeat', fidelity, {})) == set(experiments.MODEL_ARGS['heartbeat'])
-    assert experiments.model_args('swissroll', 'paper', {})['beta_init'] == experiments.MODEL_ARGS['swissroll']['beta_init']
+    toy_paper = experiments.model_args('swissroll', 'paper', {})
+    assert toy_paper['beta_init'] == experiments.MODEL_ARGS['swissroll']['beta_init']
