@@ -1,14 +1,46 @@
-"""Reverse sampling (paper section 2.5): x^T ~ p(x^T), then x^{t-1} ~ p(x^{t-1} | x^t)."""
+"""Sampling from a trained model, and from the model multiplied by a second
+distribution r(x): inpainting, denoising and Eq. 61 (paper section 2.5, Appendix C).
+
+    python sampler.py CHECKPOINT --mode sample
+    python sampler.py CHECKPOINT --mode inpaint --mask centre
+    python sampler.py CHECKPOINT --mode denoise --noise-std 1.0
+
+Sampling: x^T ~ p(x^T), then x^{t-1} ~ p(x^{t-1} | x^t) for t = T..1. The released
+code stops at x^1 (model arg skip_last_step, True in the code preset).
+
+Conditioning on r (Eq. 23, r constant over t as the paper takes it): x^T ~ p(x^T) r(x^T)
+and x^{t-1} ~ p(x^{t-1} | x^t) r(x^{t-1}) at every step.
+- Denoising, r(x) = N(y; x, s^2) with y = x + noise of variance s^2 (s in the model's
+  units: z-scored pixels for images): the product of Gaussians in closed form.
+- Inpainting, r a delta on the known pixels: they are set to their values at x^T and
+  after every step.
+- Any smooth r given as a Theano expression: Eq. 61,
+  p~(x^{t-1} | x^t) ~= N(mu + Sigma d log r / dx at mu, Sigma).
+Binary data (heartbeat): the Bernoulli f_b is multiplied by r; only inpainting applies.
+
+The reverse steps run over the whole set of n samples; within each step the network
+sees minibatches of --batch-size. Noise is drawn for all n at once from one generator
+seeded by --seed, so the samples do not depend on the batch size.
+"""
 import util  # noqa: F401  (configures Theano before it is imported)
+
+import argparse
+import os
+import sys
 
 import numpy as np
 import theano
 import theano.tensor as T
+from tqdm import tqdm
 
 import model as M
 
 floatX = theano.config.floatX
+MODES = ('sample', 'inpaint', 'denoise')
+DISPLAY_COLUMNS = 16  # samples shown per row of the frames figure
 
+
+# ---------------------------------------------------------------- the reverse kernel
 
 def compile_reverse_kernel(diffusion, x_ndim):
     """A function (xt, t) -> (mu, Sigma) of the Gaussian reverse kernel, or (f_b,) for binomial."""
@@ -18,24 +50,370 @@ def compile_reverse_kernel(diffusion, x_ndim):
     return theano.function([xt, t], list(out) if isinstance(out, tuple) else [out])
 
 
-def sample_trajectory(diffusion, kernel, shape, rng, keep=()):
-    """Samples x^0 (all T reverse steps) and the frames x^t for t in `keep`.
+def is_binary(diffusion):
+    return isinstance(diffusion, M.BinomialDiffusion)
 
-    kernel: from compile_reverse_kernel. Returns (x0, {t: x^t}).
+
+def gaussian_product(mu1, var1, mu2, var2):
+    """N(x; mu1, var1) N(x; mu2, var2) is proportional to N(x; mu, var): precisions add,
+    the mean is precision-weighted. Written so that var2 = 0 gives exactly (mu2, 0)."""
+    total = var1 + var2
+    return (mu1 * var2 + mu2 * var1) / total, var1 * var2 / total
+
+
+# ---------------------------------------------------------------- r(x): what the samples are conditioned on
+
+class Unconditioned:
+    """r(x) = 1: plain sampling."""
+
+    def tilt(self, mu, var, index):
+        """mu, var of p~(x^{t-1} | x^t) for the examples `index` (a slice)."""
+        return mu, var
+
+    def tilt_bernoulli(self, f, index):
+        return f
+
+    def clamp(self, x):
+        return x
+
+
+class Inpainting(Unconditioned):
+    """r a delta on the known entries, constant elsewhere (Figure 5): known entries are
+    fixed to `known` (model units, shaped like the samples) wherever `mask` is True."""
+
+    def __init__(self, known, mask):
+        self.known = np.asarray(known, dtype=floatX)
+        self.mask = np.broadcast_to(mask, self.known.shape)
+
+    def clamp(self, x):
+        return np.where(self.mask, self.known, x).astype(floatX)
+
+
+class GaussianObservation(Unconditioned):
+    """r(x) = N(y; x, noise_var), the likelihood of a noisy observation y (denoising,
+    Figure 3); the product with each Gaussian step is exact."""
+
+    def __init__(self, y, noise_var):
+        self.y, self.noise_var = np.asarray(y, dtype=floatX), float(noise_var)
+
+    def tilt(self, mu, var, index):
+        return gaussian_product(mu, var, self.y[index], self.noise_var)
+
+    def tilt_bernoulli(self, f, index):
+        raise ValueError('denoising needs Gaussian diffusion; binary data have no additive noise')
+
+
+class SmoothObservation(Unconditioned):
+    """A smooth r through Eq. 61: p~(x^{t-1} | x^t) ~= N(mu + Sigma g(mu), Sigma) with
+    g = d log r / dx. log_r(x) builds the Theano expression of log r at x (summed over
+    any axes it likes); x has the samples' shape."""
+
+    def __init__(self, log_r, x_ndim):
+        x = T.TensorType(floatX, (False,) * x_ndim)('x')
+        self.grad_log_r = theano.function([x], T.grad(log_r(x).sum(), x))
+
+    def tilt(self, mu, var, index):
+        return mu + var * self.grad_log_r(np.asarray(mu, dtype=floatX)), var
+
+    def tilt_bernoulli(self, f, index):
+        raise ValueError('Eq. 61 is for Gaussian diffusion; for binary data use Inpainting')
+
+
+# ---------------------------------------------------------------- the reverse trajectory
+
+def reverse_times(T_steps, skip_last_step):
+    """The steps t of the reverse trajectory, T..1, or T..2 if skip_last_step (released code)."""
+    return list(range(T_steps, 1 if skip_last_step else 0, -1))
+
+
+def frame_times(T_steps, n_frames, skip_last_step=False):
+    """n_frames times evenly spaced from T down to the last state (0, or 1 if skipped)."""
+    last = 1 if skip_last_step else 0
+    return sorted({int(round(v)) for v in np.linspace(T_steps, last, n_frames)}, reverse=True)
+
+
+def sample_trajectory(diffusion, kernel, shape, rng, keep=(), condition=None, skip_last_step=False,
+                      batch_size=None, progress=False):
+    """x^0 (x^1 if skip_last_step) and the frames x^t for t in `keep`, model units.
+
+    kernel: from compile_reverse_kernel. condition: an r(x) (Unconditioned by default).
+    The network is evaluated on minibatches of batch_size; noise for all shape[0]
+    samples is drawn at once per step, so the result does not depend on batch_size.
+    Returns (x, {t: x^t}).
     """
+    condition = condition or Unconditioned()
     n = shape[0]
-    if isinstance(diffusion, M.BinomialDiffusion):
-        x = (rng.random(shape) < diffusion.p).astype(floatX)
-    else:
-        x = rng.standard_normal(shape).astype(floatX)
+    batch_size = batch_size or n
+    batches = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    binary = is_binary(diffusion)
+    if binary:  # p~(x^T) proportional to Bern(p) r(x^T)
+        f = np.full(shape, diffusion.p, dtype=floatX)
+        x = (rng.random(shape) < np.concatenate([condition.tilt_bernoulli(f[b], b) for b in batches])
+             ).astype(floatX)
+    else:  # p~(x^T) proportional to N(0, I) r(x^T)
+        mu, var = condition.tilt(np.zeros(shape, floatX), np.ones(shape, floatX), slice(None))
+        x = (mu + np.sqrt(var) * rng.standard_normal(shape)).astype(floatX)
+    x = condition.clamp(x)
     frames = {diffusion.T_steps: x} if diffusion.T_steps in keep else {}
-    for t in range(diffusion.T_steps, 0, -1):
-        out = kernel(x, np.full(n, t, dtype='int64'))
-        if isinstance(diffusion, M.BinomialDiffusion):
-            x = (rng.random(shape) < out[0]).astype(floatX)
+    times = reverse_times(diffusion.T_steps, skip_last_step)
+    for t in tqdm(times, desc='reverse steps', disable=not progress, leave=False):
+        parts = []
+        for b in batches:
+            out = kernel(x[b], np.full(b.stop - b.start, t, dtype='int64'))
+            parts.append(condition.tilt_bernoulli(out[0], b) if binary else condition.tilt(out[0], out[1], b))
+        if binary:
+            x = (rng.random(shape) < np.concatenate(parts)).astype(floatX)
         else:
-            mu, sigma = out
-            x = (mu + np.sqrt(sigma) * rng.standard_normal(shape)).astype(floatX)
+            mu = np.concatenate([p[0] for p in parts])
+            sd = np.sqrt(np.concatenate([p[1] for p in parts]))
+            x = (mu + sd * rng.standard_normal(shape)).astype(floatX)
+        x = condition.clamp(x)
         if t - 1 in keep:
             frames[t - 1] = x
     return x, frames
+
+
+# ---------------------------------------------------------------- data units, masks, observations
+
+def is_image(exp):
+    return hasattr(exp, 'scale')
+
+
+def to_model_units(exp, x):
+    """Data units -> model units: images in [0, 1] are z-scored, (x + shift) * scale."""
+    return ((x + exp.shift) * exp.scale).astype(floatX) if is_image(exp) else np.asarray(x, floatX)
+
+
+def to_data_units(exp, x):
+    """Model units -> data units: images back to the [0, 1] pixel scale (not clipped)."""
+    return (np.asarray(x, np.float64) / exp.scale - exp.shift).astype(floatX) if is_image(exp) \
+        else np.asarray(x, floatX)
+
+
+def originals(exp, n):
+    """The first n held-out examples (repeated if there are fewer), data units."""
+    x = exp.test_x[np.arange(n) % len(exp.test_x)]
+    return (x / np.float32(255)).astype(floatX) if is_image(exp) else x.astype(floatX)
+
+
+def make_mask(kind, example_shape):
+    """Boolean mask of one example, True where known.
+
+    'left': the left half is unknown (inpainted), the right half known; for vectors
+        (Swiss roll, heartbeat) the first half of the coordinates is unknown (Swiss
+        roll: x unknown, y known).
+    'centre': a centred square of half the side is unknown (the paper's Figure 5 used
+        a 100x100 centre of the bark image); for vectors the middle half of the coordinates.
+    anything else: a PNG file (images only, same height and width), nonzero = known.
+    """
+    if kind in ('left', 'centre'):
+        mask = np.ones(example_shape, dtype=bool)
+        if len(example_shape) == 3:  # (C, H, W)
+            H, W = example_shape[1:]
+            if kind == 'left':
+                mask[:, :, :W // 2] = False
+            else:
+                h, w = max(H // 2, 1), max(W // 2, 1)
+                mask[:, (H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w] = False
+        else:
+            D = example_shape[0]
+            d = max(D // 2, 1)
+            start = 0 if kind == 'left' else (D - d) // 2
+            mask[start:start + d] = False
+        return mask
+    if len(example_shape) != 3:
+        raise ValueError('a mask file needs image data; use --mask left or centre')
+    from PIL import Image
+    image = np.asarray(Image.open(kind).convert('L'))
+    if image.shape != tuple(example_shape[1:]):
+        raise ValueError('mask {} is {}x{}, the images are {}x{}'.format(
+            kind, image.shape[0], image.shape[1], *example_shape[1:]))
+    return np.broadcast_to(image != 0, example_shape).copy()
+
+
+def run(exp, mode, n=49, seed=0, noise_std=1.0, mask='centre', n_frames=8, batch_size=None,
+        skip_last_step=None, progress=False, kernel=None):
+    """Sample, inpaint or denoise with an Experiment; returns a dict of arrays in data units:
+    samples, frames (K, n, ...), frame_times, and for inpaint/denoise original, observed,
+    mask (True where known). noise_std: s of denoising, in model units (z-scored pixels
+    for images; the Swiss roll's own units). skip_last_step: None takes the model arg."""
+    if mode not in MODES:
+        raise ValueError('unknown mode {!r}; choose from {}'.format(mode, ', '.join(MODES)))
+    diffusion = exp.diffusion
+    if mode == 'denoise' and is_binary(diffusion):
+        raise ValueError('denoising is for real-valued data; {} is binary: use --mode inpaint'
+                         .format(exp.dataset))
+    if skip_last_step is None:
+        skip_last_step = exp.args.get('skip_last_step', False)
+    shape = (n,) + exp.test_x.shape[1:]
+    rng = np.random.default_rng([seed, 61])
+    kernel = kernel or compile_reverse_kernel(diffusion, len(shape))
+    out = {}
+    condition = Unconditioned()
+    if mode != 'sample':
+        original = originals(exp, n)
+        x0 = to_model_units(exp, original)
+        if mode == 'inpaint':
+            known = np.broadcast_to(make_mask(mask, shape[1:]), shape)
+            condition = Inpainting(x0, known)
+            observed = original.copy()
+        else:
+            known = np.zeros(shape, dtype=bool)
+            y = (x0 + noise_std * rng.standard_normal(shape)).astype(floatX)
+            condition = GaussianObservation(y, noise_std ** 2)
+            observed = to_data_units(exp, y)
+        out.update(original=original, observed=observed, mask=np.array(known))
+    times = frame_times(diffusion.T_steps, n_frames, skip_last_step)
+    x, frames = sample_trajectory(diffusion, kernel, shape, rng, keep=times, condition=condition,
+                                  skip_last_step=skip_last_step, batch_size=batch_size, progress=progress)
+    samples, frames = to_data_units(exp, x), np.stack([to_data_units(exp, frames[t]) for t in times])
+    if mode == 'inpaint':  # bit-identical known pixels in data units
+        samples[out['mask']] = out['original'][out['mask']]
+        frames[:, out['mask']] = out['original'][out['mask']]
+    out.update(samples=samples, frames=frames, frame_times=np.array(times))
+    return out
+
+
+# ---------------------------------------------------------------- figures
+
+def tile(images, columns):
+    """(n, C, H, W) in [0, 1] -> one (rows*(H+1)-1, columns*(W+1)-1, C) array, 1-pixel gaps."""
+    n, C, H, W = images.shape
+    rows = -(-n // columns)
+    out = np.ones((rows * (H + 1) - 1, columns * (W + 1) - 1, C), dtype=np.float32)
+    for i, im in enumerate(images):
+        r, c = divmod(i, columns)
+        out[r * (H + 1):r * (H + 1) + H, c * (W + 1):c * (W + 1) + W] = im.transpose(1, 2, 0)
+    return out
+
+
+def save_tiles(array, path, zoom):
+    """Save a tiled [0, 1] array as a PNG, each pixel a zoom x zoom block."""
+    from PIL import Image
+    u8 = np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
+    u8 = u8.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    Image.fromarray(u8[..., 0] if u8.shape[-1] == 1 else u8).save(path, optimize=True)
+
+
+def display_observed(result):
+    """The observed row: unknown pixels shown mid-grey (inpainting)."""
+    if 'mask' in result and result['mask'].any():
+        return np.where(result['mask'], result['observed'], 0.5)
+    return result['observed']
+
+
+def image_figures(result, prefix, zoom=4, columns=DISPLAY_COLUMNS):
+    """PREFIX_frames.png: one row per frame time (first row the observed inputs when
+    there are any, last row the results), one column per sample (the first `columns`);
+    PREFIX_samples.png: every final sample. Values clipped to [0, 1] for display only."""
+    k = min(columns, len(result['samples']))
+    rows = ([display_observed(result)[:k]] if 'observed' in result else []) + list(result['frames'][:, :k])
+    frames_path, samples_path = prefix + '_frames.png', prefix + '_samples.png'
+    save_tiles(tile(np.concatenate(rows), k), frames_path, zoom)
+    n = len(result['samples'])
+    save_tiles(tile(result['samples'], int(np.ceil(np.sqrt(n)))), samples_path, zoom)
+    return [frames_path, samples_path]
+
+
+def vector_figure(result, path, T_steps):
+    """One panel per frame, first the observed inputs: a scatter for 2-D data (the Swiss
+    roll; an inpainted one shows the known y coordinates as ticks on the left edge),
+    else the vectors as image rows (heartbeat; unknown bits grey)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = ([('observed', display_observed(result))] if 'observed' in result else [])
+    panels += [('t = {}'.format(t), f) for t, f in zip(result['frame_times'], result['frames'])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.4))
+    for ax, (title, x) in zip(np.atleast_1d(axes), panels):
+        if x.shape[1] == 2:
+            if title == 'observed' and result['mask'].any():
+                known = result['mask'][0]
+                ax.scatter(*result['original'].T, s=1, color='0.8')
+                ax.plot(np.full(len(x), -2.4), x[:, 1], '_', color='C3', ms=6) if known[1] \
+                    else ax.plot(x[:, 0], np.full(len(x), -2.4), '|', color='C3', ms=6)
+            else:
+                ax.scatter(*x.T, s=1, color='C0' if title == 'observed' else 'C1')
+            ax.set_xlim(-2.5, 2.5)
+            ax.set_ylim(-2.5, 2.5)
+            ax.set_aspect('equal')
+        else:
+            ax.imshow(x[:40], cmap='gray_r', vmin=0, vmax=1, interpolation='nearest', aspect='auto')
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+    return [path]
+
+
+def save(result, exp, out_dir, mode):
+    """OUT_DIR/MODE.npz and the figures; returns the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    prefix = os.path.join(out_dir, mode)
+    np.savez_compressed(prefix + '.npz', **result)
+    if is_image(exp):
+        return [prefix + '.npz'] + image_figures(result, prefix)
+    return [prefix + '.npz'] + vector_figure(result, prefix + '_frames.png', exp.diffusion.T_steps)
+
+
+# ---------------------------------------------------------------- command line
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2
+        _fail(message)
+
+
+def _fail(message):
+    print('sampler.py: error: {}'.format(message), file=sys.stderr)
+    sys.exit(2)
+
+
+def build_parser():
+    p = Parser(description=__doc__.split('\n')[0])
+    p.add_argument('checkpoint')
+    p.add_argument('--mode', default='sample', choices=MODES)
+    p.add_argument('--n', type=int, default=49, help='number of samples')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--noise-std', type=float, default=1.0,
+                   help='denoise: std s of the added noise in model units (z-scored pixels for '
+                        'images); the paper\'s Figure 3 used variance 1')
+    p.add_argument('--mask', default='centre',
+                   help='inpaint: left (left half unknown), centre (centred square of half the side '
+                        'unknown) or a PNG file (nonzero = known)')
+    p.add_argument('--frames', type=int, default=8, help='number of frame times shown and stored')
+    p.add_argument('--out', default=None, help='output folder (default: the checkpoint\'s folder)')
+    p.add_argument('--batch-size', type=int, default=100, help='examples per network evaluation')
+    p.add_argument('--data-path', default=None, help='folder of data files (else $FUEL_DATA_PATH)')
+    p.add_argument('--skip-last-step', default=None, choices=('yes', 'no'),
+                   help='stop at x^1 like the released code (default: the model arg skip_last_step)')
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.n < 1 or args.frames < 1 or args.batch_size < 1:
+        _fail('--n, --frames and --batch-size must be positive')
+    if args.noise_std <= 0:
+        _fail('--noise-std must be positive')
+    if args.mode == 'inpaint' and args.mask not in ('left', 'centre') and not os.path.isfile(args.mask):
+        _fail('--mask {!r} is neither left, centre nor a file'.format(args.mask))
+    import experiments
+    try:
+        exp = experiments.from_checkpoint(args.checkpoint, args.data_path)
+    except ValueError as e:
+        _fail(str(e))
+    skip = None if args.skip_last_step is None else args.skip_last_step == 'yes'
+    try:
+        result = run(exp, args.mode, args.n, args.seed, args.noise_std, args.mask, args.frames,
+                     args.batch_size, skip, progress=True)
+    except ValueError as e:
+        _fail(str(e))
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    for path in save(result, exp, out_dir, args.mode):
+        print(path)
+
+
+if __name__ == '__main__':
+    main()

@@ -40,6 +40,32 @@ def blas_ldflags(path):
     return '-L{0} -l:{1} -Wl,-rpath,{0}'.format(folder, name)
 
 
+def cpu_flags():
+    """The CPU feature flags of this machine (Linux), or an empty set."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('flags'):
+                    return set(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def openblas_coretype(flags):
+    """The OpenBLAS kernel to ask for, or None to let OpenBLAS decide.
+
+    The scipy wheel's OpenBLAS 0.3.18 does not know recent Intel cores and falls back
+    to its generic 'Prescott' kernel, 4x slower here (measured: 23 vs 104 GFLOP/s on
+    a 2048 sgemm). Naming the newest kernel family that the CPU supports fixes that.
+    """
+    if 'avx512f' in flags and 'avx512bw' in flags and 'avx512vl' in flags:
+        return 'SkylakeX'
+    if 'avx2' in flags and 'fma' in flags:
+        return 'Haswell'
+    return None
+
+
 def theano_flags(user_flags, openblas):
     """The THEANO_FLAGS string: project defaults first, the user's flags last (they win).
 
@@ -73,6 +99,9 @@ def configure_theano():
         return os.environ.get('PROJECT_BLAS', 'unknown (theano imported first)')
     user_flags = os.environ.get('THEANO_FLAGS', '')
     openblas = find_openblas()
+    coretype = openblas_coretype(cpu_flags())
+    if openblas and coretype and 'OPENBLAS_CORETYPE' not in os.environ:
+        os.environ['OPENBLAS_CORETYPE'] = coretype  # read when Theano loads the library
     os.environ['THEANO_FLAGS'] = theano_flags(user_flags, openblas)
     user_keys = {kv.split('=', 1)[0] for kv in shlex.split(user_flags.replace(',', ' '))}
     if 'blas.ldflags' in user_keys:
