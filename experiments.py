@@ -20,11 +20,13 @@ PRESETS = {
     'paper': dict(learn_beta=True, code_mu=False, code_sigma=False, kl_factor='T-1',
                   basis_width='paper', t_per_minibatch=False,
                   nonlinearity='paper', scale_nonlinearity='after_sum', conv_path=True,
-                  dense_depth_from_conv=False, dequantisation='paper', norm_from_minibatch=False),
+                  dense_depth_from_conv=False, dequantisation='paper', norm_from_minibatch=False,
+                  skip_last_step=False),
     'code': dict(learn_beta=False, code_mu=True, code_sigma=True, kl_factor='T',
                  basis_width='code', t_per_minibatch=True, beta_init='harmonic',
                  nonlinearity='code', scale_nonlinearity='per_scale', conv_path=True,
-                 dense_depth_from_conv=True, dequantisation='code', norm_from_minibatch=True),
+                 dense_depth_from_conv=True, dequantisation='code', norm_from_minibatch=True,
+                 skip_last_step=True),  # the released sampler stops at x^1
 }
 # Preset keys that only the image sets have (SPEC section 9, items 4-6 and 10).
 IMAGE_PRESET_KEYS = ('nonlinearity', 'scale_nonlinearity', 'conv_path', 'dense_depth_from_conv',
@@ -38,7 +40,8 @@ DATASET_PRESETS = {('MNIST', 'paper'): dict(conv_path=False)}
 MODEL_ARGS = {
     'swissroll': dict(T=40, n_hidden=16, expert='quadratic', n_basis=10, beta_init='geometric', beta_1=1e-6,
                       noise=datasets.SWISSROLL_NOISE, n_train=200000, n_eval=20000),
-    'heartbeat': dict(T=2000, n_hidden=50, n_layers=3, readout='basis', n_basis=20, p=0.2, n_train=100000, n_eval=20000),
+    'heartbeat': dict(T=2000, n_hidden=50, n_layers=3, readout='basis', n_basis=20, p=0.2, n_train=100000, n_eval=20000,
+                      n_final_eval=1000),
 }
 # Images: the released code's network defaults (its MNIST run) under its own names, T and
 # the temporal basis; b_1 = 1e-3 is our choice for the learned schedule of the paper
@@ -63,13 +66,13 @@ MODEL_ARGS.update({
     'digits': dict(IMAGE_DEFAULTS),
 })
 RUN_DEFAULTS = {
-    'swissroll': dict(batch_size=512, lr=1e-3, max_batches=20000, ext_every_n=1000),
-    'heartbeat': dict(batch_size=512, lr=1e-3, max_batches=20000, ext_every_n=1000),
-    'MNIST': dict(batch_size=512, lr=1e-3, max_batches=100000, ext_every_n=1000),
-    'CIFAR10': dict(batch_size=200, lr=1e-3, max_batches=100000, ext_every_n=1000),
-    'bark': dict(batch_size=128, lr=1e-3, max_batches=20000, ext_every_n=500),
-    'deadleaves': dict(batch_size=100, lr=1e-3, max_batches=20000, ext_every_n=50),
-    'digits': dict(batch_size=100, lr=1e-3, max_batches=20000, ext_every_n=500),
+    'swissroll': dict(batch_size=512, lr=3e-3, lr_final=1e-5, max_batches=40000, ext_every_n=2000),
+    'heartbeat': dict(batch_size=512, lr=1e-3, lr_final=1e-5, max_batches=20000, ext_every_n=2000),
+    'MNIST': dict(batch_size=512, lr=1e-3, lr_final=None, max_batches=100000, ext_every_n=1000),
+    'CIFAR10': dict(batch_size=200, lr=1e-3, lr_final=None, max_batches=100000, ext_every_n=1000),
+    'bark': dict(batch_size=128, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
+    'deadleaves': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=50),
+    'digits': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
 }
 IMAGES = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits')
 GAUSSIAN = ('swissroll',) + IMAGES
@@ -151,8 +154,10 @@ class Experiment:
         self.dataset, self.args, self.seed = dataset, args, seed
         rng = np.random.default_rng([seed, 0])
         T_steps = args['T']
-        # toy sets: the bound per data vector, monitored on 5000 examples, 2000 at a time
+        # toy sets: the bound per data vector, monitored on 5000 examples, 2000 at a time;
+        # the final evaluation visits every step t of each held-out example once
         self.n_pixels, self.n_monitor, self.eval_batch_size = 1, 5000, 2000
+        self.final_examples, self.final_draws = args.get('n_final_eval'), T_steps - 1
         if dataset == 'swissroll':
             self.train_x = datasets.swissroll(args['n_train'], [seed, 1], args['noise'])
             self.test_x = datasets.swissroll(args['n_eval'], [seed, 2], args['noise'])
@@ -178,6 +183,7 @@ class Experiment:
             self.dequantisation_width = M.dequantisation_width(self.scale, args['dequantisation'])
             self.null_bits = C * L_NULL_BITS_PER_DIM  # per pixel, channels together
             self.n_pixels, self.n_monitor, self.eval_batch_size = H * W, 500, 100
+            self.final_examples, self.final_draws = None, 1  # evaluate.py goes further
         else:
             raise KeyError(dataset)
         self.unit = 'bits/seq' if dataset == 'heartbeat' else 'bits/pixel' if dataset in IMAGES else 'bits'
@@ -196,17 +202,18 @@ class Experiment:
     def params(self):
         return self.diffusion.params
 
-    def draw_inputs(self, rng, x0, evaluation=False):
+    def draw_inputs(self, rng, x0, evaluation=False, t=None):
         """Numpy inputs (x0, t, noise) of the compiled functions for a minibatch.
 
         evaluation=True: one t per example even where training draws one per minibatch
         (code preset), so that held-out examples are independent draws and stderr holds.
+        t: the steps to use instead of drawing them.
         """
         if self.dataset in IMAGES:  # uint8 pixels -> z-scored, dequantised (SPEC section 4)
             x_z = M.zscore(x0, self.shift, self.scale)
             x0 = M.dequantise(x_z, rng.random(x0.shape), self.dequantisation_width)
         per_mb = self.args.get('t_per_minibatch', False) and not evaluation
-        t = self.diffusion.draw_t(rng, len(x0), per_mb)
+        t = self.diffusion.draw_t(rng, len(x0), per_mb) if t is None else t
         return [x0.astype(floatX), t, self.diffusion.draw_noise(rng, x0)['noise']]
 
     def compile_train(self, step_rule):
@@ -230,6 +237,10 @@ class Experiment:
     def heldout_bound(self, bound_fn, x, n_draws=1, seed=0, batch_size=None):
         """K on the held-out examples x, n_draws Monte Carlo draws of (t, noise) each.
 
+        The draws of one example are stratified over t: draw d uses step
+        2 + (u + floor(d (T - 1) / n_draws)) mod (T - 1) with u uniform per example, so
+        every draw is uniform on 2..T and the n_draws steps spread evenly over the
+        trajectory (n_draws = T - 1 visits every step once).
         Returns K_bits (per data vector; per pixel for images), K_minus_Lnull_bits,
         stderr_bits (standard error of the mean over examples of the per-example
         average), n_eval.
@@ -237,9 +248,12 @@ class Experiment:
         batch_size = batch_size or self.eval_batch_size
         rng = np.random.default_rng([seed, 12345])
         per_example = np.zeros(len(x))
-        for _ in range(n_draws):
+        n_steps = self.diffusion.T_steps - 1
+        offset = rng.integers(n_steps, size=len(x))
+        for d in range(n_draws):
+            t = 2 + (offset + d * n_steps // n_draws) % n_steps
             for i in range(0, len(x), batch_size):
-                inputs = self.draw_inputs(rng, x[i:i + batch_size], evaluation=True)
+                inputs = self.draw_inputs(rng, x[i:i + batch_size], True, t[i:i + batch_size])
                 per_example[i:i + batch_size] += bound_fn(*inputs)
         k_bits = M.bits_per_pixel(per_example / n_draws, self.n_pixels)
         return {'K_bits': float(k_bits.mean()),
@@ -265,3 +279,22 @@ class Experiment:
                     'roll_noise_std': self.args['noise']}
         return {'paper_K_bits': -2.414, 'paper_K_minus_Lnull_bits': 12.024,
                 'true_ll_bits': float(datasets.heartbeat_log_likelihood_bits())}
+
+
+def from_checkpoint(path, data_path=None):
+    """The Experiment of a checkpoint written by train.py, its parameters loaded (by
+    shared-variable name). data_path: else the run's --data-path. Raises ValueError
+    (one line) when the file is not a checkpoint or does not fit the model it describes."""
+    import training
+    state = training.load_checkpoint(path)
+    run_args, config = state['config']['args'], state['config']['model']
+    exp = Experiment(run_args['dataset'], config, run_args['seed'], data_path or run_args.get('data_path'))
+    for p in exp.params:
+        if p.name not in state['shared']:
+            raise ValueError('{} lacks parameter {}'.format(path, p.name))
+        value = state['shared'][p.name]
+        if np.shape(value) != np.shape(p.get_value()):
+            raise ValueError('{}: parameter {} is {}, the model has {}'.format(
+                path, p.name, np.shape(value), np.shape(p.get_value())))
+        p.set_value(value)
+    return exp

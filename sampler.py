@@ -247,7 +247,6 @@ def run(exp, mode, n=49, seed=0, noise_std=1.0, mask='centre', n_frames=8, batch
         skip_last_step = exp.args.get('skip_last_step', False)
     shape = (n,) + exp.test_x.shape[1:]
     rng = np.random.default_rng([seed, 61])
-    kernel = kernel or compile_reverse_kernel(diffusion, len(shape))
     out = {}
     condition = Unconditioned()
     if mode != 'sample':
@@ -263,6 +262,7 @@ def run(exp, mode, n=49, seed=0, noise_std=1.0, mask='centre', n_frames=8, batch
             condition = GaussianObservation(y, noise_std ** 2)
             observed = to_data_units(exp, y)
         out.update(original=original, observed=observed, mask=np.array(known))
+    kernel = kernel or compile_reverse_kernel(diffusion, len(shape))
     times = frame_times(diffusion.T_steps, n_frames, skip_last_step)
     x, frames = sample_trajectory(diffusion, kernel, shape, rng, keep=times, condition=condition,
                                   skip_last_step=skip_last_step, batch_size=batch_size, progress=progress)
@@ -315,7 +315,7 @@ def image_figures(result, prefix, zoom=4, columns=DISPLAY_COLUMNS):
     return [frames_path, samples_path]
 
 
-def vector_figure(result, path, T_steps):
+def vector_figure(result, path):
     """One panel per frame, first the observed inputs: a scatter for 2-D data (the Swiss
     roll; an inpainted one shows the known y coordinates as ticks on the left edge),
     else the vectors as image rows (heartbeat; unknown bits grey)."""
@@ -328,10 +328,11 @@ def vector_figure(result, path, T_steps):
     for ax, (title, x) in zip(np.atleast_1d(axes), panels):
         if x.shape[1] == 2:
             if title == 'observed' and result['mask'].any():
-                known = result['mask'][0]
                 ax.scatter(*result['original'].T, s=1, color='0.8')
-                ax.plot(np.full(len(x), -2.4), x[:, 1], '_', color='C3', ms=6) if known[1] \
-                    else ax.plot(x[:, 0], np.full(len(x), -2.4), '|', color='C3', ms=6)
+                if result['mask'][0, 1]:  # y known: ticks on the left edge
+                    ax.plot(np.full(len(x), -2.4), x[:, 1], '_', color='C3', ms=6)
+                else:
+                    ax.plot(x[:, 0], np.full(len(x), -2.4), '|', color='C3', ms=6)
             else:
                 ax.scatter(*x.T, s=1, color='C0' if title == 'observed' else 'C1')
             ax.set_xlim(-2.5, 2.5)
@@ -348,14 +349,17 @@ def vector_figure(result, path, T_steps):
     return [path]
 
 
-def save(result, exp, out_dir, mode):
-    """OUT_DIR/MODE.npz and the figures; returns the paths written."""
+def save(result, exp, out_dir, mode, arrays=True):
+    """The figures OUT_DIR/MODE_*.png and, if `arrays`, OUT_DIR/MODE.npz; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
     prefix = os.path.join(out_dir, mode)
-    np.savez_compressed(prefix + '.npz', **result)
+    paths = []
+    if arrays:
+        np.savez_compressed(prefix + '.npz', **result)
+        paths.append(prefix + '.npz')
     if is_image(exp):
-        return [prefix + '.npz'] + image_figures(result, prefix)
-    return [prefix + '.npz'] + vector_figure(result, prefix + '_frames.png', exp.diffusion.T_steps)
+        return paths + image_figures(result, prefix)
+    return paths + vector_figure(result, prefix + '_frames.png')
 
 
 # ---------------------------------------------------------------- command line

@@ -21,7 +21,7 @@ import extensions as E
 import training
 
 # Keys a resumed run takes from its checkpoint, not from the command line.
-RUN_KEYS = ('dataset', 'fidelity', 'model_args', 'seed', 'batch_size', 'optimizer')
+RUN_KEYS = ('dataset', 'fidelity', 'model_args', 'seed', 'batch_size', 'optimizer', 'lr', 'lr_final')
 
 
 class Parser(argparse.ArgumentParser):
@@ -58,6 +58,9 @@ def build_parser():
     p.add_argument('--model-args', default='', help='key=value,... overriding model defaults')
     p.add_argument('--batch-size', type=int, default=None)
     p.add_argument('--lr', type=float, default=None, help='initial learning rate')
+    p.add_argument('--lr-final', type=float, default=None,
+                   help='decay the learning rate exponentially to this value over --max-batches '
+                        '(default for the toy sets); otherwise the released code\'s schedule')
     p.add_argument('--optimizer', default='rmsprop', choices=sorted(training.STEP_RULES))
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--max-batches', type=int, default=None,
@@ -113,10 +116,11 @@ def build_extensions(args, exp, run_dir, lr):
     return [
         E.FinishAfter(args.max_batches, args.max_epochs, max_s),
         E.NonFiniteGuard(),
-        E.LearningRateSchedule(lr),
+        E.LearningRateSchedule.for_run(lr, args.lr, args.lr_final, args.max_batches),
         E.HeldOutBound(exp, every_n_batches=every, n_examples=exp.n_monitor,
                        before_training=args.plot_before_training),
         E.Plots(exp, run_dir, every_n_batches=every),
+        E.SamplePlots(exp, run_dir, every_n_batches=every),
         E.Printing(every),
         E.JSONLog(os.path.join(run_dir, 'log.jsonl')),
         E.Checkpoint(ckpt, every_n_batches=every, resume_hint=hint),

@@ -198,7 +198,8 @@ def test_presets_differ_in_named_image_keys_only_and_spare_the_toy_sets():
     differ = {k for k in paper if paper[k] != code[k]}
     assert differ == {'learn_beta', 'code_mu', 'code_sigma', 'kl_factor', 'basis_width',
                       't_per_minibatch', 'nonlinearity', 'scale_nonlinearity',
-                      'dense_depth_from_conv', 'dequantisation', 'norm_from_minibatch'}
+                      'dense_depth_from_conv', 'dequantisation', 'norm_from_minibatch',
+                      'skip_last_step'}
     assert experiments.model_args('MNIST', 'paper', {})['conv_path'] is False
     assert experiments.model_args('MNIST', 'code', {})['conv_path'] is True
     for fidelity in ('paper', 'code'):
