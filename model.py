@@ -29,18 +29,28 @@ def bcast(v, x):
     return v.dimshuffle([0] + ['x'] * (x.ndim - 1))
 
 
-def temporal_basis(T_steps, J, width):
+def temporal_basis(T_steps, J, width, warp=None):
     """g_j(t), (J, T): Gaussian bumps with centres evenly spaced over t = 1..T,
     normalised to sum to 1 at every t (Appendix D.2.1).
 
     width='paper': std = spacing of the centres; 'code': half the spacing (released code).
+    warp: optional increasing values u(t), (T,); the bumps are then evenly spaced in u
+    instead of t (our option, for kernels that change fastest near the ends).
     """
-    centres = np.linspace(1, T_steps, J)
-    spacing = (T_steps - 1) / (J - 1)
+    u = np.arange(1, T_steps + 1.0) if warp is None else np.asarray(warp, dtype=float)
+    centres = np.linspace(u[0], u[-1], J)
+    spacing = (u[-1] - u[0]) / (J - 1)
     std = spacing if width == 'paper' else spacing / 2
-    t = np.arange(1, T_steps + 1)
-    g = np.exp(-(t[None, :] - centres[:, None]) ** 2 / (2 * std ** 2))
+    g = np.exp(-(u[None, :] - centres[:, None]) ** 2 / (2 * std ** 2))
     return (g / g.sum(axis=0, keepdims=True)).astype(floatX)
+
+
+def noise_logit(T_steps):
+    """u(t) = logit(t / (T + 1)): the log-odds of a bit being resampled by step t under
+    the binomial schedule (1 - A_t = t / T), a time axis on which the reverse kernel
+    changes at an even pace."""
+    t = np.arange(1, T_steps + 1.0)
+    return logit(t / (T_steps + 1))
 
 
 # ---------------------------------------------------------------- Gaussian diffusion
@@ -176,7 +186,7 @@ class GaussianDiffusion:
     def bound_K(self, x0, t, noise):
         """Monte Carlo estimate of K (Eq. 14) per example, nats: one t ~ U{2..T} per example,
         the KL sample multiplied by (T - 1) (paper) or T (released code)."""
-        n_dims = T.prod(x0.shape[1:])
+        n_dims = T.cast(T.prod(x0.shape[1:]), floatX)  # an int64 count would make K float64
         return -self.kl_factor * self.kl_term(x0, t, noise) + self.edge_entropies(n_dims)
 
     def draw_t(self, rng, n, per_minibatch=False):
@@ -252,7 +262,9 @@ class BinomialDiffusion:
     def bound_K(self, x0, t, uniform):
         """K per example, nats (Eq. 14 with Bernoulli terms): -(T-1) E[KL] + H_q(X^T|X^0)
         - H_q(X^1|X^0) - H_p(X^T); H_q(X^T|X^0) = H_p(X^T) = H(p) since A_T = 0."""
-        h1 = per_example(bernoulli_entropy(x0 * (1 - self.beta_np[0]) + self.p * self.beta_np[0]))
+        b_1 = self.beta_np[0]
+        keep, drift = np.asarray([1 - b_1, self.p * b_1], dtype=floatX)  # float64 scalars would make K float64
+        h1 = per_example(bernoulli_entropy(x0 * keep + drift))
         return -(self.T_steps - 1) * self.kl_term(x0, t, uniform) - h1
 
     def draw_t(self, rng, n, per_minibatch=False):

@@ -8,7 +8,7 @@ setup(
     license='MIT',
     python_requires='>=3.11,<3.12',
     py_modules=['util', 'streams', 'datasets', 'regression', 'model', 'training', 'extensions',
-                'experiments', 'figures', 'sampler', 'train'],
+                'experiments', 'figures', 'sampler', 'evaluate', 'bench', 'train'],
     install_requires=[
         'theano==1.0.5',
         'numpy==1.23.5',     # newest that Theano 1.0.5 runs with (SPEC section 10)

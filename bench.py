@@ -1,0 +1,314 @@
+"""Performance figures of this machine and of the released code's image networks.
+
+    python bench.py                          # every configuration, a readable report
+    python bench.py --config mnist --steps 10 --verbose
+    python bench.py --config all --json > bench.json
+
+Measured in one process, after one warm-up call of each function:
+- peak: Theano's float32 matrix product (Dot22, 2048^3), the best of several, GFLOP/s;
+- the full training step that train.py runs (z-scoring, dequantisation and noise in
+  numpy, then network + diffusion bound + RMSProp update) for the released code's MNIST
+  defaults (batch 512, 1x28x28), its CIFAR-10 configuration (batch 200, 3x32x32) and
+  that configuration with n_scales=3, all with --fidelity code (the released network);
+  images per second, and GFLOP/s from the analytic count of the network's multiply-adds
+  (forward x 3 for forward + backward) as a fraction of the peak;
+- one reverse sampling step for 49 images, and the bound on 1,000 held-out images;
+- the process's peak resident memory, and the compile times of the training function:
+  cold (a fresh Theano compile directory, in a child process, for one configuration:
+  the C code is the same for all of them) and cached (a second compile in this process).
+The images are random uint8 stand-ins of the right shape, so no data files are needed.
+Other jobs on the machine slow every figure down: run it on an idle machine.
+"""
+import util  # noqa: F401  (configures Theano before it is imported)
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import theano
+import theano.tensor as T
+
+import experiments
+import sampler
+import training
+
+FIDELITY = 'code'  # the released code's network and training choices
+# name: (data set, --model-args overrides); batch size from experiments.RUN_DEFAULTS
+CONFIGS = {'mnist': ('MNIST', {}), 'cifar': ('CIFAR10', {}), 'cifar3': ('CIFAR10', {'n_scales': 3})}
+IMAGE_SHAPES = {'MNIST': (1, 28, 28), 'CIFAR10': (3, 32, 32)}
+PEAK_SIZE, PEAK_REPEATS = 2048, 7
+N_SAMPLES, N_BOUND = 49, 1000  # images per reverse step (a 7 x 7 figure); held-out images
+
+
+# ---------------------------------------------------------------- the machine
+
+def cpu_model():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return 'unknown'
+
+
+def openblas_info():
+    """The kernel (core name) and thread count that the linked OpenBLAS really uses."""
+    path = os.environ.get('PROJECT_BLAS', '')
+    if not os.path.isfile(path):
+        return {}
+    lib = ctypes.CDLL(path)  # the copy Theano loaded: same path, same handle
+    lib.openblas_get_corename.restype = ctypes.c_char_p
+    return {'openblas_core': lib.openblas_get_corename().decode(),
+            'openblas_threads': lib.openblas_get_num_threads()}
+
+
+def machine():
+    info = {'cpu': cpu_model(), 'cores': os.cpu_count(), 'cores_usable': len(os.sched_getaffinity(0)),
+            'load_average_1min': os.getloadavg()[0], 'blas': os.environ.get('PROJECT_BLAS'),
+            'OPENBLAS_CORETYPE': os.environ.get('OPENBLAS_CORETYPE'),
+            'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),
+            'OPENBLAS_NUM_THREADS': os.environ.get('OPENBLAS_NUM_THREADS'),
+            'theano_flags': os.environ.get('THEANO_FLAGS'), 'floatX': theano.config.floatX,
+            'openmp': theano.config.openmp, 'theano': theano.__version__, 'numpy': np.__version__}
+    return info
+
+
+def peak_gflops(size=PEAK_SIZE, repeats=PEAK_REPEATS):
+    """Best GFLOP/s of a float32 (size x size) product through Theano, and its op names."""
+    rng = np.random.default_rng(0)
+    a, b = (theano.shared(rng.standard_normal((size, size)).astype('float32')) for _ in range(2))
+    fn = theano.function([], T.dot(a, b))
+    fn()
+    best = min(timed(fn)[1] for _ in range(repeats))
+    ops = sorted({type(node.op).__name__ for node in fn.maker.fgraph.apply_nodes})
+    return 2.0 * size ** 3 / best / 1e9, ops
+
+
+# ---------------------------------------------------------------- the network's arithmetic
+
+def network_flops(exp):
+    """Forward multiply-adds of the image network per image, as (layer, shape, FLOPs) rows:
+    2 k^2 C_in C_out h w per convolution and scale, 2 n_in n_out per dense layer (times
+    H W for the per-pixel layers and the read-out). Element-wise work (biases,
+    nonlinearities, pooling, the temporal read-out, the bound) is not counted."""
+    net = exp.diffusion.net.net  # TemporalReadout -> ImageNetwork
+    _, H, W = net.image_shape
+    rows = []
+    for layer in net.conv:
+        for s, w in enumerate(layer.W):
+            c_out, c_in, k, _ = w.get_value().shape
+            h, v = H // 2 ** s, W // 2 ** s
+            rows.append(('{} scale {}'.format(layer.name, s), '{}x{}x{}x{} at {}x{}'.format(
+                c_out, c_in, k, k, h, v), 2 * k * k * c_in * c_out * h * v))
+    for layer in net.dense_lower:
+        n_in, n_out = layer.W.get_value().shape
+        rows.append((layer.name, '{}x{}'.format(n_in, n_out), 2 * n_in * n_out))
+    for layer in net.dense_upper + [net.readout]:
+        n_in, n_out = layer.W.get_value().shape
+        rows.append((layer.name, '{}x{} per pixel'.format(n_in, n_out), 2 * n_in * n_out * H * W))
+    return rows
+
+
+# ---------------------------------------------------------------- one configuration
+
+@contextmanager
+def stand_in_images(shape, n_train, n_test, seed=0):
+    """datasets.load_images returns random uint8 images (N, C, H, W) while inside."""
+    rng = np.random.default_rng(seed)
+    data = {'train': rng.integers(0, 256, (n_train,) + shape, dtype=np.uint8),
+            'test': rng.integers(0, 256, (n_test,) + shape, dtype=np.uint8)}
+    original = experiments.datasets.load_images
+    experiments.datasets.load_images = lambda name, split, path=None, **options: data[split]
+    try:
+        yield
+    finally:
+        experiments.datasets.load_images = original
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def build(name):
+    """(Experiment on stand-in images, batch size, its build time in seconds)."""
+    dataset, overrides = CONFIGS[name]
+    batch = experiments.RUN_DEFAULTS[dataset]['batch_size']
+    args = experiments.model_args(dataset, FIDELITY, overrides)
+    with stand_in_images(IMAGE_SHAPES[dataset], max(batch, N_SAMPLES), N_BOUND):
+        exp, build_s = timed(experiments.Experiment, dataset, args, 0)
+    return exp, batch, build_s
+
+
+def compile_step(exp):
+    """(train.py's step function, seconds to compile it)."""
+    dataset = exp.dataset
+    rule = training.RMSProp(experiments.RUN_DEFAULTS[dataset]['lr'])
+    (step, _), compile_s = timed(exp.compile_train, rule)
+    return step, compile_s
+
+
+def print_cold_compile(name):
+    """Child process of measure_cold_compile: build and compile, print the times as JSON."""
+    exp, _, build_s = build(name)
+    _, compile_s = compile_step(exp)
+    print(json.dumps({'build_s': build_s, 'compile_s': compile_s}))
+
+
+def measure_cold_compile(name):
+    """Compile times in a child process whose Theano compile directory starts empty."""
+    folder = tempfile.mkdtemp(prefix='bench_theano_')
+    env = dict(os.environ, THEANO_FLAGS=os.environ['THEANO_FLAGS'] + ',base_compiledir=' + folder)
+    code = 'import bench; bench.print_cold_compile({!r})'.format(name)
+    try:
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        wall_s = time.perf_counter() - start
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if out.returncode:
+        raise RuntimeError('cold compile of {} failed:\n{}'.format(name, out.stderr[-2000:]))
+    times = json.loads(out.stdout.strip().splitlines()[-1])
+    return {'config': name, 'compile_cold_s': times['compile_s'], 'build_s': times['build_s'],
+            'process_cold_s': wall_s}  # process: Theano's import and its own modules included
+
+
+def bench_config(name, n_steps, peak, log):
+    exp, batch, build_s = build(name)
+    log('{}: built in {:.1f} s, compiling the training step ...'.format(name, build_s))
+    _, compile_first_s = compile_step(exp)
+    step, compile_cached_s = compile_step(exp)  # the same graph again: every C module cached
+    log('{}: compiled in {:.1f} s (again, cached: {:.1f} s)'.format(name, compile_first_s, compile_cached_s))
+    rng = np.random.default_rng(0)
+    step_s = []
+    for i in range(n_steps + 1):  # the first is the warm-up
+        batch_x = exp.train_x[rng.choice(len(exp.train_x), batch, replace=False)]
+        _, seconds = timed(step, {'features': batch_x}, np.random.default_rng([0, i]))
+        step_s.append(seconds)
+        log('{}: step {} {:.3f} s{}'.format(name, i, seconds, ' (warm-up)' if i == 0 else ''))
+    step_s = step_s[1:]
+    flops = network_flops(exp)
+    forward = sum(f for _, _, f in flops)
+    median = float(np.median(step_s))
+    gflops = 3 * forward * batch / median / 1e9
+
+    kernel = sampler.compile_reverse_kernel(exp.diffusion, 4)
+    xt = np.random.default_rng(1).standard_normal((N_SAMPLES,) + exp.train_x.shape[1:]).astype('float32')
+    t = np.full(N_SAMPLES, exp.args['T'], dtype='int64')
+    kernel(xt, t)
+    reverse_s = float(np.median([timed(kernel, xt, t)[1] for _ in range(3)]))
+    bound_fn = exp.compile_bound()
+    bound_fn(*exp.draw_inputs(rng, exp.test_x[:exp.eval_batch_size], evaluation=True))
+    _, bound_s = timed(exp.heldout_bound, bound_fn, exp.test_x[:N_BOUND])
+    log('{}: reverse step ({} images) {:.3f} s, bound on {} images {:.1f} s'.format(
+        name, N_SAMPLES, reverse_s, N_BOUND, bound_s))
+    result = {
+        'dataset': exp.dataset, 'fidelity': FIDELITY, 'model_args': CONFIGS[name][1],
+        'image_shape': list(exp.train_x.shape[1:]), 'batch_size': batch,
+        'n_params': int(sum(p.get_value().size for p in exp.params)),
+        'steps_timed': n_steps, 'step_s': step_s, 'step_s_median': median,
+        'images_per_s': batch / median,
+        'forward_gflop_per_image': forward / 1e9,
+        'forward_mflop_per_layer': {layer: f / 1e6 for layer, _, f in flops}, 'train_gflop_per_step': 3 * forward * batch / 1e9,
+        'gflops_per_s': gflops, 'peak_fraction': gflops / peak,
+        'reverse_step_{}_s'.format(N_SAMPLES): reverse_s, 'bound_per_{}_s'.format(N_BOUND): bound_s,
+        'build_s': build_s, 'compile_first_s': compile_first_s, 'compile_cached_s': compile_cached_s,
+        # the process's high-water mark: configurations run smallest first
+        'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+    return result, flops
+
+
+# ---------------------------------------------------------------- report
+
+def print_flops(name, flops, batch):
+    total = sum(f for _, _, f in flops)
+    print('\n{}: forward multiply-adds per image (x3 for a training step)'.format(name))
+    for layer, shape, f in flops:
+        print('  {:<22} {:<28} {:10.2f} MFLOP {:5.1f}%'.format(layer, shape, f / 1e6, 100.0 * f / total))
+    print('  {:<51} {:10.2f} MFLOP; a step of {} images: {:.1f} GFLOP'.format(
+        'total', total / 1e6, batch, 3 * total * batch / 1e9))
+
+
+def print_report(report):
+    m = report['machine']
+    print('Machine: {} ({} cores; load average {:.1f} at the start)'.format(
+        m['cpu'], m['cores'], m['load_average_1min']))
+    print('BLAS: {} (core {}, {} threads; OPENBLAS_CORETYPE={}), Theano openmp={}, floatX={}'.format(
+        m['blas'], m.get('openblas_core'), m.get('openblas_threads'), m['OPENBLAS_CORETYPE'],
+        m['openmp'], m['floatX']))
+    print('Peak: {:.1f} GFLOP/s (float32 {}^3 product, {}, best of {})'.format(
+        report['peak_gflops'], PEAK_SIZE, '/'.join(report['peak_ops']), PEAK_REPEATS))
+    print('Networks: --fidelity {} (the released code\'s), random stand-in images'.format(FIDELITY))
+    header = '{:<8} {:>6} {:>10} {:>9} {:>10} {:>8} {:>6} {:>11} {:>11} {:>8} {:>9}'
+    print('\n' + header.format('config', 'batch', 'params', 'step s', 'images/s', 'GFLOP/s', 'peak',
+                               'reverse49 s', 'bound1k s', 'RSS MB', 'compile s'))
+    for name in CONFIGS:
+        if name in report:
+            r = report[name]
+            print('{:<8} {:>6} {:>10,} {:>9.3f} {:>10.1f} {:>8.1f} {:>5.0f}% {:>11.3f} {:>11.1f} '
+                  '{:>8.0f} {:>9.1f}'.format(
+                      name, r['batch_size'], r['n_params'], r['step_s_median'], r['images_per_s'],
+                      r['gflops_per_s'], 100 * r['peak_fraction'], r['reverse_step_49_s'],
+                      r['bound_per_1000_s'], r['peak_rss_mb'], r['compile_cached_s']))
+    print('(step s: median of {} steps after a warm-up; RSS: the process\'s peak so far; '
+          'compile s: cached)'.format(report['steps']))
+    cold = report.get('cold_compile')
+    if cold:
+        print('Cold compile ({}, empty compile directory): training function {:.1f} s, whole process '
+              '{:.1f} s; measured for one configuration only'.format(
+                  cold['config'], cold['compile_cold_s'], cold['process_cold_s']))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--config', default='all', choices=sorted(CONFIGS) + ['all'])
+    p.add_argument('--steps', type=int, default=5, help='timed training steps after one warm-up')
+    p.add_argument('--cold-compile', default='mnist', choices=sorted(CONFIGS) + ['none'],
+                   help='configuration whose compile time from an empty cache is measured')
+    p.add_argument('--json', action='store_true', help='print one JSON object instead of the report')
+    p.add_argument('--verbose', action='store_true', help='per-step progress and FLOPs per layer')
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error('--steps must be at least 1')
+
+    def log(message):
+        if args.verbose:
+            print(message, file=sys.stderr, flush=True)
+
+    names = list(CONFIGS) if args.config == 'all' else [args.config]
+    report = {'machine': machine(), 'fidelity': FIDELITY, 'steps': args.steps}
+    report['peak_gflops'], report['peak_ops'] = peak_gflops()
+    report['machine'].update(openblas_info())  # now that Theano has loaded the library
+    log('peak {:.1f} GFLOP/s'.format(report['peak_gflops']))
+    if args.cold_compile != 'none':
+        log('cold compile of {} in a child process ...'.format(args.cold_compile))
+        report['cold_compile'] = measure_cold_compile(args.cold_compile)
+    for name in names:
+        report[name], flops = bench_config(name, args.steps, report['peak_gflops'], log)
+        if args.verbose and not args.json:
+            print_flops(name, flops, report[name]['batch_size'])
+        gc.collect()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return report
+
+
+if __name__ == '__main__':
+    main()

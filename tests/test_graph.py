@@ -1,0 +1,75 @@
+"""The compiled Theano graphs of an image model: float32 throughout, and the matrix
+products and convolutions on BLAS (Dot22 / Gemm, CorrMM), which is where the time goes
+(SPEC section 10). A float64 constant slipped into the model upcasts the whole chain
+behind it and runs at half speed; these tests find it by the variables' dtypes (Sum's
+internal acc_dtype=float64 is an op parameter, not a variable, and does not count)."""
+import numpy as np
+import pytest
+import theano
+
+import experiments
+import sampler
+import training
+
+SMALL = dict(T=20, n_temporal_basis=3, n_hidden_dense_lower=8, n_hidden_dense_lower_output=2,
+             n_hidden_dense_upper=4, n_hidden_conv=4, n_layers_conv=2, n_layers_dense_lower=2,
+             n_layers_dense_upper=2, n_scales=2, conv_path=True)
+BLAS_PRODUCTS = {'Dot22', 'Dot22Scalar', 'Gemm'}
+CONVOLUTIONS = {'CorrMM', 'CorrMM_gradInputs', 'CorrMM_gradWeights'}
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """compiled(fidelity) -> (Experiment on 1 x 8 x 8 stand-in images, the functions it
+    has compiled so far); theano.function is wrapped to keep what it returns."""
+    rng = np.random.default_rng(0)
+    data = {'train': rng.integers(0, 256, (300, 1, 8, 8)).astype(np.uint8),
+            'test': rng.integers(0, 256, (20, 1, 8, 8)).astype(np.uint8)}
+    monkeypatch.setattr(experiments.datasets, 'load_images', lambda name, split, path, **kw: data[split])
+    functions = []
+    original = theano.function
+
+    def keep(*args, **kwargs):
+        functions.append(original(*args, **kwargs))
+        return functions[-1]
+    monkeypatch.setattr(theano, 'function', keep)
+
+    def build(fidelity):
+        args = experiments.model_args('MNIST', fidelity, SMALL)
+        return experiments.Experiment('MNIST', args, seed=0), functions
+    return build
+
+
+def float64_nodes(fn):
+    """The nodes of a compiled function that take or give a float64 variable."""
+    return [str(node) for node in fn.maker.fgraph.apply_nodes
+            if any(getattr(v, 'dtype', None) == 'float64' for v in node.inputs + node.outputs)]
+
+
+def op_names(fn):
+    return {type(node.op).__name__ for node in fn.maker.fgraph.apply_nodes}
+
+
+@pytest.mark.parametrize('fidelity', ['code', 'paper'])
+def test_training_step_graph_is_float32_on_blas(compiled, fidelity):
+    exp, functions = compiled(fidelity)
+    step, _ = exp.compile_train(training.RMSProp())
+    (fn,) = functions
+    assert float64_nodes(fn) == []
+    names = op_names(fn)
+    assert names & BLAS_PRODUCTS and CONVOLUTIONS <= names
+    assert 'Dot' not in names and not any(n.startswith('AbstractConv') for n in names)  # no fallbacks
+    outputs = fn(*exp.draw_inputs(np.random.default_rng(0), exp.train_x[:10]))
+    assert outputs[0].dtype == np.float32
+    assert all(p.get_value().dtype == np.float32 for p in exp.params)
+
+
+def test_sampling_graph_is_float32_on_blas(compiled):
+    exp, functions = compiled('code')
+    kernel = sampler.compile_reverse_kernel(exp.diffusion, 4)
+    assert functions == [kernel]
+    assert float64_nodes(kernel) == []
+    names = op_names(kernel)
+    assert 'Dot22' in names and 'CorrMM' in names and 'Dot' not in names
+    mu, sigma = kernel(np.zeros((3, 1, 8, 8), np.float32), np.array([5, 10, 20]))
+    assert mu.dtype == sigma.dtype == np.float32
