@@ -64,11 +64,15 @@ def cpu_model():
 
 
 def openblas_info():
-    """The kernel (core name) and thread count that the linked OpenBLAS really uses."""
+    """The kernel (core name) and thread count that the linked OpenBLAS really uses;
+    call it after Theano has loaded the library (its own dependencies are found then)."""
     path = os.environ.get('PROJECT_BLAS', '')
     if not os.path.isfile(path):
         return {}
-    lib = ctypes.CDLL(path)  # the copy Theano loaded: same path, same handle
+    try:
+        lib = ctypes.CDLL(path)  # the copy Theano loaded: same path, same handle
+    except OSError:
+        return {}
     lib.openblas_get_corename.restype = ctypes.c_char_p
     return {'openblas_core': lib.openblas_get_corename().decode(),
             'openblas_threads': lib.openblas_get_num_threads()}

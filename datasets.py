@@ -37,7 +37,7 @@ from tqdm import tqdm
 import streams
 
 SWISSROLL_T = (1.5 * np.pi, 4.5 * np.pi)
-SWISSROLL_NOISE = 0.01          # std of the roll's noise, in spiral units (before scaling)
+SWISSROLL_NOISE = 0.005         # std of the roll's noise, in spiral units (before scaling)
 HEARTBEAT_LENGTH, HEARTBEAT_PERIOD = 20, 5
 
 

@@ -42,7 +42,7 @@ DATASET_PRESETS = {('MNIST', 'paper'): dict(conv_path=False),
 # Model arguments of each data set (keys of --model-args) and training defaults for
 # this 2-core machine (batch_size, lr, max_batches, ext_every_n).
 MODEL_ARGS = {
-    'swissroll': dict(T=40, n_hidden=16, expert='quadratic', n_basis=10, beta_init='geometric', beta_1=1e-6,
+    'swissroll': dict(T=40, n_hidden=64, expert='quadratic', n_basis=10, beta_init='geometric', beta_1=1e-7,
                       noise=datasets.SWISSROLL_NOISE, n_train=200000, n_eval=20000),
     'heartbeat': dict(T=2000, n_hidden=50, n_layers=3, readout='basis', n_basis=20,
                       basis_warp='logit', p=0.2, n_train=100000, n_eval=20000,
@@ -71,8 +71,8 @@ MODEL_ARGS.update({
     'digits': dict(IMAGE_DEFAULTS),
 })
 RUN_DEFAULTS = {
-    'swissroll': dict(batch_size=512, lr=3e-3, lr_final=1e-5, max_batches=40000, ext_every_n=2000),
-    'heartbeat': dict(batch_size=512, lr=1e-3, lr_final=1e-5, max_batches=20000, ext_every_n=2000),
+    'swissroll': dict(batch_size=512, lr=3e-3, lr_final=1e-5, max_batches=60000, ext_every_n=2000),
+    'heartbeat': dict(batch_size=512, lr=1e-3, lr_final=1e-4, max_batches=20000, ext_every_n=2000),
     'MNIST': dict(batch_size=512, lr=1e-3, lr_final=None, max_batches=100000, ext_every_n=1000),
     'CIFAR10': dict(batch_size=200, lr=1e-3, lr_final=None, max_batches=100000, ext_every_n=1000),
     'bark': dict(batch_size=128, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
