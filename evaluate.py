@@ -17,9 +17,8 @@ Units: K is in the paper's units (SPEC section 1): bits per data vector for the 
 sets, bits per pixel of z-scored continuous data for images (all colour channels of
 a pixel together). Natural logarithms inside, divided by ln 2 at the end.
 """
-import util  # noqa: F401  (configures Theano before it is imported)
+import util  # configures Theano before it is imported
 
-import argparse
 import json
 import os
 import platform
@@ -568,18 +567,8 @@ def write_report(run_dirs, path):
 
 # ---------------------------------------------------------------- command line
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit code 2
-        _fail(message)
-
-
-def _fail(message):
-    print('evaluate.py: error: {}'.format(message), file=sys.stderr)
-    sys.exit(2)
-
-
 def build_parser():
-    p = Parser(description=__doc__.split('\n')[0])
+    p = util.OneLineParser(description=__doc__.split('\n')[0])
     p.add_argument('paths', nargs='+', help='a checkpoint or run directory (with --report: run directories)')
     p.add_argument('--split', default='test', choices=('test', 'train'))
     p.add_argument('--n-t', type=int, default=10, help='draws of (t, noise) per example')
@@ -603,23 +592,23 @@ def main(argv=None):
     if args.report:
         missing = [d for d in args.paths if not os.path.exists(os.path.join(d, 'results.json'))]
         if missing:
-            _fail('no results.json in {} (is the run finished?)'.format(', '.join(missing)))
+            util.fail('no results.json in {} (is the run finished?)'.format(', '.join(missing)))
         print(write_report(args.paths, args.report_path))
         return None
     if len(args.paths) != 1:
-        _fail('give one checkpoint or run directory (or --report with several)')
+        util.fail('give one checkpoint or run directory (or --report with several)')
     try:
         ks = tuple(int(k) for k in args.iw_k.split(',') if k.strip())
     except ValueError:
-        _fail('--iw-k takes integers separated by commas, e.g. 1,4,16')
+        util.fail('--iw-k takes integers separated by commas, e.g. 1,4,16')
     try:
         exp, checkpoint, run_dir = load_experiment(args.paths[0], args.data_path)
     except ValueError as e:  # not a checkpoint, or a missing data file
-        _fail(str(e))
+        util.fail(str(e))
     if args.parzen_samples and exp.dataset not in experiments.IMAGES:
-        _fail('--parzen-samples is for image data sets')
+        util.fail('--parzen-samples is for image data sets')
     if args.entropy_n and not isinstance(exp.diffusion, M.GaussianDiffusion):
-        _fail('--entropy-n is for Gaussian diffusion')
+        util.fail('--entropy-n is for Gaussian diffusion')
     out_dir = args.out_dir or run_dir
     os.makedirs(out_dir, exist_ok=True)
     out = evaluate(exp, checkpoint, out_dir, args.split, args.n_t, args.seed, args.n_examples,

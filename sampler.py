@@ -22,9 +22,8 @@ The reverse steps run over the whole set of n samples; within each step the netw
 sees minibatches of --batch-size. Noise is drawn for all n at once from one generator
 seeded by --seed, so the samples do not depend on the batch size.
 """
-import util  # noqa: F401  (configures Theano before it is imported)
+import util  # configures Theano before it is imported
 
-import argparse
 import os
 import sys
 
@@ -364,18 +363,8 @@ def save(result, exp, out_dir, mode, arrays=True):
 
 # ---------------------------------------------------------------- command line
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit code 2
-        _fail(message)
-
-
-def _fail(message):
-    print('sampler.py: error: {}'.format(message), file=sys.stderr)
-    sys.exit(2)
-
-
 def build_parser():
-    p = Parser(description=__doc__.split('\n')[0])
+    p = util.OneLineParser(description=__doc__.split('\n')[0])
     p.add_argument('checkpoint')
     p.add_argument('--mode', default='sample', choices=MODES)
     p.add_argument('--n', type=int, default=49, help='number of samples')
@@ -398,22 +387,22 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.n < 1 or args.frames < 1 or args.batch_size < 1:
-        _fail('--n, --frames and --batch-size must be positive')
+        util.fail('--n, --frames and --batch-size must be positive')
     if args.noise_std <= 0:
-        _fail('--noise-std must be positive')
+        util.fail('--noise-std must be positive')
     if args.mode == 'inpaint' and args.mask not in ('left', 'centre') and not os.path.isfile(args.mask):
-        _fail('--mask {!r} is neither left, centre nor a file'.format(args.mask))
+        util.fail('--mask {!r} is neither left, centre nor a file'.format(args.mask))
     import experiments
     try:
         exp = experiments.from_checkpoint(args.checkpoint, args.data_path)
     except ValueError as e:
-        _fail(str(e))
+        util.fail(str(e))
     skip = None if args.skip_last_step is None else args.skip_last_step == 'yes'
     try:
         result = run(exp, args.mode, args.n, args.seed, args.noise_std, args.mask, args.frames,
                      args.batch_size, skip, progress=True)
     except ValueError as e:
-        _fail(str(e))
+        util.fail(str(e))
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     for path in save(result, exp, out_dir, args.mode):
         print(path)

@@ -8,9 +8,8 @@
 Each run writes into its own directory under --output-dir: log.jsonl (every
 monitored value), checkpoint.pkl, figures, and results.json at the end.
 """
-import util  # noqa: F401  (configures Theano before it is imported)
+import util  # configures Theano before it is imported
 
-import argparse
 import ast
 import os
 import shlex
@@ -22,16 +21,6 @@ import training
 
 # Keys a resumed run takes from its checkpoint, not from the command line.
 RUN_KEYS = ('dataset', 'fidelity', 'model_args', 'seed', 'batch_size', 'optimizer', 'lr', 'lr_final')
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit code 2, no usage dump
-        _fail(message)
-
-
-def _fail(message):
-    print('train.py: error: {}'.format(message), file=sys.stderr)
-    sys.exit(2)
 
 
 def parse_model_args(text):
@@ -50,7 +39,7 @@ def parse_model_args(text):
 
 
 def build_parser():
-    p = Parser(description=__doc__.split('\n')[0])
+    p = util.OneLineParser(description=__doc__.split('\n')[0])
     p.add_argument('--dataset', default='swissroll',
                    help='one of: ' + ', '.join(experiments.MODEL_ARGS))
     p.add_argument('--fidelity', default='paper', choices=sorted(experiments.PRESETS),
@@ -84,21 +73,21 @@ def resolve(args):
         try:
             checkpoint = training.load_checkpoint(args.resume_file)
         except ValueError as e:
-            _fail(str(e))
+            util.fail(str(e))
         saved = checkpoint['config']['args']
         for key in RUN_KEYS:
             setattr(args, key, saved[key])
         print('Resuming {} from {} ({} minibatches done).'.format(
             args.dataset, args.resume_file, checkpoint['status']['iterations_done']))
     if args.dataset not in experiments.MODEL_ARGS:
-        _fail('unknown --dataset {!r}; choose one of: {}'.format(
+        util.fail('unknown --dataset {!r}; choose one of: {}'.format(
             args.dataset, ', '.join(experiments.MODEL_ARGS)))
     if not isinstance(args.model_args, dict):
         try:
             args.model_args = parse_model_args(args.model_args)
             experiments.model_args(args.dataset, args.fidelity, args.model_args)
         except (ValueError, KeyError) as e:
-            _fail(str(e).strip('"\''))
+            util.fail(str(e).strip('"\''))
     defaults = experiments.RUN_DEFAULTS[args.dataset]
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -141,7 +130,7 @@ def main(argv=None):
     try:
         exp = experiments.Experiment(args.dataset, config, args.seed, args.data_path)
     except ValueError as e:  # a missing data file (datasets.DataMissing) or a bad --model-args value
-        _fail(str(e))
+        util.fail(str(e))
     step_rule = training.STEP_RULES[args.optimizer](args.lr)
     print('Compiling the training function (the first run takes a minute or two) ...', flush=True)
     step, n_nonfinite = exp.compile_train(step_rule)

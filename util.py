@@ -3,6 +3,7 @@
 Importing this module configures Theano (SPEC section 10) before Theano itself is
 imported, so every script imports util before theano.
 """
+import argparse
 import glob
 import importlib.util
 import json
@@ -115,6 +116,19 @@ def configure_theano():
 def logit(p, lib=np):
     """log(p / (1 - p)); pass lib=theano.tensor for symbolic p."""
     return lib.log(p) - lib.log1p(-p)
+
+
+def fail(message, prog=None):
+    """A user error: one line on stderr naming the script, then exit code 2."""
+    print('{}: error: {}'.format(prog or os.path.basename(sys.argv[0]), message), file=sys.stderr)
+    sys.exit(2)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit code 2, with no usage dump."""
+
+    def error(self, message):
+        fail(message, self.prog)
 
 
 def make_run_dir(output_dir, model, dataset, suffix=''):
