@@ -57,7 +57,8 @@ def gaussian_product(mu1, var1, mu2, var2):
     """N(x; mu1, var1) N(x; mu2, var2) is proportional to N(x; mu, var): precisions add,
     the mean is precision-weighted. Written so that var2 = 0 gives exactly (mu2, 0)."""
     total = var1 + var2
-    return (mu1 * var2 + mu2 * var1) / total, var1 * var2 / total
+    mean = np.where(var2 == 0, mu2, (mu1 * var2 + mu2 * var1) / total)
+    return mean.astype(np.result_type(mu1, mu2)), var1 * var2 / total
 
 
 # ---------------------------------------------------------------- r(x): what the samples are conditioned on
