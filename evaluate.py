@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shlex
-import sys
 import time
 
 import numpy as np

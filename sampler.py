@@ -25,7 +25,6 @@ seeded by --seed, so the samples do not depend on the batch size.
 import util  # configures Theano before it is imported
 
 import os
-import sys
 
 import numpy as np
 import theano
