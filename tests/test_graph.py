@@ -19,13 +19,10 @@ CONVOLUTIONS = {'CorrMM', 'CorrMM_gradInputs', 'CorrMM_gradWeights'}
 
 
 @pytest.fixture
-def compiled(monkeypatch):
+def compiled(monkeypatch, stand_in_images):
     """compiled(fidelity) -> (Experiment on 1 x 8 x 8 stand-in images, the functions it
     has compiled so far); theano.function is wrapped to keep what it returns."""
-    rng = np.random.default_rng(0)
-    data = {'train': rng.integers(0, 256, (300, 1, 8, 8)).astype(np.uint8),
-            'test': rng.integers(0, 256, (20, 1, 8, 8)).astype(np.uint8)}
-    monkeypatch.setattr(experiments.datasets, 'load_images', lambda name, split, path, **kw: data[split])
+    stand_in_images(300, 20, (1, 8, 8))
     functions = []
     original = theano.function
 

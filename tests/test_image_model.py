@@ -7,6 +7,7 @@ import theano.tensor as T
 
 import experiments
 import model as M
+from conftest import TINY_IMAGE_ARGS
 
 floatX = theano.config.floatX
 
@@ -70,23 +71,14 @@ def test_dequantisation_widths():
 
 # ---------------------------------------------------------------- experiments with stand-in images
 
-TINY = dict(T=20, n_temporal_basis=3, n_hidden_dense_lower=8, n_hidden_dense_lower_output=2,
-            n_hidden_dense_upper=4, n_hidden_conv=3, n_layers_conv=2, n_layers_dense_lower=2,
-            n_layers_dense_upper=2)
-
-
 @pytest.fixture
-def fake_images(monkeypatch):
+def fake_images(stand_in_images):
     """CIFAR-shaped (3 channels) 4x4 stand-in images instead of the real files."""
-    rng = np.random.default_rng(0)
-    data = {'train': rng.integers(0, 256, (600, 3, 4, 4)).astype(np.uint8),
-            'test': rng.integers(0, 256, (50, 3, 4, 4)).astype(np.uint8)}
-    monkeypatch.setattr(experiments.datasets, 'load_images', lambda name, split, path, **kw: data[split])
-    return data
+    return stand_in_images(600, 50, (3, 4, 4))
 
 
 def tiny_experiment(fidelity, **overrides):
-    args = experiments.model_args('CIFAR10', fidelity, dict(TINY, **overrides))
+    args = experiments.model_args('CIFAR10', fidelity, dict(TINY_IMAGE_ARGS, **overrides))
     return experiments.Experiment('CIFAR10', args, seed=0)
 
 

@@ -14,23 +14,19 @@ import extensions
 import model as M
 import sampler
 import training
+from conftest import TINY_IMAGE_ARGS
 
 floatX = theano.config.floatX
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_IMAGE = dict(T=20, n_temporal_basis=3, n_hidden_dense_lower=8, n_hidden_dense_lower_output=2,
-                  n_hidden_dense_upper=4, n_hidden_conv=3, n_layers_conv=2, n_layers_dense_lower=2,
-                  n_layers_dense_upper=2)
 SMALL_ROLL = dict(n_train=500, n_eval=200)
 
 
 @pytest.fixture
-def image_exp(monkeypatch):
+def image_exp(stand_in_images):
     """A tiny CIFAR-shaped (3 x 4 x 4) image Experiment on random stand-in images."""
-    rng = np.random.default_rng(0)
-    data = {'train': rng.integers(0, 256, (300, 3, 4, 4)).astype(np.uint8),
-            'test': rng.integers(0, 256, (20, 3, 4, 4)).astype(np.uint8)}
-    monkeypatch.setattr(experiments.datasets, 'load_images', lambda name, split, path, **kw: data[split])
-    return experiments.Experiment('CIFAR10', experiments.model_args('CIFAR10', 'paper', TINY_IMAGE), seed=0)
+    stand_in_images(300, 20, (3, 4, 4))
+    return experiments.Experiment('CIFAR10', experiments.model_args('CIFAR10', 'paper', TINY_IMAGE_ARGS),
+                                  seed=0)
 
 
 def roll_exp(fidelity='paper'):
