@@ -177,10 +177,10 @@ class HeldOutBound(Extension):
     The same examples and noise every time, so successive values are comparable.
     """
 
-    def __init__(self, experiment, every_n_batches, n_examples=5000, before_training=False):
+    def __init__(self, experiment, every_n_batches, before_training=False):
         super().__init__(every_n_batches=every_n_batches, before_training=before_training)
         self.exp = experiment
-        self.x = experiment.test_x[:n_examples]
+        self.x = experiment.test_x[:experiment.n_monitor]
         self.fn = None
 
     def __call__(self, loop, event):
