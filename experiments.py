@@ -45,7 +45,7 @@ MODEL_ARGS = {
     'swissroll': dict(T=40, n_hidden=64, expert='quadratic', n_basis=10, beta_init='geometric', beta_1=1e-7,
                       noise=datasets.SWISSROLL_NOISE, n_train=200000, n_eval=20000),
     'heartbeat': dict(T=2000, n_hidden=50, n_layers=3, readout='basis', n_basis=20,
-                      basis_warp='logit', p=0.2, n_train=100000, n_eval=20000,
+                      basis_warp='logit', init_gain=4.0, p=0.2, n_train=100000, n_eval=20000,
                       n_final_eval=1000),
 }
 # Images: the released code's network defaults (its MNIST run) under its own names, T and
@@ -177,7 +177,7 @@ class Experiment:
             basis = (M.temporal_basis(T_steps, args['n_basis'], 'paper', warp)
                      if args['readout'] == 'basis' else None)
             net = R.HeartbeatMLP(T_steps, rng, n_hidden=args['n_hidden'], n_layers=args['n_layers'],
-                                 basis=basis)
+                                 basis=basis, init_gain=args['init_gain'])
             self.diffusion = M.BinomialDiffusion(net, T_steps, args['p'])
             self.train_x = datasets.heartbeat(args['n_train'], [seed, 1])
             self.test_x = datasets.heartbeat(args['n_eval'], [seed, 2])

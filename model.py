@@ -42,6 +42,7 @@ def temporal_basis(T_steps, J, width, warp=None):
     spacing = (u[-1] - u[0]) / (J - 1)
     std = spacing if width == 'paper' else spacing / 2
     g = np.exp(-(u[None, :] - centres[:, None]) ** 2 / (2 * std ** 2))
+    g[g < 1e-20] = 0  # far tails: float32 denormals there make every product with g ~10x slower
     return (g / g.sum(axis=0, keepdims=True)).astype(floatX)
 
 
@@ -75,7 +76,7 @@ class ForwardSchedule(Layer):
     """b_t of the forward kernel q(x^t | x^{t-1}) = N(x^{t-1} sqrt(1 - b_t), b_t I).
 
     b_t = m + sigmoid(logit(base_t) + sum_j c_j g_j(t)) (1 - m - 1e-5)
-    (the released code's parameterisation, SPEC section 1).
+    (the released code's parameterisation, SPEC section 1; its floor m = 1e-6).
     learn=True (paper, Sec. 2.4.1): c_j are trained by gradient ascent on K and
         b_1 is fixed to `beta_1`.
     learn=False (code): c_j = 0 and b_1 gets 0.001 added, as in the released code.
@@ -87,11 +88,14 @@ class ForwardSchedule(Layer):
         self.base = logit(np.clip(base, 1e-12, 1 - 1e-12)).astype(floatX)
         self.g = basis
         self.c = self.param('c', np.zeros(basis.shape[0])) if learn else None
+        # the floor m: the code's 1e-6, or b_1 where that is smaller, so that a learned
+        # schedule can take steps as fine as its first (the Swiss roll's b_1 is 1e-7)
+        self.beta_min = min(BETA_MIN, beta_1) if learn else BETA_MIN
 
     def beta(self):
         """Symbolic (T,) vector b_1..b_T."""
         z = self.base + T.dot(self.c, self.g) if self.learn else T.as_tensor_variable(self.base)
-        beta = BETA_MIN + T.nnet.sigmoid(z) * (1 - BETA_MIN - 1e-5)
+        beta = self.beta_min + T.nnet.sigmoid(z) * (1 - self.beta_min - 1e-5)
         if self.learn:
             return T.set_subtensor(beta[0], self.beta_1)
         return T.inc_subtensor(beta[0], 0.001)
@@ -102,16 +106,26 @@ def alpha_bar(beta):
     return T.exp(T.extra_ops.cumsum(T.log1p(-beta)))
 
 
-def q_sample(x0, A_t, noise):
-    """x^t ~ q(x^t | x^0) = N(sqrt(A_t) x^0, (1 - A_t) I), reparameterised by `noise`."""
-    return T.sqrt(A_t) * x0 + T.sqrt(1 - A_t) * noise
+def noise_variance(beta):
+    """1 - A_t without cancellation: -expm1(sum log(1 - b_s)). In float32, 1 - A_t
+    itself is off by up to 50% when the noise is ~1e-7 (the Swiss roll's first steps)."""
+    return -T.expm1(T.extra_ops.cumsum(T.log1p(-beta)))
 
 
-def q_posterior(x0, xt, A_prev, beta_t):
+def q_sample(x0, A_t, noise, noise_var=None):
+    """x^t ~ q(x^t | x^0) = N(sqrt(A_t) x^0, (1 - A_t) I), reparameterised by `noise`;
+    noise_var: 1 - A_t if computed apart (noise_variance)."""
+    noise_var = 1 - A_t if noise_var is None else noise_var
+    return T.sqrt(A_t) * x0 + T.sqrt(noise_var) * noise
+
+
+def q_posterior(x0, xt, A_prev, beta_t, noise_var_prev=None):
     """Mean and variance of q(x^{t-1} | x^t, x^0) (SPEC section 1): the product of
-    N(sqrt(A_{t-1}) x^0, 1 - A_{t-1}) and N(x^t / sqrt(a_t), b_t / a_t)."""
+    N(sqrt(A_{t-1}) x^0, 1 - A_{t-1}) and N(x^t / sqrt(a_t), b_t / a_t);
+    noise_var_prev: 1 - A_{t-1} if computed apart (noise_variance)."""
     a_t = 1 - beta_t
-    v1, v2 = 1 - A_prev, beta_t / a_t
+    v1 = 1 - A_prev if noise_var_prev is None else noise_var_prev
+    v2 = beta_t / a_t
     lam = 1 / v1 + 1 / v2
     mu = (T.sqrt(A_prev) * x0 / v1 + xt / (T.sqrt(a_t) * v2)) / lam
     return mu, 1 / lam
@@ -170,9 +184,9 @@ class GaussianDiffusion:
         """KL(q(x^{t-1} | x^t, x^0) || p(x^{t-1} | x^t)) summed over dimensions, (n,), nats,
         at x^t drawn from q(x^t | x^0) with the reparameterised `noise`."""
         beta = self.schedule.beta()
-        A = alpha_bar(beta)
-        xt = q_sample(x0, bcast(A[t - 1], x0), noise)
-        mu_q, var_q = q_posterior(x0, xt, bcast(A[t - 2], x0), bcast(beta[t - 1], x0))
+        A, N = alpha_bar(beta), noise_variance(beta)
+        xt = q_sample(x0, bcast(A[t - 1], x0), noise, bcast(N[t - 1], x0))
+        mu_q, var_q = q_posterior(x0, xt, bcast(A[t - 2], x0), bcast(beta[t - 1], x0), bcast(N[t - 2], x0))
         mu_p, var_p = self.reverse_kernel(xt, t, beta)
         return per_example(kl_gaussian(mu_q, var_q, mu_p, var_p))
 

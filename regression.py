@@ -52,11 +52,12 @@ class Layer:
 
 
 class Dense(Layer):
-    """x W + b; W orthogonal (the released code's choice) or Gaussian with `std`."""
+    """x W + b; W orthogonal times `gain` (the released code's choice, gain 1) or
+    Gaussian with `std`."""
 
-    def __init__(self, name, n_in, n_out, rng, std=None):
+    def __init__(self, name, n_in, n_out, rng, std=None, gain=1.0):
         super().__init__(name)
-        w = orthogonal_init(rng, (n_in, n_out)) if std is None else gaussian_init(rng, (n_in, n_out), std)
+        w = gain * orthogonal_init(rng, (n_in, n_out)) if std is None else gaussian_init(rng, (n_in, n_out), std)
         self.W = self.param('W', w)
         self.b = self.param('b', constant_init(n_out))
 
@@ -155,12 +156,15 @@ class HeartbeatMLP(Layer):
     basis=None: a separate read-out per time step (the paper). With a temporal basis
     (J, T) the read-out weights are sum_j g_j(t) W_j instead (our option): each W_j
     learns from every nearby step, which trains far faster at T = 2000.
+    Hidden weights: orthogonal times init_gain. The paper gives no initialisation; a
+    sigmoid's slope at 0 is 1/4, so gain 4 keeps gradients from shrinking 4x per layer
+    (Glorot & Bengio 2010). With gain 1 training stalls about 0.5 bit/seq lower.
     """
 
-    def __init__(self, T_steps, rng, n_dims=20, n_hidden=50, n_layers=3, basis=None):
+    def __init__(self, T_steps, rng, n_dims=20, n_hidden=50, n_layers=3, basis=None, init_gain=4.0):
         super().__init__('mlp')
         sizes = [n_dims] + [n_hidden] * n_layers
-        self.layers = [self.add(Dense('mlp.hidden{}'.format(i), a, b, rng))
+        self.layers = [self.add(Dense('mlp.hidden{}'.format(i), a, b, rng, gain=init_gain))
                        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
         self.readout = self.add(
             PerStepDense('mlp.readout', T_steps, n_hidden, n_dims, rng, 0.01) if basis is None

@@ -17,7 +17,12 @@ import warnings
 import numpy as np
 
 # The project's Theano defaults; a user's own THEANO_FLAGS are appended and win.
-BASE_FLAGS = {'floatX': 'float32', 'warn_float64': 'ignore'}
+# local_dot22_to_dot22scalar folds a scalar factor (a learning rate, the leaky ReLU's
+# slopes) into a matrix product, and when the plain product is needed as well Theano
+# then computes it twice: that rewrite doubled every weight gradient of the image
+# networks (27 matrix products per MNIST step instead of 17).
+BASE_FLAGS = {'floatX': 'float32', 'warn_float64': 'ignore',
+              'optimizer_excluding': 'local_dot22_to_dot22scalar'}
 
 
 def find_openblas():
