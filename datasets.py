@@ -88,11 +88,16 @@ def swissroll_log_density(y, noise=SWISSROLL_NOISE, n_grid=None):
     return out - np.log(2 * np.pi * noise ** 2) + 2 * np.log(scale)
 
 
+def heartbeat_patterns():
+    """The 5 possible sequences, one per phase, float32 (5, 20)."""
+    bins = np.arange(HEARTBEAT_LENGTH)
+    phase = np.arange(HEARTBEAT_PERIOD)
+    return ((bins[None, :] - phase[:, None]) % HEARTBEAT_PERIOD == 0).astype('float32')
+
+
 def heartbeat(n, seed):
     """n binary sequences of 20 bins with a 1 every 5th bin at a random phase, float32."""
-    phase = np.random.default_rng(seed).integers(HEARTBEAT_PERIOD, size=n)
-    bins = np.arange(HEARTBEAT_LENGTH)
-    return ((bins[None, :] - phase[:, None]) % HEARTBEAT_PERIOD == 0).astype('float32')
+    return heartbeat_patterns()[np.random.default_rng(seed).integers(HEARTBEAT_PERIOD, size=n)]
 
 
 def heartbeat_log_likelihood_bits():

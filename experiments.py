@@ -43,8 +43,9 @@ DATASET_PRESETS = {('MNIST', 'paper'): dict(conv_path=False),
 # this 2-core machine (batch_size, lr, max_batches, ext_every_n).
 MODEL_ARGS = {
     'swissroll': dict(T=40, n_hidden=64, expert='quadratic', n_basis=10, beta_init='geometric', beta_1=1e-7,
+                      beta_min=1e-7,
                       noise=datasets.SWISSROLL_NOISE, n_train=200000, n_eval=20000),
-    'heartbeat': dict(T=2000, n_hidden=50, n_layers=3, readout='basis', n_basis=20,
+    'heartbeat': dict(T=2000, n_hidden=100, n_layers=3, readout='basis', n_basis=20,
                       basis_warp='logit', init_gain=4.0, p=0.2, n_train=100000, n_eval=20000,
                       n_final_eval=1000),
 }
@@ -72,7 +73,7 @@ MODEL_ARGS.update({
 })
 RUN_DEFAULTS = {
     'swissroll': dict(batch_size=512, lr=3e-3, lr_final=1e-5, max_batches=60000, ext_every_n=2000),
-    'heartbeat': dict(batch_size=512, lr=1e-3, lr_final=1e-4, max_batches=20000, ext_every_n=2000),
+    'heartbeat': dict(batch_size=512, lr=3e-3, lr_final=1e-4, max_batches=40000, ext_every_n=4000),
     'MNIST': dict(batch_size=512, lr=1e-3, lr_final=None, max_batches=100000, ext_every_n=1000),
     'CIFAR10': dict(batch_size=200, lr=1e-3, lr_final=None, max_batches=100000, ext_every_n=1000),
     'bark': dict(batch_size=128, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
@@ -170,7 +171,7 @@ class Experiment:
             basis = M.temporal_basis(T_steps, args['n_basis'], args['basis_width'])
             self.diffusion = M.GaussianDiffusion(
                 net, T_steps, basis, self.beta_base(), args['learn_beta'], args['beta_1'], args['code_mu'],
-                args['code_sigma'], args['kl_factor'])
+                args['code_sigma'], args['kl_factor'], args['beta_min'])
             self.null_bits = 2 * L_NULL_BITS_PER_DIM
         elif dataset == 'heartbeat':
             warp = M.noise_logit(T_steps) if args['basis_warp'] == 'logit' else None
@@ -199,10 +200,12 @@ class Experiment:
         self.K_nats = self.diffusion.bound_K(self.x0, self.t, self.noise)
 
     def beta_base(self):
-        """b_t before learning: 'harmonic' (released code) or 'geometric' (SPEC section 1)."""
+        """b_t before learning: 'harmonic' (released code), 'geometric' (SPEC section 1) or
+        'logit' (model.logit_beta)."""
         if self.args['beta_init'] == 'harmonic' or not self.args['learn_beta']:
             return M.harmonic_beta(self.args['T'])
-        return M.geometric_beta(self.args['T'], self.args['beta_1'])
+        return {'geometric': M.geometric_beta, 'logit': M.logit_beta}[self.args['beta_init']](
+            self.args['T'], self.args['beta_1'])
 
     @property
     def params(self):
@@ -284,7 +287,9 @@ class Experiment:
                     'exact_ll_stderr_bits': float(ll.std(ddof=1) / np.sqrt(len(ll))),
                     'roll_noise_std': self.args['noise']}
         return {'paper_K_bits': -2.414, 'paper_K_minus_Lnull_bits': 12.024,
-                'true_ll_bits': float(datasets.heartbeat_log_likelihood_bits())}
+                'true_ll_bits': float(datasets.heartbeat_log_likelihood_bits()),
+                'factorised_optimum_K_bits': self.diffusion.factorised_optimum_bits(
+                    datasets.heartbeat_patterns())}
 
 
 def from_checkpoint(path, data_path=None):

@@ -72,25 +72,35 @@ def geometric_beta(T_steps, beta_1, A_T=1e-3):
     return 1 - A / np.concatenate([[1.0], A[:-1]])
 
 
+def logit_beta(T_steps, beta_1, A_T=1e-3):
+    """b_t with the log-odds of the accumulated noise, logit(1 - A_t), evenly spaced from
+    logit(b_1) to logit(1 - A_T) (our choice): geometric in the noise at the start, like
+    geometric_beta, and geometric in the signal A_t at the end, so that the last steps
+    stay moderate (geometric_beta ends with b_T near 1, whose reverse from N(0, I) must
+    produce a still structured x^{T-1} in one Gaussian step)."""
+    u = np.linspace(logit(beta_1), logit(1 - A_T), T_steps)
+    noise = 1 / (1 + np.exp(-u))  # 1 - A_t
+    prev = np.concatenate([[0.0], noise[:-1]])
+    return (noise - prev) / (1 - prev)  # b_t = 1 - A_t / A_{t-1}
+
+
 class ForwardSchedule(Layer):
     """b_t of the forward kernel q(x^t | x^{t-1}) = N(x^{t-1} sqrt(1 - b_t), b_t I).
 
     b_t = m + sigmoid(logit(base_t) + sum_j c_j g_j(t)) (1 - m - 1e-5)
-    (the released code's parameterisation, SPEC section 1; its floor m = 1e-6).
+    (the released code's parameterisation, SPEC section 1, with its floor m = 1e-6
+    unless `beta_min` says otherwise).
     learn=True (paper, Sec. 2.4.1): c_j are trained by gradient ascent on K and
         b_1 is fixed to `beta_1`.
     learn=False (code): c_j = 0 and b_1 gets 0.001 added, as in the released code.
     """
 
-    def __init__(self, base, basis, learn, beta_1=None):
+    def __init__(self, base, basis, learn, beta_1=None, beta_min=BETA_MIN):
         super().__init__('schedule')
-        self.learn, self.beta_1 = learn, beta_1
+        self.learn, self.beta_1, self.beta_min = learn, beta_1, beta_min
         self.base = logit(np.clip(base, 1e-12, 1 - 1e-12)).astype(floatX)
         self.g = basis
         self.c = self.param('c', np.zeros(basis.shape[0])) if learn else None
-        # the floor m: the code's 1e-6, or b_1 where that is smaller, so that a learned
-        # schedule can take steps as fine as its first (the Swiss roll's b_1 is 1e-7)
-        self.beta_min = min(BETA_MIN, beta_1) if learn else BETA_MIN
 
     def beta(self):
         """Symbolic (T,) vector b_1..b_T."""
@@ -160,14 +170,14 @@ class GaussianDiffusion:
     """Gaussian diffusion with a learned reverse kernel (paper section 2).
 
     net(xt, t) returns (z_mu, z_sigma), each shaped like xt.
-    options: base (b_t before learning), learn_beta, beta_1 (ForwardSchedule);
+    options: base (b_t before learning), learn_beta, beta_1, beta_min (ForwardSchedule);
     code_mu, code_sigma (read-out); kl_factor 'T-1' (paper) or 'T' (released code).
     """
 
     def __init__(self, net, T_steps, basis, base, learn_beta=True, beta_1=1e-5,
-                 code_mu=False, code_sigma=False, kl_factor='T-1'):
+                 code_mu=False, code_sigma=False, kl_factor='T-1', beta_min=BETA_MIN):
         self.net, self.T_steps = net, T_steps
-        self.schedule = ForwardSchedule(base, basis, learn_beta, beta_1)
+        self.schedule = ForwardSchedule(base, basis, learn_beta, beta_1, beta_min)
         self.code_mu, self.code_sigma = code_mu, code_sigma
         self.kl_factor = T_steps - 1 if kl_factor == 'T-1' else T_steps
         self.params = self.schedule.params + net.params
@@ -216,15 +226,15 @@ class GaussianDiffusion:
 
 # ---------------------------------------------------------------- binomial diffusion
 
-def bernoulli_kl(q, p):
-    """KL(Bern(q) || Bern(p)), nats."""
-    return q * (T.log(q) - T.log(p)) + (1 - q) * (T.log1p(-q) - T.log1p(-p))
+def bernoulli_kl(q, p, lib=T):
+    """KL(Bern(q) || Bern(p)), nats; lib=numpy for arrays."""
+    return q * (lib.log(q) - lib.log(p)) + (1 - q) * (lib.log1p(-q) - lib.log1p(-p))
 
 
-def bernoulli_entropy(p):
-    """H(Bern(p)), nats; p may be 0 or 1."""
+def bernoulli_entropy(p, lib=T):
+    """H(Bern(p)), nats; p may be 0 or 1; lib=numpy for arrays."""
     eps = 1e-12
-    return -(p * T.log(p + eps) + (1 - p) * T.log(1 - p + eps))
+    return -(p * lib.log(p + eps) + (1 - p) * lib.log(1 - p + eps))
 
 
 class BinomialDiffusion:
@@ -280,6 +290,33 @@ class BinomialDiffusion:
         keep, drift = np.asarray([1 - b_1, self.p * b_1], dtype=floatX)  # float64 scalars would make K float64
         h1 = per_example(bernoulli_entropy(x0 * keep + drift))
         return -(self.T_steps - 1) * self.kl_term(x0, t, uniform) - h1
+
+    def factorised_optimum_bits(self, patterns, n=1000, seed=0):
+        """K (bits per sequence) of the best reverse kernel that is Bernoulli independently
+        per bit (the form of f_b), for data uniform over the rows of `patterns` (numpy).
+
+        At each t the best such kernel is f*_i(x^t) = E[q(x^{t-1}_i = 1 | x^t, x^0) | x^t],
+        the posterior over patterns given x^t averaging q; its KL is estimated from n
+        draws of (x^0, x^t) per step. A reference for a trained network (SPEC section 7:
+        about -2.37 bits for the heartbeat), not a bound of the data.
+        """
+        rng = np.random.default_rng(seed)
+        patterns = np.asarray(patterns, dtype=np.float64)
+        kl_sum = 0.0
+        for t in range(2, self.T_steps + 1):
+            A_t, A_prev, beta_t = self.A_np[t - 1], self.A_np[t - 2], self.beta_np[t - 1]
+            x0 = patterns[rng.integers(len(patterns), size=n)]
+            xt = (rng.random(x0.shape) < self.marginal(x0, A_t)).astype(float)
+            m = self.marginal(patterns[None], A_t)  # (1, K, D): P(x^t_i = 1 | pattern)
+            loglik = (xt[:, None] * np.log(m) + (1 - xt[:, None]) * np.log(1 - m)).sum(-1)
+            w = np.exp(loglik - loglik.max(axis=1, keepdims=True))
+            w /= w.sum(axis=1, keepdims=True)
+            f = (w[:, :, None] * self.q_posterior(patterns[None], xt[:, None], A_prev, beta_t)).sum(1)
+            q = self.q_posterior(x0, xt, A_prev, beta_t)
+            kl_sum += np.mean(np.sum(bernoulli_kl(np.clip(q, 1e-12, 1 - 1e-12), np.clip(f, 1e-12, 1 - 1e-12), np), 1))
+        b_1 = self.beta_np[0]
+        h1 = bernoulli_entropy(patterns * (1 - b_1) + self.p * b_1, np).sum(1).mean()
+        return float(-(kl_sum + h1) / LOG2)
 
     def draw_t(self, rng, n, per_minibatch=False):
         return rng.integers(2, self.T_steps + 1, size=n).astype('int64')

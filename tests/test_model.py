@@ -87,6 +87,42 @@ def test_bernoulli_posterior_matches_enumeration():
         assert q == pytest.approx(joint[1] / (joint[0] + joint[1]), rel=1e-6)
 
 
+def test_binomial_readout_offset_is_one_reversed_step():
+    """With z = 0 the kernel is x^t (1 - b_t) + p b_t (the read-out's offset)."""
+    T_steps, p = 2000, 0.2
+    dif = M.BinomialDiffusion(ZeroNet(), T_steps, p)
+    xt, t = T.matrix('xt'), T.lvector('t')
+    kernel = theano.function([xt, t], dif.reverse_kernel(xt, t))
+    steps = np.array([1, 2, 10, 700, 1999, 2000])
+    beta = dif.beta_np[steps - 1]
+    for x in (0.0, 1.0):
+        f = kernel(np.full((len(steps), 1), x, np.float32), steps)[:, 0].astype(np.float64)
+        want = x * (1 - beta) + p * beta
+        np.testing.assert_allclose(np.minimum(f, 1 - f), np.minimum(want, 1 - want), rtol=1e-3, atol=1e-7)
+
+
+def test_factorised_optimum_is_a_bound_and_exact_for_one_pattern():
+    dif = M.BinomialDiffusion(ZeroNet(), 100, 0.2)
+    single = np.array([[1.0, 0.0, 0.0, 1.0]])
+    k_single = dif.factorised_optimum_bits(single, n=50)
+    # one pattern: the posterior over patterns is certain, f* = q, every KL is 0, K = -H_q(X^1|X^0)
+    b_1 = dif.beta_np[0]
+    m = single * (1 - b_1) + 0.2 * b_1
+    want = np.sum(m * np.log2(m) + (1 - m) * np.log2(1 - m))
+    assert k_single == pytest.approx(want, rel=1e-9)
+    # five heartbeat-like patterns: below the truth log2(1/5), above L_null (bits independent)
+    patterns = np.eye(5)[:, np.arange(10) % 5]
+    k = dif.factorised_optimum_bits(patterns, n=400)
+    assert -10 * 0.722 < k < np.log2(1 / 5)
+
+
+class ZeroNet:
+    params = []
+
+    def __call__(self, xt, t):
+        return T.zeros_like(xt)
+
+
 def test_learned_schedule_keeps_beta_1_and_moves_the_rest():
     T_steps = 12
     basis = M.temporal_basis(T_steps, 4, 'paper')
@@ -100,6 +136,28 @@ def test_learned_schedule_keeps_beta_1_and_moves_the_rest():
     after = beta.eval()
     assert after[0] == pytest.approx(1e-4, rel=1e-6) and before[0] == pytest.approx(1e-4, rel=1e-6)
     assert np.all(np.abs(after[1:] - before[1:]) > 1e-7)
+
+
+def test_noise_variance_keeps_float32_precision_at_tiny_steps():
+    """1 - A_t at the Swiss roll's first steps (1e-7): computed as 1 - A_t in float32 it is
+    off by tens of percent (which biased K upward by 0.26 bits), noise_variance is not."""
+    beta64 = M.logit_beta(40, 1e-7)
+    want = -np.expm1(np.cumsum(np.log1p(-beta64)))
+    beta = T.constant(beta64.astype(np.float32))
+    exact = M.noise_variance(beta).eval()
+    naive = (1 - M.alpha_bar(beta)).eval()
+    assert exact.dtype == np.float32
+    np.testing.assert_allclose(exact, want, rtol=1e-5)
+    assert np.max(np.abs(naive[:3] / want[:3] - 1)) > 0.1
+
+
+def test_logit_schedule_starts_at_beta_1_and_ends_moderately():
+    beta = M.logit_beta(40, 1e-7)
+    A = np.cumprod(1 - beta)
+    assert beta[0] == pytest.approx(1e-7) and A[-1] == pytest.approx(1e-3)
+    assert np.all(beta[-5:] < 0.5) and M.geometric_beta(40, 1e-7)[-1] > 0.99
+    u = np.log(1 - A) - np.log(A)  # logit of the accumulated noise: evenly spaced
+    np.testing.assert_allclose(np.diff(u), np.diff(u).mean(), rtol=1e-6)
 
 
 def test_fixed_schedule_is_the_released_codes():
