@@ -42,7 +42,7 @@ DATASET_PRESETS = {('MNIST', 'paper'): dict(conv_path=False),
 # Model arguments of each data set (keys of --model-args) and training defaults for
 # this 2-core machine (batch_size, lr, max_batches, ext_every_n).
 MODEL_ARGS = {
-    'swissroll': dict(T=40, n_hidden=64, expert='quadratic', n_basis=10, beta_init='geometric', beta_1=1e-7,
+    'swissroll': dict(T=40, n_hidden=64, expert='quadratic', n_basis=10, beta_init='logit', beta_1=1e-7,
                       beta_min=1e-7,
                       noise=datasets.SWISSROLL_NOISE, n_train=200000, n_eval=20000),
     'heartbeat': dict(T=2000, n_hidden=100, n_layers=3, readout='basis', n_basis=20,
