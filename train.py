@@ -152,6 +152,9 @@ def main(argv=None):
     results = E.final_evaluation(loop, exp, run_dir)
     print('Held-out bound: K = {K_bits:.3f} +- {stderr_bits:.3f} {unit}, K - L_null = '
           '{K_minus_Lnull_bits:.3f} (n_eval {n_eval}, {n_draws} draws each)'.format(**results))
+    references = [('paper', 'paper_K_bits'), ('exact log likelihood', 'exact_ll_bits'),
+                  ('true log likelihood', 'true_ll_bits'), ('best factorised kernel', 'factorised_optimum_K_bits')]
+    print('Compare: ' + ', '.join('{} {:.3f}'.format(name, results[key]) for name, key in references if key in results))
     print('Results written to {}'.format(os.path.join(run_dir, 'results.json')))
     return results
 
