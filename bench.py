@@ -19,7 +19,7 @@ Measured in one process, after one warm-up call of each function:
 The images are random uint8 stand-ins of the right shape, so no data files are needed.
 Other jobs on the machine slow every figure down: run it on an idle machine.
 """
-import util  # noqa: F401  (configures Theano before it is imported)
+import util  # configures Theano before it is imported
 
 import argparse
 import ctypes
@@ -52,17 +52,6 @@ N_SAMPLES, N_BOUND = 49, 1000  # images per reverse step (a 7 x 7 figure); held-
 
 # ---------------------------------------------------------------- the machine
 
-def cpu_model():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return 'unknown'
-
-
 def openblas_info():
     """The kernel (core name) and thread count that the linked OpenBLAS really uses;
     call it after Theano has loaded the library (its own dependencies are found then)."""
@@ -79,7 +68,7 @@ def openblas_info():
 
 
 def machine():
-    info = {'cpu': cpu_model(), 'cores': os.cpu_count(), 'cores_usable': len(os.sched_getaffinity(0)),
+    info = {'cpu': util.cpuinfo('model name') or 'unknown', 'cores': os.cpu_count(), 'cores_usable': len(os.sched_getaffinity(0)),
             'load_average_1min': os.getloadavg()[0], 'blas': os.environ.get('PROJECT_BLAS'),
             'OPENBLAS_CORETYPE': os.environ.get('OPENBLAS_CORETYPE'),
             'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),

@@ -464,13 +464,7 @@ def evaluate(exp, checkpoint, out_dir, split='test', n_t=10, seed=0, n_examples=
 
 def machine():
     """'N cores, CPU model, OS' of this machine."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-        model = names[0] if names else model
-    except OSError:
-        pass
+    model = util.cpuinfo('model name') or platform.processor() or platform.machine()
     return '{} cores, {}, {} {}'.format(os.cpu_count(), model, platform.system(), platform.release())
 
 

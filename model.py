@@ -74,9 +74,10 @@ def geometric_beta(T_steps, beta_1, A_T=1e-3):
 
 def logit_beta(T_steps, beta_1, A_T=1e-3):
     """b_t with the log-odds of the accumulated noise, logit(1 - A_t), evenly spaced from
-    logit(b_1) to logit(1 - A_T) (our choice): geometric in the noise at the start, like
-    geometric_beta, and geometric in the signal A_t at the end, so that the last steps
-    stay moderate (geometric_beta ends with b_T near 1, whose reverse from N(0, I) must
+    logit(b_1) to logit(1 - A_T): a starting point for the schedule learned by gradient
+    ascent on K (Sec. 2.4.1), which the paper does not give (our choice). Geometric in
+    the noise at the start, like geometric_beta, and geometric in the signal A_t at the
+    end, so that the last steps stay moderate (geometric_beta ends with b_T near 1, whose reverse from N(0, I) must
     produce a still structured x^{T-1} in one Gaussian step)."""
     u = np.linspace(logit(beta_1), logit(1 - A_T), T_steps)
     noise = 1 / (1 + np.exp(-u))  # 1 - A_t
@@ -117,25 +118,24 @@ def alpha_bar(beta):
 
 
 def noise_variance(beta):
-    """1 - A_t without cancellation: -expm1(sum log(1 - b_s)). In float32, 1 - A_t
-    itself is off by up to 50% when the noise is ~1e-7 (the Swiss roll's first steps)."""
+    """1 - A_t, the variance of q(x^t | x^0) (SPEC section 1), without cancellation:
+    -expm1(sum log(1 - b_s)). In float32, 1 - A_t itself is off by up to 50% when the
+    noise is ~1e-7 (the Swiss roll's first steps)."""
     return -T.expm1(T.extra_ops.cumsum(T.log1p(-beta)))
 
 
-def q_sample(x0, A_t, noise, noise_var=None):
+def q_sample(x0, A_t, noise_var, noise):
     """x^t ~ q(x^t | x^0) = N(sqrt(A_t) x^0, (1 - A_t) I), reparameterised by `noise`;
-    noise_var: 1 - A_t if computed apart (noise_variance)."""
-    noise_var = 1 - A_t if noise_var is None else noise_var
+    noise_var = 1 - A_t (noise_variance)."""
     return T.sqrt(A_t) * x0 + T.sqrt(noise_var) * noise
 
 
-def q_posterior(x0, xt, A_prev, beta_t, noise_var_prev=None):
+def q_posterior(x0, xt, A_prev, noise_var_prev, beta_t):
     """Mean and variance of q(x^{t-1} | x^t, x^0) (SPEC section 1): the product of
     N(sqrt(A_{t-1}) x^0, 1 - A_{t-1}) and N(x^t / sqrt(a_t), b_t / a_t);
-    noise_var_prev: 1 - A_{t-1} if computed apart (noise_variance)."""
+    noise_var_prev = 1 - A_{t-1} (noise_variance)."""
     a_t = 1 - beta_t
-    v1 = 1 - A_prev if noise_var_prev is None else noise_var_prev
-    v2 = beta_t / a_t
+    v1, v2 = noise_var_prev, beta_t / a_t
     lam = 1 / v1 + 1 / v2
     mu = (T.sqrt(A_prev) * x0 / v1 + xt / (T.sqrt(a_t) * v2)) / lam
     return mu, 1 / lam
@@ -195,8 +195,8 @@ class GaussianDiffusion:
         at x^t drawn from q(x^t | x^0) with the reparameterised `noise`."""
         beta = self.schedule.beta()
         A, N = alpha_bar(beta), noise_variance(beta)
-        xt = q_sample(x0, bcast(A[t - 1], x0), noise, bcast(N[t - 1], x0))
-        mu_q, var_q = q_posterior(x0, xt, bcast(A[t - 2], x0), bcast(beta[t - 1], x0), bcast(N[t - 2], x0))
+        xt = q_sample(x0, bcast(A[t - 1], x0), bcast(N[t - 1], x0), noise)
+        mu_q, var_q = q_posterior(x0, xt, bcast(A[t - 2], x0), bcast(N[t - 2], x0), bcast(beta[t - 1], x0))
         mu_p, var_p = self.reverse_kernel(xt, t, beta)
         return per_example(kl_gaussian(mu_q, var_q, mu_p, var_p))
 
@@ -295,9 +295,9 @@ class BinomialDiffusion:
         """K (bits per sequence) of the best reverse kernel that is Bernoulli independently
         per bit (the form of f_b), for data uniform over the rows of `patterns` (numpy).
 
-        At each t the best such kernel is f*_i(x^t) = E[q(x^{t-1}_i = 1 | x^t, x^0) | x^t],
-        the posterior over patterns given x^t averaging q; its KL is estimated from n
-        draws of (x^0, x^t) per step. A reference for a trained network (SPEC section 7:
+        K as in Eq. 14 with Bernoulli terms (bound_K). At each t the best such kernel is
+        f*_i(x^t) = E[q(x^{t-1}_i = 1 | x^t, x^0) | x^t], the posterior over patterns
+        given x^t averaging q; its KL is estimated from n draws of (x^0, x^t) per step. A reference for a trained network (SPEC section 7:
         about -2.37 bits for the heartbeat), not a bound of the data.
         """
         rng = np.random.default_rng(seed)

@@ -158,7 +158,8 @@ class HeartbeatMLP(Layer):
     learns from every nearby step, which trains far faster at T = 2000.
     Hidden weights: orthogonal times init_gain. The paper gives no initialisation; a
     sigmoid's slope at 0 is 1/4, so gain 4 keeps gradients from shrinking 4x per layer
-    (Glorot & Bengio 2010). With gain 1 training stalls about 0.5 bit/seq lower.
+    (Glorot & Bengio 2010). With gain 1 the same training ended 0.28 bits/seq lower
+    (-2.84 against -2.56; lr 1e-3, 20,000 minibatches, 50 units).
     """
 
     def __init__(self, T_steps, rng, n_dims=20, n_hidden=50, n_layers=3, basis=None, init_gain=4.0):

@@ -46,16 +46,21 @@ def blas_ldflags(path):
     return '-L{0} -l:{1} -Wl,-rpath,{0}'.format(folder, name)
 
 
-def cpu_flags():
-    """The CPU feature flags of this machine (Linux), or an empty set."""
+def cpuinfo(field):
+    """The value of the first `field` line of /proc/cpuinfo (Linux), or None."""
     try:
         with open('/proc/cpuinfo') as f:
             for line in f:
-                if line.startswith('flags'):
-                    return set(line.split(':', 1)[1].split())
+                if line.split(':', 1)[0].strip() == field:
+                    return line.split(':', 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags():
+    """The CPU feature flags of this machine (Linux), or an empty set."""
+    return set((cpuinfo('flags') or '').split())
 
 
 def openblas_coretype(flags):

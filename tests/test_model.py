@@ -18,7 +18,8 @@ def evaluate(expr, **inputs):
 
 def test_q_posterior_matches_brute_force_product_of_gaussians():
     x0, xt, A_prev, beta_t = 0.7, -0.3, 0.6, 0.05
-    mu, var = M.q_posterior(T.constant(x0), T.constant(xt), T.constant(A_prev), T.constant(beta_t))
+    mu, var = M.q_posterior(T.constant(x0), T.constant(xt), T.constant(A_prev), T.constant(1 - A_prev),
+                            T.constant(beta_t))
     mu, var = float(mu.eval()), float(var.eval())
     grid = np.linspace(-6, 6, 200001)
     prior = np.exp(-(grid - np.sqrt(A_prev) * x0) ** 2 / (2 * (1 - A_prev)))
