@@ -80,6 +80,9 @@ RUN_DEFAULTS = {
     'deadleaves': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=50),
     'digits': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
 }
+# Model keys added after runs had been made, with the value that reproduces those runs:
+# a checkpoint without the key loads as it was trained.
+ADDED_KEYS = {'swissroll': {'beta_min': M.BETA_MIN}, 'heartbeat': {'init_gain': 1.0}}
 IMAGES = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits')
 GAUSSIAN = ('swissroll',) + IMAGES
 
@@ -298,7 +301,8 @@ def from_checkpoint(path, data_path=None):
     (one line) when the file is not a checkpoint or does not fit the model it describes."""
     import training
     state = training.load_checkpoint(path)
-    run_args, config = state['config']['args'], state['config']['model']
+    run_args = state['config']['args']
+    config = dict(ADDED_KEYS.get(run_args['dataset'], {}), **state['config']['model'])
     exp = Experiment(run_args['dataset'], config, run_args['seed'], data_path or run_args.get('data_path'))
     for p in exp.params:
         if p.name not in state['shared']:

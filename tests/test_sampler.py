@@ -253,6 +253,17 @@ def test_from_checkpoint_loads_every_parameter(tmp_path):
         assert a.name == b.name and np.array_equal(a.get_value(), b.get_value())
 
 
+def test_checkpoint_from_before_a_model_key_loads_as_it_was_trained(tmp_path):
+    path = str(tmp_path / 'checkpoint.pkl')
+    saved = write_checkpoint(path)
+    state = training.load_checkpoint(path)
+    del state['config']['model']['beta_min']  # written before the key existed
+    training.save_checkpoint(path, state)
+    exp = experiments.from_checkpoint(path)
+    assert exp.args['beta_min'] == M.BETA_MIN != saved.args['beta_min']
+    assert exp.diffusion.schedule.beta_min == M.BETA_MIN
+
+
 def test_command_line_inpaint_writes_npz_and_figure(tmp_path):
     path = str(tmp_path / 'checkpoint.pkl')
     write_checkpoint(path)
