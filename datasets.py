@@ -10,7 +10,8 @@ The binary heartbeat is 20 bits with a 1 in every 5th bin at a random phase
 Image sets, each read by load_images(name, split) as uint8 (N, C, H, W):
 - MNIST and CIFAR-10, downloaded (`python datasets.py fetch NAME`) or converted from
   archives already on disk (`python datasets.py convert NAME --raw DIR`) into
-  mnist.hdf5 and cifar10.hdf5 in Fuel's HDF5 layout (streams.py);
+  mnist.hdf5 and cifar10.hdf5 in Fuel's HDF5 layout (streams.py); the archives
+  themselves (mirrors, checksums, readers) are archives.py's;
 - dead leaves, generated from a seed and cached as deadleaves_<size>_<count>_<seed>.hdf5;
 - bark, patches of texture photographs (UIUC T01-T04, or scikit-image's textures);
 - digits, scikit-learn's 8x8 digits.
@@ -18,23 +19,18 @@ The files live in the data path: --data-path, else $FUEL_DATA_PATH, else
 ~/.local/share/diffusion-data (see data_path).
 """
 import argparse
-import gzip
-import hashlib
-import http.client
 import os
-import pickle
 import shlex
 import sys
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 
 import numpy as np
 from scipy.special import logsumexp
 from tqdm import tqdm
 
+import archives
 import streams
+import util
+from archives import DOWNLOADS, DataMissing  # noqa: F401  (DataMissing: raised here, caught by callers)
 
 SWISSROLL_T = (1.5 * np.pi, 4.5 * np.pi)
 SWISSROLL_NOISE = 0.005         # std of the roll's noise, in spiral units (before scaling)
@@ -110,57 +106,18 @@ def heartbeat_log_likelihood_bits():
 DEFAULT_DATA_PATH = '~/.local/share/diffusion-data'  # when neither --data-path nor $FUEL_DATA_PATH
 SPLITS = ('train', 'test')
 IMAGE_SETS = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits')
+
+
+def canonical_name(name, names=IMAGE_SETS):
+    """The entry of `names` that `name` spells, ignoring case, '-' and '_' (Fuel's commands
+    wrote 'mnist', the released code 'MNIST'); ValueError naming the choices if none."""
+    def key(s):
+        return s.lower().replace('-', '').replace('_', '')
+    for n in names:
+        if key(n) == key(name):
+            return n
+    raise ValueError('unknown data set {!r}; choose one of: {}'.format(name, ', '.join(names)))
 IMAGE_AXES = {'features': ('batch', 'channel', 'height', 'width'), 'targets': ('batch', 'index')}
-
-# The archives Fuel converted, where to get them, and their published checksums: MNIST's
-# SHA-256 as torchvision, TensorFlow and Keras list them; CIFAR-10's MD5 from its home
-# page (www.cs.toronto.edu/~kriz/cifar.html) and its SHA-256 from Keras.
-DOWNLOADS = {
-    'MNIST': {
-        'hdf5': 'mnist.hdf5',
-        'shape': (1, 28, 28),
-        'mirrors': ['https://ossci-datasets.s3.amazonaws.com/mnist/',     # torchvision's copy
-                    'https://storage.googleapis.com/cvdf-datasets/mnist/',  # TensorFlow's copy
-                    'http://yann.lecun.com/exdb/mnist/'],  # the original; often refuses
-        'files': {
-            'train-images-idx3-ubyte.gz':
-                {'sha256': '440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609'},
-            'train-labels-idx1-ubyte.gz':
-                {'sha256': '3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c'},
-            't10k-images-idx3-ubyte.gz':
-                {'sha256': '8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6'},
-            't10k-labels-idx1-ubyte.gz':
-                {'sha256': 'f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6'},
-        },
-    },
-    'CIFAR10': {
-        'hdf5': 'cifar10.hdf5',
-        'shape': (3, 32, 32),
-        'mirrors': ['https://www.cs.toronto.edu/~kriz/'],
-        'files': {
-            'cifar-10-python.tar.gz':
-                {'md5': 'c58f30108f718f92721af3b95e74349a',
-                 'sha256': '6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce'},
-        },
-    },
-}
-
-
-class DataMissing(ValueError):
-    """A data file is absent; the message is one line saying which command makes it."""
-
-
-class FormatError(ValueError):
-    """A raw archive (IDX file, CIFAR-10 tarball) that is not what its name says."""
-
-
-class ChecksumError(ValueError):
-    """A downloaded file whose checksum is not the published one."""
-
-
-class DownloadError(OSError):
-    """A download that failed, or a file that no mirror served intact."""
-
 
 def data_path(cli_value=None):
     """The folder of the data files: `cli_value` (--data-path), else the first entry of
@@ -178,7 +135,7 @@ def data_file(filename, cli_value=None):
 
 def downloaded_file(name, cli_value=None):
     """Path of the HDF5 file of MNIST or CIFAR10; DataMissing, saying how to make it, if absent."""
-    folder, filename = data_path(cli_value), download_spec(name)['hdf5']
+    folder, filename = data_path(cli_value), archives.download_spec(name)['hdf5']
     path = os.path.join(folder, filename)
     if not os.path.exists(path):
         where = shlex.quote(folder)
@@ -187,14 +144,6 @@ def downloaded_file(name, cli_value=None):
                           '--raw DIR --data-path {})'.format(filename, folder, name, where,
                                                               name, where))
     return path
-
-
-def download_spec(name):
-    """The DOWNLOADS entry of `name`."""
-    if name not in DOWNLOADS:
-        raise ValueError('{!r} is not downloaded; choose from {}'.format(
-            name, ', '.join(DOWNLOADS)))
-    return DOWNLOADS[name]
 
 
 # ---------------------------------------------------------------- Fuel-layout image files
@@ -224,232 +173,20 @@ def read_images(path, split, shape=None):
     return x
 
 
-# ---------------------------------------------------------------- MNIST and CIFAR-10 archives
-
-IDX_IMAGES, IDX_LABELS = 2051, 2049  # IDX magic numbers 0x0803, 0x0801: unsigned bytes, 3 or 1 dims
-MNIST_RAW = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-             'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
-CIFAR10_ARCHIVE = 'cifar-10-python.tar.gz'
-CIFAR10_BATCHES = {'train': ['data_batch_{}'.format(i) for i in range(1, 6)],
-                   'test': ['test_batch']}
-
-
-def raw_file(raw_dir, filename, name):
-    """Path of archive `filename` of data set `name` in `raw_dir`; DataMissing if absent."""
-    path = os.path.join(raw_dir, filename)
-    if not os.path.exists(path):
-        raise DataMissing('{} not found in {}; download it with: python datasets.py fetch {}'
-                          .format(filename, raw_dir, name))
-    return path
-
-
-def read_idx(path, magic):
-    """The uint8 array in a gzipped IDX file (LeCun's MNIST format).
-
-    Layout: a big-endian int32 magic number 0x08nn (0x08: unsigned bytes, nn: the number
-    of dimensions), one big-endian int32 size per dimension, then the bytes in C order.
-    """
-    try:
-        with gzip.open(path, 'rb') as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise FormatError('{}: not a readable gzip file ({})'.format(path, e))
-    ndim = magic & 0xff
-    header = 4 * (1 + ndim)
-    found = int.from_bytes(data[:4], 'big')
-    if found != magic:
-        raise FormatError('{}: magic number {}, expected {} (IDX {})'.format(
-            path, found, magic, 'images' if magic == IDX_IMAGES else 'labels'))
-    if len(data) < header:
-        raise FormatError('{}: {} bytes, shorter than its {}-byte header'.format(
-            path, len(data), header))
-    shape = tuple(int(n) for n in np.frombuffer(data, '>i4', ndim, 4))
-    body = np.frombuffer(data, np.uint8, offset=header)
-    if body.size != np.prod(shape):
-        raise FormatError('{}: the header gives shape {} ({} bytes) but {} bytes follow'.format(
-            path, shape, np.prod(shape), body.size))
-    return body.reshape(shape)
-
-
-def read_mnist(raw_dir):
-    """{split: (images uint8 (n, 1, H, W), labels uint8 (n,))} from the four IDX files."""
-    out = {}
-    for split, (image_file, label_file) in MNIST_RAW.items():
-        images = read_idx(raw_file(raw_dir, image_file, 'MNIST'), IDX_IMAGES)
-        labels = read_idx(raw_file(raw_dir, label_file, 'MNIST'), IDX_LABELS)
-        if len(images) != len(labels):
-            raise FormatError('{}: {} images but {} labels in {}'.format(
-                raw_dir, len(images), len(labels), label_file))
-        out[split] = images[:, None], labels
-    return out
-
-
-class ArrayUnpickler(pickle.Unpickler):
-    """Loads dicts, lists, bytes and numpy arrays only: any other pickle could run code.
-
-    _codecs.encode is how Python 3 writes bytes at pickle protocol 2 (a re-pickled copy).
-    """
-
-    ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy', 'ndarray'), ('numpy', 'dtype'),
-               ('_codecs', 'encode')}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError('refusing to load {}.{}'.format(module, name))
-        return super().find_class(module, name)
-
-
-def read_cifar10(raw_dir):
-    """{split: (images uint8 (n, 3, 32, 32), labels uint8 (n,))} from the python tarball.
-
-    The tarball holds pickles data_batch_1..5 (train) and test_batch, each a dict with
-    b'data', uint8 (n, 3072) rows of the red, green and blue 32x32 planes, and
-    b'labels', n ints.
-    """
-    path = raw_file(raw_dir, CIFAR10_ARCHIVE, 'CIFAR10')
-    out = {}
-    try:
-        with tarfile.open(path, 'r:gz') as tar:
-            members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
-            for split, names in CIFAR10_BATCHES.items():
-                batches = [cifar10_batch(tar, members, name, path) for name in names]
-                out[split] = tuple(np.concatenate(part) for part in zip(*batches))
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise FormatError('{}: not a readable tar.gz archive ({})'.format(path, e))
-    return out
-
-
-def cifar10_batch(tar, members, name, path):
-    """(images uint8 (n, 3, 32, 32), labels uint8 (n,)) of one pickled batch in the tarball."""
-    if name not in members:
-        raise FormatError('{}: no {} inside; expected data_batch_1..5 and test_batch'.format(
-            path, name))
-    try:
-        batch = ArrayUnpickler(tar.extractfile(members[name]), encoding='bytes').load()
-        data, labels = np.asarray(batch[b'data']), np.asarray(batch[b'labels'])
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError) as e:
-        raise FormatError('{}: {} is not a CIFAR-10 batch ({})'.format(path, name, e))
-    if data.dtype != np.uint8 or data.shape[1:] != (3 * 32 * 32,) or labels.shape != data.shape[:1]:
-        raise FormatError('{}: {} holds data {} {} and {} labels; expected uint8 (n, 3072) and '
-                          'n labels'.format(path, name, data.dtype, data.shape, labels.size))
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.uint8)
-
-
 def convert(name, raw_dir, data_path):
     """Convert the archives of `name` ('MNIST', 'CIFAR10') in `raw_dir` to its HDF5 file in
     the folder `data_path`, in Fuel's layout; returns the file's path."""
-    spec = download_spec(name)
-    arrays = {'MNIST': read_mnist, 'CIFAR10': read_cifar10}[name](raw_dir)
-    path = os.path.join(data_path, spec['hdf5'])
+    arrays = archives.read_archives(name, raw_dir)
+    path = os.path.join(data_path, archives.DOWNLOADS[name]['hdf5'])
     write_images(path, {s: arrays[s][0] for s in SPLITS}, {s: arrays[s][1] for s in SPLITS})
     return path
 
 
-# ---------------------------------------------------------------- downloads
-
-USER_AGENT = 'diffusion-reproduction (python urllib)'
-
-
-def digests(path, algorithms):
-    """{algorithm: hex digest} of the file at `path`."""
-    hashes = {a: hashlib.new(a) for a in algorithms}
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            for h in hashes.values():
-                h.update(block)
-    return {a: h.hexdigest() for a, h in hashes.items()}
-
-
-def verify(path, checksums):
-    """Raise ChecksumError unless the file's digests are `checksums` ({algorithm: hex})."""
-    found = digests(path, checksums)
-    for algorithm, expected in checksums.items():
-        if found[algorithm] != expected.lower():
-            raise ChecksumError('{} is {}, expected {}'.format(
-                algorithm, found[algorithm], expected))
-
-
-def download(filename, mirrors, checksums, folder, timeout=60):
-    """Download `filename` into `folder` from the first of `mirrors` (base URLs) that serves
-    an intact copy, checked against `checksums` ({algorithm: hex}); returns its path.
-
-    Each copy goes to a temporary file, renamed only once verified; a failed copy (refused,
-    truncated, wrong checksum) is deleted and reported in one line on stderr, and the next
-    mirror is tried.
-    """
-    os.makedirs(folder, exist_ok=True)
-    target = os.path.join(folder, filename)
-    for base in mirrors:
-        url = base.rstrip('/') + '/' + filename
-        fd, part = tempfile.mkstemp(prefix=filename + '.', suffix='.part', dir=folder)
-        try:
-            with os.fdopen(fd, 'wb') as out:
-                copy_url(url, out, filename, timeout)
-            verify(part, checksums)
-            os.replace(part, target)
-            return target
-        except (OSError, http.client.HTTPException, ChecksumError) as e:
-            print('download failed: {}: {}'.format(url, failure_reason(e)), file=sys.stderr)
-        finally:
-            if os.path.exists(part):
-                os.remove(part)
-    raise DownloadError('{}: no mirror served an intact copy (tried {})'.format(
-        filename, ', '.join(mirrors) or 'none'))
-
-
-def copy_url(url, out, label, timeout):
-    """Copy the body at `url` into the open file `out`, showing progress; DownloadError if the
-    body is shorter than its Content-Length (urllib itself lets that pass silently)."""
-    request = urllib.request.Request(url, headers={'User-Agent': USER_AGENT})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        length = response.headers.get('Content-Length')
-        size = int(length) if length else None
-        received = 0
-        with tqdm(total=size, unit='B', unit_scale=True, desc=label, leave=False) as bar:
-            for block in iter(lambda: response.read(1 << 16), b''):
-                out.write(block)
-                received += len(block)
-                bar.update(len(block))
-    if size is not None and received < size:
-        raise DownloadError('truncated: {} of {} bytes'.format(received, size))
-
-
-def failure_reason(error):
-    """A short reason for a failed download."""
-    if isinstance(error, urllib.error.HTTPError):
-        return 'HTTP {} {}'.format(error.code, error.reason)
-    if isinstance(error, urllib.error.URLError):
-        return str(error.reason)
-    return str(error) or type(error).__name__
-
-
 def fetch(name, data_path, mirrors=None, files=None):
-    """Download the archives of `name` ('MNIST', 'CIFAR10') into the folder `data_path`,
-    verify them and convert them; returns the HDF5 path.
-
-    mirrors: base URLs, tried in order (default DOWNLOADS[name]['mirrors']); files:
-    {filename: {algorithm: hex}} (default DOWNLOADS[name]['files']). Archives already there
-    with the right checksums are not downloaded again.
-    """
-    spec = download_spec(name)
-    mirrors = spec['mirrors'] if mirrors is None else mirrors
-    files = spec['files'] if files is None else files
-    for filename, checksums in files.items():
-        path = os.path.join(data_path, filename)
-        if os.path.exists(path) and has_checksums(path, checksums):
-            print('{}: already there, checksums good'.format(path))
-        else:
-            download(filename, mirrors, checksums, data_path)
+    """Download and verify the archives of `name` ('MNIST', 'CIFAR10') into the folder
+    `data_path` (archives.download_archives), then convert them; returns the HDF5 path."""
+    archives.download_archives(name, data_path, mirrors, files)
     return convert(name, data_path, data_path)
-
-
-def has_checksums(path, checksums):
-    """True if the file's digests are `checksums`."""
-    try:
-        verify(path, checksums)
-    except ChecksumError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------- dead leaves
@@ -542,7 +279,7 @@ def bark(folder=None, patch=64, stride=None):
     """
     if folder is None:
         print("bark: no folder given; using scikit-image's grass, gravel and brick textures "
-              '(top 3/4 of each for train, bottom 1/4 for test)')
+              '(top 3/4 of each for train, bottom 1/4 for test)', file=sys.stderr)
         images = builtin_textures()
     else:
         images = folder_textures(folder)
@@ -606,6 +343,7 @@ def load_images(name, split, data_path=None, **options):
     """
     if split not in SPLITS:
         raise ValueError('unknown split {!r}; choose from {}'.format(split, ', '.join(SPLITS)))
+    name = canonical_name(name)
     if name in ('MNIST', 'CIFAR10', 'digits') and options:
         raise ValueError('{} takes no options (got {})'.format(name, ', '.join(options)))
     if name in DOWNLOADS:
@@ -616,7 +354,6 @@ def load_images(name, split, data_path=None, **options):
         return bark(**options)[split]
     if name == 'digits':
         return digits()[split]
-    raise ValueError('unknown data set {!r}; choose from {}'.format(name, ', '.join(IMAGE_SETS)))
 
 
 # ---------------------------------------------------------------- command line
@@ -626,7 +363,7 @@ def info(name, cli_value=None):
     For dead leaves (default options) this generates the file if it is missing."""
     if name in DOWNLOADS or name == 'deadleaves':
         path = downloaded_file(name, cli_value) if name in DOWNLOADS else deadleaves_file(cli_value)
-        print('{}: {} (sha256 {})'.format(name, path, digests(path, ['sha256'])['sha256']))
+        print('{}: {} (sha256 {})'.format(name, path, archives.digests(path, ['sha256'])['sha256']))
     else:
         print('{}: made in memory, no file'.format(name))
     for split in SPLITS:
@@ -635,16 +372,23 @@ def info(name, cli_value=None):
 
 
 def parser():
-    """The command line: fetch, convert, info."""
-    top = argparse.ArgumentParser(description='Fetch, convert and inspect the image data sets.')
+    """The command line: fetch, convert, info. Data-set names in any case."""
+    def name_of(choices):
+        def parse(text):
+            try:
+                return canonical_name(text, choices)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e))
+        return parse
+    top = util.OneLineParser(description='Fetch, convert and inspect the image data sets.')
     commands = top.add_subparsers(dest='command', required=True)
     fetch_ = commands.add_parser('fetch', help='download, verify and convert MNIST or CIFAR10')
     convert_ = commands.add_parser('convert', help='convert archives already on disk')
     info_ = commands.add_parser('info', help='print path, shapes, dtypes and value ranges')
-    fetch_.add_argument('name', choices=list(DOWNLOADS))
-    convert_.add_argument('name', choices=list(DOWNLOADS))
+    fetch_.add_argument('name', type=name_of(tuple(DOWNLOADS)), help=' or '.join(DOWNLOADS))
+    convert_.add_argument('name', type=name_of(tuple(DOWNLOADS)), help=' or '.join(DOWNLOADS))
     convert_.add_argument('--raw', required=True, help='folder holding the downloaded archives')
-    info_.add_argument('name', choices=IMAGE_SETS)
+    info_.add_argument('name', type=name_of(IMAGE_SETS), help=', '.join(IMAGE_SETS))
     for command in (fetch_, convert_, info_):
         command.add_argument('--data-path', help='folder of the data files (default: the first '
                              'entry of $FUEL_DATA_PATH, else {})'.format(DEFAULT_DATA_PATH))
@@ -662,8 +406,8 @@ def main(argv=None):
             print(convert(args.name, args.raw, folder))
         else:
             info(args.name, args.data_path)
-    except (DataMissing, FormatError, streams.LayoutError, OSError) as e:
-        print('error: {}'.format(e), file=sys.stderr)
+    except (DataMissing, archives.FormatError, streams.LayoutError, OSError) as e:
+        print('datasets.py: error: {}'.format(e), file=sys.stderr)
         return 2
     return 0
 

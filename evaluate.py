@@ -4,7 +4,7 @@ importance-weighted bound, the MNIST Parzen estimate, the entropy bounds of Eq. 
 and a Markdown report over runs.
 
     python evaluate.py runs/<run>                        # K on the whole test set
-    python evaluate.py runs/<run>/checkpoint.pkl --n-t 10 --iw-k 1,4,16 --iw-n 200
+    python evaluate.py runs/<run>/checkpoint.npz --n-t 10 --iw-k 1,4,16 --iw-n 200
     python evaluate.py runs/<run> --parzen-samples 10000 --entropy-n 100
     python evaluate.py --report runs/<run_a> runs/<run_b>   # REPORT.md
 
@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shlex
+import sys
 import time
 
 import numpy as np
@@ -45,11 +46,11 @@ PARZEN_SIGMAS = np.logspace(-2, 0, 21)  # kernel widths tried on the validation 
 
 def load_experiment(path, data_path=None):
     """(Experiment with the checkpoint's parameters, checkpoint dict, run directory) from a
-    checkpoint file or a run directory holding checkpoint.pkl.
+    checkpoint file or a run directory holding checkpoint.npz.
 
     Raises ValueError (one line) when the path is not a checkpoint of this project.
     """
-    ckpt_path = os.path.join(path, 'checkpoint.pkl') if os.path.isdir(path) else path
+    ckpt_path = training.checkpoint_in(path)
     exp = experiments.from_checkpoint(ckpt_path, data_path)
     checkpoint = training.load_checkpoint(ckpt_path)
     return exp, checkpoint, os.path.dirname(os.path.abspath(ckpt_path))
@@ -606,12 +607,13 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     out = evaluate(exp, checkpoint, out_dir, args.split, args.n_t, args.seed, args.n_examples,
                    args.batch_size, ks, args.iw_n, args.parzen_samples, args.entropy_n)
+    human = sys.stderr if args.json else sys.stdout  # --json: the JSON alone on stdout
     b = out['bound']
     print('K = {K_bits:.4f} +- {stderr_bits:.4f} {unit}, K - L_null = {K_minus_Lnull_bits:.4f} '
-          '({n_eval} examples, {n_t} stratified draws each)'.format(**b))
+          '({n_eval} examples, {n_t} stratified draws each)'.format(**b), file=human)
     if out.get('discrete', {}).get('nll_bits_per_dim') is not None:
-        print('discrete NLL <= {:.4f} bits/dim'.format(out['discrete']['nll_bits_per_dim']))
-    print('Written to {}'.format(os.path.join(out_dir, 'evaluation_{}.json'.format(args.split))))
+        print('discrete NLL <= {:.4f} bits/dim'.format(out['discrete']['nll_bits_per_dim']), file=human)
+    print('Written to {}'.format(os.path.join(out_dir, 'evaluation_{}.json'.format(args.split))), file=human)
     if args.json:
         print(json.dumps(out, indent=2, default=float))
     return out

@@ -4,6 +4,8 @@ here from a configuration (the one stored in every checkpoint).
 """
 import util  # noqa: F401  (configures Theano before it is imported)
 
+import os
+
 import numpy as np
 import theano
 import theano.tensor as T
@@ -87,10 +89,104 @@ IMAGES = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits')
 GAUSSIAN = ('swissroll',) + IMAGES
 
 
+# ---------------------------------------------------------------- what each --model-args key accepts
+
+class Int:
+    """An integer in [lo, hi]."""
+
+    def __init__(self, lo, hi=None):
+        self.lo, self.hi = lo, hi
+
+    def accepts(self, v):
+        return (isinstance(v, int) and not isinstance(v, bool) and v >= self.lo
+                and (self.hi is None or v <= self.hi))
+
+    def __str__(self):
+        return 'an integer >= {}'.format(self.lo) if self.hi is None else \
+            'an integer in [{}, {}]'.format(self.lo, self.hi)
+
+
+class Real:
+    """A finite number in the open interval (lo, hi), or [lo, hi) with closed_lo."""
+
+    def __init__(self, lo, hi=np.inf, closed_lo=False):
+        self.lo, self.hi, self.closed_lo = lo, hi, closed_lo
+
+    def accepts(self, v):
+        return (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                and (v >= self.lo if self.closed_lo else v > self.lo) and v < self.hi)
+
+    def __str__(self):
+        if self.hi == np.inf:
+            return 'a number {} {}'.format('>=' if self.closed_lo else '>', self.lo)
+        return 'a number in {}{}, {})'.format('[' if self.closed_lo else '(', self.lo, self.hi)
+
+
+class OneOf:
+    def __init__(self, *choices, none=False):
+        self.choices, self.none = choices, none
+
+    def accepts(self, v):
+        return (v is None and self.none) or any(v == c and type(v) is type(c) for c in self.choices)
+
+    def __str__(self):
+        return 'one of ' + ', '.join(repr(c) for c in self.choices + ((None,) if self.none else ()))
+
+
+class Folder:
+    def accepts(self, v):
+        return v is None or (isinstance(v, str) and os.path.isdir(v))
+
+    def __str__(self):
+        return 'an existing folder or None'
+
+
+class OptionalInt(Int):
+    def accepts(self, v):
+        return v is None or super().accepts(v)
+
+    def __str__(self):
+        return super().__str__() + ' or None'
+
+
+BOOL = OneOf(True, False)
+ARG_RULES = {
+    # the diffusion and its schedule
+    'T': Int(2), 'beta_init': OneOf('harmonic', 'geometric', 'logit'), 'beta_1': Real(0, 1),
+    'beta_min': Real(0, 1, closed_lo=True), 'p': Real(0, 1),
+    # presets (SPEC section 9)
+    'learn_beta': BOOL, 'code_mu': BOOL, 'code_sigma': BOOL, 'kl_factor': OneOf('T-1', 'T'),
+    'basis_width': OneOf('paper', 'code'), 't_per_minibatch': BOOL, 'nonlinearity': OneOf('paper', 'code'),
+    'scale_nonlinearity': OneOf('after_sum', 'per_scale'), 'conv_path': BOOL, 'dense_depth_from_conv': BOOL,
+    'dequantisation': OneOf('paper', 'code'), 'norm_from_minibatch': BOOL, 'skip_last_step': BOOL,
+    # toy networks and data
+    'n_hidden': Int(1), 'expert': OneOf('constant', 'linear', 'quadratic'), 'n_basis': Int(2),
+    'n_layers': Int(1), 'readout': OneOf('basis', 'per_step'), 'basis_warp': OneOf('logit', 'linear'),
+    'init_gain': Real(0), 'noise': Real(0), 'n_train': Int(1), 'n_eval': Int(2), 'n_final_eval': OptionalInt(2),
+    # image networks and data
+    'n_temporal_basis': Int(2), 'n_hidden_dense_lower': Int(1), 'n_hidden_dense_lower_output': Int(1),
+    'n_hidden_dense_upper': Int(1), 'n_hidden_conv': Int(1), 'n_layers_conv': Int(1),
+    'n_layers_dense_lower': Int(1), 'n_layers_dense_upper': Int(1), 'n_scales': Int(1),
+    'folder': Folder(), 'patch': Int(2), 'image_size': Int(2),
+}
+
+
+def check_model_args(args):
+    """ValueError naming the first key whose value is outside what it accepts (ARG_RULES)."""
+    for key, value in args.items():
+        rule = ARG_RULES[key]
+        if not rule.accepts(value):
+            raise ValueError('--model-args {}={!r}: {} must be {}'.format(key, value, key, rule))
+    if 'n_hidden' in args and 'n_train' in args and args.get('expert') and args['n_hidden'] > args['n_train']:
+        raise ValueError('--model-args n_hidden={}: the RBF centres start at n_train={} training '
+                         'points, so n_hidden must be at most n_train'.format(args['n_hidden'], args['n_train']))
+
+
 def model_args(dataset, fidelity, overrides):
     """The full model configuration: data-set defaults, then the preset, then --model-args.
 
-    Raises KeyError naming the valid keys when an override is unknown.
+    Raises KeyError naming the valid keys when an override is unknown, ValueError when a
+    value is outside what its key accepts.
     """
     args = dict(MODEL_ARGS[dataset])
     if dataset in GAUSSIAN:
@@ -102,6 +198,7 @@ def model_args(dataset, fidelity, overrides):
         raise KeyError('unknown --model-args key(s) {} for {}; valid: {}'.format(
             ', '.join(sorted(unknown)), dataset, ', '.join(sorted(args))))
     args.update(overrides)
+    check_model_args(args)
     return args
 
 
@@ -295,6 +392,13 @@ class Experiment:
                     datasets.heartbeat_patterns())}
 
 
+def checkpoint_model_config(state):
+    """The model configuration a checkpoint was trained with; keys added since take the
+    value that reproduces older runs (ADDED_KEYS)."""
+    dataset = state['config']['args']['dataset']
+    return dict(ADDED_KEYS.get(dataset, {}), **state['config']['model'])
+
+
 def from_checkpoint(path, data_path=None):
     """The Experiment of a checkpoint written by train.py, its parameters loaded (by
     shared-variable name). data_path: else the run's --data-path. Raises ValueError
@@ -302,7 +406,7 @@ def from_checkpoint(path, data_path=None):
     import training
     state = training.load_checkpoint(path)
     run_args = state['config']['args']
-    config = dict(ADDED_KEYS.get(run_args['dataset'], {}), **state['config']['model'])
+    config = checkpoint_model_config(state)
     exp = Experiment(run_args['dataset'], config, run_args['seed'], data_path or run_args.get('data_path'))
     for p in exp.params:
         if p.name not in state['shared']:

@@ -2,14 +2,18 @@
 stopping, the learning-rate schedule, evaluation and plots.
 
 Each extension says when it is due (every N batches or epochs, before or after
-training) and is called with the main loop.
+training, on an interrupt) and is called with the main loop.
 """
 import json
 import math
+import os
 import sys
+import time
 
 import numpy as np
 
+import figures
+import sampler
 import training
 
 
@@ -49,22 +53,27 @@ class FinishAfter(Extension):
             loop.stop_requested = True
 
 
-class LearningRateSchedule(Extension):
-    """The released code's decay (SPEC section 4): every 500 minibatches
-    lr <- max(lr * exp(ln 0.1 / 1000), 1e-4)."""
+# The released code's decay (SPEC section 4): x exp(ln 0.1 / 1000) every 500 minibatches,
+# down to 1e-4.
+RELEASED_SCHEDULE = {'every_n_batches': 500, 'factor': math.exp(math.log(0.1) / 1000), 'floor': 1e-4}
 
-    def __init__(self, lr, every_n_batches=500, factor=math.exp(math.log(0.1) / 1000), floor=1e-4):
+
+def exponential_decay(lr_start, lr_final, n_batches, every_n_batches=100):
+    """The schedule (every_n_batches, factor, floor) that decays the learning rate
+    exponentially from lr_start to lr_final over n_batches minibatches and then holds it
+    at lr_final (our choice for the toy sets)."""
+    factor = (lr_final / lr_start) ** (every_n_batches / n_batches)
+    return {'every_n_batches': every_n_batches, 'factor': factor, 'floor': lr_final}
+
+
+class LearningRateSchedule(Extension):
+    """Multiplies the learning rate by `factor` every `every_n_batches` minibatches, never
+    below `floor` (RELEASED_SCHEDULE or exponential_decay). The learning rate itself is in
+    the checkpoint, so a resumed run continues the same sequence."""
+
+    def __init__(self, lr, every_n_batches, factor, floor):
         super().__init__(every_n_batches=every_n_batches)
         self.lr, self.factor, self.floor = lr, factor, floor
-
-    @classmethod
-    def for_run(cls, lr, lr_start, lr_final, max_batches, every_n_batches=100):
-        """The released code's schedule, or with lr_final an exponential decay from
-        lr_start to lr_final over max_batches (our choice for the toy sets)."""
-        if lr_final is None or not max_batches:
-            return cls(lr)
-        factor = (lr_final / lr_start) ** (every_n_batches / max_batches)
-        return cls(lr, every_n_batches, factor, floor=lr_final)
 
     def __call__(self, loop, event):
         new = max(float(self.lr.get_value()) * self.factor, self.floor)
@@ -72,82 +81,86 @@ class LearningRateSchedule(Extension):
 
 
 class JSONLog(Extension):
-    """Appends every minibatch's monitored values to RUN_DIR/log.jsonl.
+    """Appends every minibatch's record to RUN_DIR/log.jsonl, one JSON object per line,
+    and keeps status['log_bytes'], the file's length, which every checkpoint stores.
 
-    Before training the file is rewritten from the loop's log, so that after a
+    Before training the file is cut to status['log_bytes'] (0 for a new run), so after a
     resume it holds exactly the records up to the checkpoint, then the new ones.
     """
 
     def __init__(self, path):
-        super().__init__(every_n_batches=1, before_training=True, after_training=True,
-                         on_interrupt=True)
+        super().__init__(every_n_batches=1, before_training=True)
         self.path = path
-        self.written = 0
 
     def __call__(self, loop, event):
         if event == 'before_training':
-            self.written = 0
-            open(self.path, 'w').close()
-        if event == 'batch' and loop.status['iterations_done'] % 50 and not loop.stop_requested:
-            return  # buffer: write in groups of 50 records
+            self.cut(loop.status)
+        if loop.record:
+            with open(self.path, 'a') as f:
+                f.write(json.dumps(loop.record, default=float) + '\n')
+                loop.status['log_bytes'] = f.tell()
+
+    def cut(self, status):
+        """Truncate the log to the checkpoint's length; ValueError if it is shorter."""
+        size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        keep = status['log_bytes']
+        if keep is None:  # a converted old checkpoint that had no log.jsonl beside it
+            keep = training.log_offset(self.path, status['iterations_done']) if size else 0
+        if size < keep:
+            raise ValueError('{} has {} bytes, the checkpoint expects at least {}; the log is '
+                             'incomplete'.format(self.path, size, keep))
         with open(self.path, 'a') as f:
-            for rec in loop.log[self.written:]:
-                f.write(json.dumps(rec, default=float) + '\n')
-        self.written = len(loop.log)
+            f.truncate(keep)
+        status['log_bytes'] = keep
 
 
 class Printing(Extension):
-    """One progress line: iteration, epoch, mean of each monitored value since last time."""
+    """One progress line every N minibatches: iteration, epoch, training time, and the mean
+    of each monitored value over the minibatches since the last line."""
 
     def __init__(self, every_n_batches, stream=sys.stdout):
         super().__init__(every_n_batches=every_n_batches, after_training=True)
+        self.every_n = every_n_batches
         self.stream = stream
-        self.last = 0
+        self.sums, self.counts = {}, {}
+
+    def due(self, event, status):
+        return event == 'batch' or super().due(event, status)
 
     def __call__(self, loop, event):
-        recent = loop.log[self.last:] or loop.log[-1:]
-        self.last = len(loop.log)
-        if not recent:
+        if event == 'batch':
+            for k, v in loop.record.items():
+                if k not in ('iteration', 'epoch', 'wall_s') and isinstance(v, (int, float)):
+                    self.sums[k] = self.sums.get(k, 0.0) + v
+                    self.counts[k] = self.counts.get(k, 0) + 1
+            if loop.status['iterations_done'] % self.every_n:
+                return
+        if not self.counts:
             return
-        keys = [k for k in recent[-1] if k not in ('iteration', 'epoch')]
-        means = {k: np.mean([r[k] for r in recent if isinstance(r.get(k), (int, float))])
-                 for k in keys if isinstance(recent[-1][k], (int, float))}
         s = loop.status
         parts = ['iter {:d}'.format(s['iterations_done']), 'epoch {:d}'.format(s['epochs_done']),
                  '{:.0f}s'.format(s['wall_s'])]
-        parts += ['{} {:.4g}'.format(k, v) for k, v in means.items()]
+        parts += ['{} {:.4g}'.format(k, self.sums[k] / self.counts[k]) for k in self.sums]
         print(' | '.join(parts), file=self.stream, flush=True)
+        self.sums, self.counts = {}, {}
 
 
 class Checkpoint(Extension):
-    """Writes the loop's full state to `path` (atomically), periodically and at the end.
+    """Writes the loop's state to `path` (atomically), periodically and at the end.
 
-    On Ctrl-C it writes one and says how to resume.
+    On Ctrl-C or SIGTERM it writes one and says how to resume.
     """
 
     def __init__(self, path, every_n_batches=None, resume_hint=None):
         super().__init__(every_n_batches=every_n_batches, after_training=True, on_interrupt=True)
         self.path = path
-        self.resume_hint = resume_hint
+        self.resume_hint = resume_hint or 'python train.py --resume_file ' + path
 
     def __call__(self, loop, event):
         training.save_checkpoint(self.path, loop.state_dict())
         if event == 'interrupt':
             print('Checkpoint written to {} after {} minibatches. Resume with:\n  {}'.format(
-                self.path, loop.status['iterations_done'],
-                self.resume_hint or '--resume_file ' + self.path), file=sys.stderr, flush=True)
-
-
-def write_results(path, loop, extra):
-    """RUN_DIR/results.json: data set, seed, iterations, wall time, and `extra`."""
-    import util
-    s = loop.status
-    out = {'seed': s['seed'], 'iterations': s['iterations_done'], 'epochs': s['epochs_done'],
-           'wall_s': round(s['wall_s'], 2), 'resumed_from': s['resumed_from']}
-    out.update(loop.config.get('results', {}))
-    out.update(extra)
-    util.write_json(path, out)
-    return out
+                self.path, loop.status['iterations_done'], self.resume_hint), file=sys.stderr, flush=True)
 
 
 class NonFiniteGuard(Extension):
@@ -166,13 +179,15 @@ class NonFiniteGuard(Extension):
         self.last = count
         if self.streak >= self.patience:
             print('Stopping: {} minibatches in a row had NaN or inf gradients (all dropped). '
-                  'Lower --lr and resume from the last checkpoint.'.format(self.streak),
+                  'Resume from the last checkpoint with a lower --lr.'.format(self.streak),
                   file=sys.stderr, flush=True)
             loop.stop_requested = True
 
 
 class HeldOutBound(Extension):
-    """Adds the bound K on (part of) the held-out set to the log, with its standard error.
+    """Adds the bound K on (part of) the held-out set to the log, with its standard error,
+    and keeps each evaluation in status['evaluations'] (the K curve, which the checkpoint
+    carries across resumes).
 
     The same examples and noise every time, so successive values are comparable.
     """
@@ -187,10 +202,12 @@ class HeldOutBound(Extension):
         if self.fn is None:
             self.fn = self.exp.compile_bound()
         r = self.exp.heldout_bound(self.fn, self.x, seed=1)
-        if not loop.log:  # before a fresh run's first minibatch: a record of its own
-            loop.log.append({'iteration': 0, 'epoch': 0})
+        s = loop.status
+        if event == 'before_training':  # a record of its own, before the next minibatch
+            loop.record = {'iteration': s['iterations_done'], 'epoch': s['epochs_done']}
         loop.record.update({'heldout_K_bits': r['K_bits'], 'heldout_stderr_bits': r['stderr_bits'],
-                            'heldout_K_minus_Lnull_bits': r['K_minus_Lnull_bits']})
+                            'heldout_K_minus_Lnull_bits': r['K_minus_Lnull_bits'], 'wall_s': s['wall_s']})
+        s['evaluations'].append(training.evaluation_record(loop.record))
 
 
 class Plots(Extension):
@@ -204,20 +221,7 @@ class Plots(Extension):
         self.compiled = {}  # functions compiled once, reused at every call
 
     def __call__(self, loop, event):
-        import figures
-        figures.training_figures(self.exp, loop.log, self.run_dir, self.compiled)
-
-
-def final_evaluation(loop, exp, run_dir):
-    """The bound on the held-out set (exp.final_examples of it, exp.final_draws
-    stratified draws of t each), figures, and results.json."""
-    import os
-    import figures
-    x = exp.test_x[:exp.final_examples]
-    r = exp.heldout_bound(exp.compile_bound(), x, n_draws=exp.final_draws, seed=2)
-    figures.experiment_figures(exp, run_dir, seed=loop.status['seed'])
-    r.update(exp.reference_values())
-    return write_results(os.path.join(run_dir, 'results.json'), loop, r)
+        figures.training_figures(self.exp, loop.status['evaluations'], self.run_dir, self.compiled)
 
 
 class SamplePlots(Extension):
@@ -239,8 +243,6 @@ class SamplePlots(Extension):
         self.affordable = None
 
     def __call__(self, loop, event):
-        import time
-        import sampler
         if self.kernel is None:
             self.kernel = sampler.compile_reverse_kernel(self.exp.diffusion, self.exp.train_x.ndim)
             x = sampler.to_model_units(self.exp, sampler.originals(self.exp, self.n))

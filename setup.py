@@ -7,8 +7,8 @@ setup(
     description='Deep Unsupervised Learning using Nonequilibrium Thermodynamics, on Theano',
     license='MIT',
     python_requires='>=3.11,<3.12',
-    py_modules=['util', 'streams', 'datasets', 'regression', 'model', 'training', 'extensions',
-                'experiments', 'figures', 'sampler', 'evaluate', 'bench', 'train'],
+    py_modules=['util', 'streams', 'archives', 'datasets', 'regression', 'model', 'training',
+                'extensions', 'experiments', 'figures', 'sampler', 'evaluate', 'bench', 'train'],
     install_requires=[
         'theano==1.0.5',
         'numpy==1.23.5',     # newest that Theano 1.0.5 runs with (SPEC section 10)
@@ -18,6 +18,8 @@ setup(
         'tqdm==4.66.1',
         'scikit-learn==1.3.2',   # the offline 'digits' data set
         'scikit-image==0.22.0',  # the offline bark textures, image reading
+        'mpi4py==4.1.2',         # data-parallel training (train.py under mpiexec)
+        'mpich==5.0.2',          # an MPI implementation with mpiexec, from the package index
     ],
     extras_require={'test': ['pytest==7.4.3']},
 )

@@ -3,24 +3,41 @@
     python train.py --dataset swissroll
     python train.py --dataset heartbeat --max-batches 2000
     python train.py --dataset deadleaves --fidelity code --max-batches 200
-    python train.py --dataset swissroll --resume_file runs/.../checkpoint.pkl
+    python train.py --resume_file runs/.../checkpoint.npz [--max-batches N]
+    python train.py --convert-checkpoint runs/.../checkpoint.pkl
 
 Each run writes into its own directory under --output-dir: log.jsonl (every
-monitored value), checkpoint.pkl, figures, and results.json at the end.
+monitored value), checkpoint.npz, figures, and results.json at the end.
+
+A resumed run takes every setting from its checkpoint. Given again, --max-batches,
+--max-epochs, --max-minutes, --ext-every-n, --lr, --lr-final and --data-path override
+the stored value (the run says so); the settings that define the model and the data
+order cannot change.
 """
 import util  # configures Theano before it is imported
 
+import argparse
 import ast
+import math
 import os
 import shlex
 import sys
 
+import datasets
 import experiments
 import extensions as E
+import figures
+import streams
 import training
 
-# Keys a resumed run takes from its checkpoint, not from the command line.
-RUN_KEYS = ('dataset', 'fidelity', 'model_args', 'seed', 'batch_size', 'optimizer', 'lr', 'lr_final')
+# Run settings and their defaults when a data set gives none (experiments.RUN_DEFAULTS
+# gives batch_size, lr, lr_final, max_batches and ext_every_n per data set).
+DEFAULTS = {'fidelity': 'paper', 'model_args': {}, 'optimizer': 'rmsprop', 'seed': 0,
+            'max_epochs': None, 'max_minutes': None, 'output_dir': 'runs', 'suffix': '',
+            'data_path': None}
+FIXED_ON_RESUME = ('dataset', 'fidelity', 'model_args', 'seed', 'batch_size', 'optimizer')
+OVERRIDABLE = ('max_batches', 'max_epochs', 'max_minutes', 'ext_every_n', 'lr', 'lr_final', 'data_path')
+NEW_RUN_ONLY = ('output_dir', 'suffix')
 
 
 def parse_model_args(text):
@@ -38,118 +55,232 @@ def parse_model_args(text):
     return out
 
 
+def model_args_type(text):
+    """parse_model_args for argparse: its message, not argparse's generic one."""
+    try:
+        return parse_model_args(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
 def build_parser():
+    """Every option defaults to None, so that the options given can be told apart (resume)."""
     p = util.OneLineParser(description=__doc__.split('\n')[0])
-    p.add_argument('--dataset', default='swissroll',
-                   help='one of: ' + ', '.join(experiments.MODEL_ARGS))
-    p.add_argument('--fidelity', default='paper', choices=sorted(experiments.PRESETS),
-                   help='paper: the paper\'s choices; code: the released code\'s (SPEC section 9)')
-    p.add_argument('--model-args', default='', help='key=value,... overriding model defaults')
-    p.add_argument('--batch-size', type=int, default=None)
-    p.add_argument('--lr', type=float, default=None, help='initial learning rate')
-    p.add_argument('--lr-final', type=float, default=None,
+    p.add_argument('--dataset', help='one of: ' + ', '.join(experiments.MODEL_ARGS) + ' (any case)')
+    p.add_argument('--fidelity', choices=sorted(experiments.PRESETS),
+                   help='paper (default): the paper\'s choices; code: the released code\'s (SPEC section 9)')
+    p.add_argument('--model-args', type=model_args_type, help='key=value,... overriding model defaults')
+    p.add_argument('--batch-size', type=int)
+    p.add_argument('--lr', type=float, help='initial learning rate')
+    p.add_argument('--lr-final', type=float,
                    help='decay the learning rate exponentially to this value over --max-batches '
                         '(default for the toy sets); otherwise the released code\'s schedule')
-    p.add_argument('--optimizer', default='rmsprop', choices=sorted(training.STEP_RULES))
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--max-batches', type=int, default=None,
-                   help='stop after this many minibatches, counted from the run\'s start')
-    p.add_argument('--max-epochs', type=int, default=None)
-    p.add_argument('--max-minutes', type=float, default=None, help='stop after this much training time')
-    p.add_argument('--ext-every-n', type=int, default=None,
-                   help='evaluate, print and checkpoint every N minibatches')
-    p.add_argument('--output-dir', default='runs')
-    p.add_argument('--suffix', default='')
-    p.add_argument('--data-path', default=None, help='folder of data files (else $FUEL_DATA_PATH)')
-    p.add_argument('--resume_file', '--resume-file', dest='resume_file', default=None)
+    p.add_argument('--optimizer', choices=sorted(training.STEP_RULES), help='default rmsprop')
+    p.add_argument('--seed', type=int, help='default 0')
+    p.add_argument('--max-batches', type=int, help='stop after this many minibatches, counted from the run\'s start')
+    p.add_argument('--max-epochs', type=int)
+    p.add_argument('--max-minutes', type=float, help='stop after this much training time, counted from the run\'s start')
+    p.add_argument('--ext-every-n', type=int, help='evaluate, print and checkpoint every N minibatches')
+    p.add_argument('--output-dir', help='default runs')
+    p.add_argument('--suffix')
+    p.add_argument('--data-path', help='folder of data files (else $FUEL_DATA_PATH)')
+    p.add_argument('--resume_file', '--resume-file', dest='resume_file')
     p.add_argument('--plot_before_training', '--plot-before-training', action='store_true')
+    p.add_argument('--convert-checkpoint', metavar='OLD.pkl',
+                   help='write the .npz form of an old pickle checkpoint beside it, and exit')
     return p
 
 
-def resolve(args):
-    """Fill defaults, or take the run-defining settings from the checkpoint on resume."""
-    checkpoint = None
+# ---------------------------------------------------------------- settings of a new or resumed run
+
+def new_run_settings(given):
+    """The settings of a new run: what was given, then the data set's defaults, then DEFAULTS.
+    An explicit --max-epochs drops the data set's default --max-batches (never an explicit one)."""
+    if given.get('dataset') is None:
+        given['dataset'] = 'swissroll'
+    try:
+        dataset = datasets.canonical_name(given['dataset'], tuple(experiments.MODEL_ARGS))
+    except ValueError as e:
+        util.fail(str(e).replace('data set', '--dataset'))
+    defaults = dict(DEFAULTS, **experiments.RUN_DEFAULTS[dataset])
+    if given.get('max_epochs') is not None and given.get('max_batches') is None:
+        defaults['max_batches'] = None
+    settings = {k: v if v is not None else defaults.get(k) for k, v in given.items()}
+    settings['dataset'] = dataset
+    return settings
+
+
+def resumed_settings(given, saved):
+    """The settings of a resumed run: the checkpoint's, with the OVERRIDABLE ones given
+    again replacing them; returns (settings, list of overrides). A FIXED_ON_RESUME setting
+    given with another value, or a NEW_RUN_ONLY one, is a user error."""
+    settings, overrides = dict(saved), []
+    for key, value in given.items():
+        if value is None or key in ('resume_file', 'plot_before_training', 'convert_checkpoint'):
+            continue
+        flag = '--' + key.replace('_', '-')
+        if key in NEW_RUN_ONLY:
+            util.fail('{} cannot be used with --resume_file: a resumed run continues in its own '
+                      'directory'.format(flag))
+        if key == 'dataset':
+            try:
+                value = datasets.canonical_name(value, tuple(experiments.MODEL_ARGS))
+            except ValueError:
+                pass  # reported as a change of --dataset below
+        if value == saved.get(key):
+            continue
+        if key in FIXED_ON_RESUME:
+            util.fail('{} cannot change when resuming (the run has {!r}): the model and the data '
+                      'order depend on it; start a new run instead'.format(flag, saved.get(key)))
+        overrides.append({'flag': flag, 'checkpoint': saved.get(key), 'given': value})
+        settings[key] = value
+    return settings, overrides
+
+
+def check_settings(s):
+    """One-line error and exit 2 for a flag outside its range (before anything is written)."""
+    rules = [('batch_size', 'an integer >= 1', lambda v: v >= 1),
+             ('lr', 'a finite number > 0', lambda v: math.isfinite(v) and v > 0),
+             ('lr_final', 'a finite number > 0 and at most --lr',
+              lambda v: math.isfinite(v) and 0 < v <= s['lr']),
+             ('seed', 'an integer >= 0', lambda v: v >= 0),
+             ('max_batches', 'an integer >= 1', lambda v: v >= 1),
+             ('max_epochs', 'an integer >= 1', lambda v: v >= 1),
+             ('max_minutes', 'a finite number > 0', lambda v: math.isfinite(v) and v > 0),
+             ('ext_every_n', 'an integer >= 1', lambda v: v >= 1)]
+    for key, allowed, ok in rules:
+        if s.get(key) is not None and not ok(s[key]):
+            util.fail('--{} {}: must be {}'.format(key.replace('_', '-'), s[key], allowed))
+    if s['suffix'] and os.sep in s['suffix']:
+        util.fail('--suffix {!r}: must not contain {!r}'.format(s['suffix'], os.sep))
+    if s['data_path'] and os.path.exists(s['data_path']) and not os.path.isdir(s['data_path']):
+        util.fail('--data-path {}: is a file, not a folder'.format(s['data_path']))
+
+
+def lr_schedule(s, lr_start, iterations_done, n_train):
+    """The learning-rate schedule of a run (extensions.LearningRateSchedule arguments).
+
+    With --lr-final: an exponential decay from the current learning rate to lr_final over
+    the minibatches still planned (--max-batches, else --max-epochs x minibatches per
+    epoch), then held at lr_final; otherwise the released code's schedule. A new run plans
+    from --lr; a resumed run keeps its stored schedule, and is re-planned from its current
+    learning rate only when --lr-final is given again with another value. So extending a
+    run with a larger --max-batches keeps the planned decay and holds lr_final after it.
+    """
+    if s['lr_final'] is None:
+        return dict(E.RELEASED_SCHEDULE)
+    total = s['max_batches'] or s['max_epochs'] * -(-n_train // s['batch_size'])
+    return E.exponential_decay(lr_start, s['lr_final'], max(total - iterations_done, 1))
+
+
+# ---------------------------------------------------------------- the run
+
+def build_extensions(s, exp, run_dir, lr, resume_hint, plot_before_training):
+    every = s['ext_every_n']
+    max_s = s['max_minutes'] * 60 if s['max_minutes'] else None
+    return [
+        E.FinishAfter(s['max_batches'], s['max_epochs'], max_s),
+        E.NonFiniteGuard(),
+        E.LearningRateSchedule(lr, **s['lr_schedule']),
+        E.HeldOutBound(exp, every_n_batches=every, before_training=plot_before_training),
+        E.Plots(exp, run_dir, every_n_batches=every),
+        E.SamplePlots(exp, run_dir, every_n_batches=every),
+        E.Printing(every),
+        E.JSONLog(os.path.join(run_dir, 'log.jsonl')),
+        E.Checkpoint(os.path.join(run_dir, 'checkpoint.npz'), every_n_batches=every, resume_hint=resume_hint),
+    ]
+
+
+def final_evaluation(loop, exp, run_dir):
+    """The bound on the held-out set (exp.final_examples of it, exp.final_draws
+    stratified draws of t each), the experiment's figures, and RUN_DIR/results.json."""
+    x = exp.test_x[:exp.final_examples]
+    r = exp.heldout_bound(exp.compile_bound(), x, n_draws=exp.final_draws, seed=2)
+    figures.experiment_figures(exp, run_dir, seed=loop.status['seed'])
+    r.update(exp.reference_values())
+    s = loop.status
+    out = {'seed': s['seed'], 'iterations': s['iterations_done'], 'epochs': s['epochs_done'],
+           'wall_s': round(s['wall_s'], 2), 'resumed_from': s['resumed_from']}
+    out.update(loop.config['results'], sessions=loop.config['sessions'], **r)
+    util.write_json(os.path.join(run_dir, 'results.json'), out)
+    return out
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.convert_checkpoint:
+        try:
+            print(training.convert_checkpoint(args.convert_checkpoint))
+        except ValueError as e:
+            util.fail(str(e))
+        return None
+    given = {k: v for k, v in vars(args).items()
+             if k not in ('resume_file', 'plot_before_training', 'convert_checkpoint')}
+    checkpoint, overrides = None, []
     if args.resume_file:
         try:
             checkpoint = training.load_checkpoint(args.resume_file)
         except ValueError as e:
             util.fail(str(e))
-        saved = checkpoint['config']['args']
-        for key in RUN_KEYS:
-            setattr(args, key, saved[key])
-        print('Resuming {} from {} ({} minibatches done).'.format(
-            args.dataset, args.resume_file, checkpoint['status']['iterations_done']))
-    if args.dataset not in experiments.MODEL_ARGS:
-        util.fail('unknown --dataset {!r}; choose one of: {}'.format(
-            args.dataset, ', '.join(experiments.MODEL_ARGS)))
-    if not isinstance(args.model_args, dict):
-        try:
-            args.model_args = parse_model_args(args.model_args)
-            experiments.model_args(args.dataset, args.fidelity, args.model_args)
-        except (ValueError, KeyError) as e:
-            util.fail(str(e).strip('"\''))
-    defaults = experiments.RUN_DEFAULTS[args.dataset]
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.max_epochs is not None and args.max_batches == defaults['max_batches']:
-        args.max_batches = None
-    return checkpoint
+        s, overrides = resumed_settings(given, checkpoint['config']['args'])
+    else:
+        s = new_run_settings(given)
+    check_settings(s)
+    try:
+        config = (experiments.checkpoint_model_config(checkpoint) if checkpoint else
+                  experiments.model_args(s['dataset'], s['fidelity'], s['model_args']))
+        exp = experiments.Experiment(s['dataset'], config, s['seed'], s['data_path'])
+    except (ValueError, KeyError) as e:  # a bad --model-args value, a missing data file
+        util.fail(str(e).strip('"\''))
 
-
-def build_extensions(args, exp, run_dir, lr):
-    every = args.ext_every_n
-    ckpt = os.path.join(run_dir, 'checkpoint.pkl')
-    hint = 'python train.py --resume_file {}'.format(shlex.quote(ckpt))
-    max_s = args.max_minutes * 60 if args.max_minutes else None
-    return [
-        E.FinishAfter(args.max_batches, args.max_epochs, max_s),
-        E.NonFiniteGuard(),
-        E.LearningRateSchedule.for_run(lr, args.lr, args.lr_final, args.max_batches),
-        E.HeldOutBound(exp, every_n_batches=every, before_training=args.plot_before_training),
-        E.Plots(exp, run_dir, every_n_batches=every),
-        E.SamplePlots(exp, run_dir, every_n_batches=every),
-        E.Printing(every),
-        E.JSONLog(os.path.join(run_dir, 'log.jsonl')),
-        E.Checkpoint(ckpt, every_n_batches=every, resume_hint=hint),
-    ]
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    checkpoint = resolve(args)
     if checkpoint:
         run_dir = os.path.dirname(os.path.abspath(args.resume_file))
+        print('Resuming {} from {} ({} minibatches done).'.format(
+            s['dataset'], args.resume_file, checkpoint['status']['iterations_done']))
+        for o in overrides:
+            print('{flag} {given} replaces the checkpoint\'s {checkpoint!r}'.format(**o))
     else:
-        os.makedirs(args.output_dir, exist_ok=True)
-        run_dir = util.make_run_dir(args.output_dir, 'diffusion', args.dataset, args.suffix)
+        try:
+            os.makedirs(s['output_dir'], exist_ok=True)
+            run_dir = util.make_run_dir(s['output_dir'], 'diffusion', s['dataset'], s['suffix'])
+        except OSError as e:
+            util.fail('--output-dir {}: {}'.format(s['output_dir'], e.strerror or e))
     print('Run directory: {}'.format(run_dir), flush=True)
 
-    config = experiments.model_args(args.dataset, args.fidelity, args.model_args)
-    try:
-        exp = experiments.Experiment(args.dataset, config, args.seed, args.data_path)
-    except ValueError as e:  # a missing data file (datasets.DataMissing) or a bad --model-args value
-        util.fail(str(e))
-    step_rule = training.STEP_RULES[args.optimizer](args.lr)
+    step_rule = training.STEP_RULES[s['optimizer']](s['lr'])
     print('Compiling the training function (the first run takes a minute or two) ...', flush=True)
     step, n_nonfinite = exp.compile_train(step_rule)
     shared = {p.name: p for p in exp.params + step_rule.state}
     shared.update({'optimizer.lr': step_rule.lr, 'optimizer.n_nonfinite': n_nonfinite})
-
-    import streams
     stream = streams.DataStream(streams.ArrayDataset(features=exp.train_x),
-                                streams.ShuffledScheme(len(exp.train_x), args.batch_size, args.seed))
-    run_config = {'args': {k: v for k, v in vars(args).items()}, 'model': config,
-                  'results': {'dataset': args.dataset, 'fidelity': args.fidelity, 'T': config['T']}}
-    loop = training.MainLoop(step, stream, shared, build_extensions(args, exp, run_dir, step_rule.lr),
-                             args.seed, run_config)
+                                streams.ShuffledScheme(len(exp.train_x), s['batch_size'], s['seed']))
+    previous = checkpoint['config'] if checkpoint else {}
+    done = checkpoint['status']['iterations_done'] if checkpoint else 0
+    for o in overrides:
+        o['iteration'] = done
+    session = {'from_iteration': done, 'environment': util.environment()}
+    config = {'args': s, 'model': config, 'overrides': previous.get('overrides', []) + overrides,
+              'sessions': previous.get('sessions', []) + [session],
+              'results': {'dataset': s['dataset'], 'fidelity': s['fidelity'], 'T': config['T']}}
+    loop = training.MainLoop(step, stream, shared, [], s['seed'], config)
     if checkpoint:
-        loop.load_state_dict(checkpoint)
-        loop.status['resumed_from'] = loop.status['iterations_done']
+        try:
+            loop.load_state_dict(checkpoint)
+        except ValueError as e:
+            util.fail('{}: {}'.format(args.resume_file, e))
+        loop.status['resumed_from'] = done
+    if 'lr' in (o['flag'][2:] for o in overrides):
+        step_rule.lr.set_value(step_rule.lr.dtype.type(s['lr']))
+    if 'lr_schedule' not in s:  # a new run, or a checkpoint of the old format: the run's plan
+        s['lr_schedule'] = lr_schedule(s, s['lr'], 0, len(exp.train_x))
+    elif 'lr-final' in (o['flag'][2:] for o in overrides):  # re-planned from here
+        s['lr_schedule'] = lr_schedule(s, float(step_rule.lr.get_value()), done, len(exp.train_x))
+    hint = 'python train.py --resume_file {}'.format(shlex.quote(os.path.join(run_dir, 'checkpoint.npz')))
+    loop.extensions = build_extensions(s, exp, run_dir, step_rule.lr, hint, args.plot_before_training)
     loop.run()
     if loop.interrupted:
         sys.exit(130)
-    results = E.final_evaluation(loop, exp, run_dir)
+    results = final_evaluation(loop, exp, run_dir)
     print('Held-out bound: K = {K_bits:.3f} +- {stderr_bits:.3f} {unit}, K - L_null = '
           '{K_minus_Lnull_bits:.3f} (n_eval {n_eval}, {n_draws} draws each)'.format(**results))
     references = [('paper', 'paper_K_bits'), ('exact log likelihood', 'exact_ll_bits'),

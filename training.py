@@ -5,13 +5,18 @@ Randomness is derived, not stored: minibatch order of epoch e comes from
 holds counters instead of generator states, and a resumed run repeats an
 uninterrupted one exactly.
 """
-import util  # noqa: F401  (configures Theano before it is imported)
+import util  # configures Theano before it is imported
 
+import glob
+import json
 import os
 import pickle
+import shlex
 import signal
 import sys
 import time
+import zipfile
+import zlib
 
 import numpy as np
 import theano
@@ -98,13 +103,34 @@ def descent_updates(cost, params, step_rule):
 
 
 # ---------------------------------------------------------------- checkpoints
+#
+# A checkpoint is one .npz file (a zip of .npy arrays, np.load(path, allow_pickle=False)):
+#   'meta'           a 0-d unicode array holding JSON: {"format": CHECKPOINT_FORMAT,
+#                    "version": 1, "config": the run's settings, "status": its counters}
+#   'shared/<name>'  the value of each Theano shared variable (parameters, optimiser
+#                    state, learning rate, counters), by name.
+# The per-minibatch log is not inside: it is RUN_DIR/log.jsonl, and status['log_bytes']
+# is its length when the checkpoint was written (a resumed run truncates it there).
+
+CHECKPOINT_FORMAT = 'diffusion-thermodynamics checkpoint'
+CHECKPOINT_VERSION = 1
+SHARED_PREFIX = 'shared/'
+
 
 def save_checkpoint(path, state):
-    """Pickle `state` to `path` atomically: a failed write leaves the old file intact."""
+    """Write state {'shared': {name: array}, 'config': dict, 'status': dict} to `path`
+    atomically: the file is written under a temporary name, synced and renamed, so a
+    crash or kill -9 at any moment leaves the previous checkpoint intact."""
+    meta = {'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION,
+            'config': state.get('config', {}), 'status': state['status']}
+    arrays = {SHARED_PREFIX + name: np.asarray(v) for name, v in state['shared'].items()}
+    arrays['meta'] = np.array(json.dumps(meta, default=float))
+    for stale in glob.glob(glob.escape(path) + '.tmp*'):  # left by a process killed mid-write
+        os.remove(stale)
     tmp = '{}.tmp{}'.format(path, os.getpid())
     try:
         with open(tmp, 'wb') as f:
-            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+            np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -113,16 +139,103 @@ def save_checkpoint(path, state):
             os.remove(tmp)
 
 
+def checkpoint_in(path):
+    """The checkpoint file `path`, or the one in the run directory `path` (checkpoint.npz,
+    else an old checkpoint.pkl)."""
+    if not os.path.isdir(path):
+        return path
+    for name in ('checkpoint.npz', 'checkpoint.pkl'):
+        if os.path.exists(os.path.join(path, name)):
+            return os.path.join(path, name)
+    return os.path.join(path, 'checkpoint.npz')
+
+
 def load_checkpoint(path):
-    """Read a checkpoint; raises ValueError with the path when it is not one."""
+    """{'shared', 'config', 'status'} of a checkpoint; ValueError (one line, with the path)
+    when the file is missing, truncated, corrupt or not a checkpoint of this project.
+    A checkpoint of the old pickle format is read with a restricted unpickler and a warning."""
     try:
         with open(path, 'rb') as f:
-            state = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as e:
+            magic = f.read(2)
+    except OSError as e:
+        raise ValueError('cannot read checkpoint {}: {}'.format(path, e.strerror or e))
+    if magic[:1] == b'\x80':  # pickle protocol 2+
+        return load_pickle_checkpoint(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        meta = json.loads(str(arrays.pop('meta')))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError('{} is not a checkpoint of this project, or is damaged ({})'.format(
+            path, str(e).splitlines()[0] if str(e) else type(e).__name__))
+    if not isinstance(meta, dict) or meta.get('format') != CHECKPOINT_FORMAT:
+        raise ValueError('{} is not a checkpoint of this project'.format(path))
+    if meta.get('version') != CHECKPOINT_VERSION:
+        raise ValueError('{} is a checkpoint of format version {}; this code reads version {}'.format(
+            path, meta.get('version'), CHECKPOINT_VERSION))
+    shared = {k[len(SHARED_PREFIX):]: v for k, v in arrays.items() if k.startswith(SHARED_PREFIX)}
+    return {'shared': shared, 'config': meta['config'], 'status': meta['status']}
+
+
+def load_pickle_checkpoint(path, warn=True):
+    """A checkpoint of the old format (a pickled dict with the whole per-minibatch log),
+    read with util.ArrayUnpickler, which builds only arrays and plain values: a pickle can
+    run code when loaded. Returns the new form; the log's evaluations are kept."""
+    if warn:
+        print('warning: {} is an old pickle checkpoint; pickles can run code when loaded, so it is '
+              'read with an unpickler that accepts arrays and plain values only. Convert it once: '
+              'python train.py --convert-checkpoint {}'.format(path, shlex.quote(path)),
+              file=sys.stderr, flush=True)
+    try:
+        with open(path, 'rb') as f:
+            state = util.ArrayUnpickler(f).load()
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as e:
         raise ValueError('cannot read checkpoint {}: {}'.format(path, e))
     if not isinstance(state, dict) or 'shared' not in state or 'status' not in state:
         raise ValueError('{} is not a checkpoint of this project'.format(path))
-    return state
+    status = dict(state['status'], log_bytes=None,
+                  evaluations=[evaluation_record(r) for r in state.get('log', []) if EVALUATION_KEY in r])
+    return {'shared': state['shared'], 'config': state.get('config', {}), 'status': status}
+
+
+def convert_checkpoint(path):
+    """Write the .npz form of the old pickle checkpoint `path` beside it (same name,
+    .npz); returns the new path. log_bytes is found from RUN_DIR/log.jsonl if it is there."""
+    if not os.path.isfile(path):
+        raise ValueError('cannot read checkpoint {}: no such file'.format(path))
+    state = load_pickle_checkpoint(path, warn=False)
+    log = os.path.join(os.path.dirname(os.path.abspath(path)), 'log.jsonl')
+    if os.path.exists(log):
+        state['status']['log_bytes'] = log_offset(log, state['status']['iterations_done'])
+    target = os.path.splitext(path)[0] + '.npz'
+    save_checkpoint(target, state)
+    return target
+
+
+def log_offset(path, iteration):
+    """The byte length of the first lines of the JSON-lines log `path` whose 'iteration' is
+    at most `iteration` (where a resumed run's log is cut)."""
+    offset = 0
+    with open(path, 'rb') as f:
+        for line in f:
+            try:
+                if json.loads(line)['iteration'] > iteration:
+                    break
+            except (ValueError, KeyError):
+                break
+            offset += len(line)
+    return offset
+
+
+# ---------------------------------------------------------------- evaluations kept across resumes
+
+EVALUATION_KEY = 'heldout_K_bits'
+
+
+def evaluation_record(record):
+    """The part of a log record that the K curve needs (kept in the checkpoint's status)."""
+    return {k: v for k, v in record.items()
+            if k in ('iteration', 'wall_s') or k.startswith('heldout_')}
 
 
 # ---------------------------------------------------------------- main loop
@@ -134,26 +247,28 @@ class MainLoop:
     shared: name -> Theano shared variable; everything a checkpoint must restore
         (parameters, optimiser state, learning rate, counters).
     stream.epoch(e, start) yields the minibatches of epoch e from index `start`.
-    Extension events: 'before_training', 'batch', 'epoch', 'after_training'.
+    Extension events: 'before_training', 'batch', 'epoch', 'after_training', 'interrupt'.
+    `record` is the newest minibatch's dict of values; extensions add theirs to it.
+    SIGINT (Ctrl-C) and SIGTERM (what schedulers send before killing) finish the current
+    minibatch, then the 'interrupt' event writes a checkpoint.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, step, stream, shared, extensions, seed, config=None):
         self.step, self.stream, self.shared = step, stream, shared
         self.extensions = extensions
         self.config = config or {}
         self.status = {'iterations_done': 0, 'epochs_done': 0, 'batch_in_epoch': 0,
-                       'seed': seed, 'wall_s': 0.0, 'resumed_from': None}
-        self.log = []  # one dict per minibatch; extensions add their values to the newest
+                       'seed': seed, 'wall_s': 0.0, 'resumed_from': None, 'log_bytes': 0,
+                       'evaluations': []}
+        self.record = {}
         self.stop_requested = False
         self.interrupted = False
 
-    @property
-    def record(self):
-        return self.log[-1] if self.log else {}
-
     def state_dict(self):
         return {'shared': {n: v.get_value() for n, v in self.shared.items()},
-                'status': dict(self.status), 'log': list(self.log), 'config': self.config}
+                'status': dict(self.status), 'config': self.config}
 
     def load_state_dict(self, state):
         missing = set(self.shared) - set(state['shared'])
@@ -165,42 +280,43 @@ class MainLoop:
             if np.shape(value) != np.shape(var.get_value()):
                 raise ValueError('checkpoint shape of {} is {}, the model has {}'.format(
                     name, np.shape(value), np.shape(var.get_value())))
-            var.set_value(value)
+            var.set_value(np.asarray(value, dtype=var.dtype))
         self.status.update(state['status'])
-        self.log = list(state['log'])
 
     def rng(self):
         """The noise generator of the current iteration, derived from (seed, iteration)."""
         return np.random.default_rng([self.status['seed'], self.status['iterations_done']])
 
     def run(self):
-        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
         try:
             self._notify('before_training')
             while not self.stop_requested and not self.interrupted:
                 self._run_epoch()
-            if self.interrupted:
-                self._notify('interrupt')
-            else:
-                self._notify('after_training')
+            self._notify('interrupt' if self.interrupted else 'after_training')
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         return self
 
     def _run_epoch(self):
         s = self.status
+        n_batches = 0
         for batch in self.stream.epoch(s['epochs_done'], s['batch_in_epoch']):
+            n_batches += 1
             start = time.time()
             values = self.step(batch, self.rng())
             s['iterations_done'] += 1
             s['batch_in_epoch'] += 1
             step_s = time.time() - start
             s['wall_s'] += step_s
-            self.log.append(dict(values, iteration=s['iterations_done'], epoch=s['epochs_done'],
-                                 step_s=step_s))
+            self.record = dict(values, iteration=s['iterations_done'], epoch=s['epochs_done'],
+                               step_s=step_s)
             self._notify('batch')
             if self.stop_requested or self.interrupted:
                 return
+        if n_batches == 0 and s['batch_in_epoch'] == 0:
+            raise ValueError('the data stream gave no minibatch in epoch {}'.format(s['epochs_done']))
         s['epochs_done'] += 1
         s['batch_in_epoch'] = 0
         self._notify('epoch')
@@ -213,9 +329,9 @@ class MainLoop:
                 if event in ('batch', 'epoch'):
                     self.status['wall_s'] += time.time() - start
 
-    def _on_sigint(self, signum, frame):
+    def _on_signal(self, signum, frame):
         if self.interrupted:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
-        print('\nInterrupted: finishing this minibatch and writing a checkpoint '
-              '(Ctrl-C again to abort without one).', file=sys.stderr, flush=True)
+        print('\n{}: finishing this minibatch and writing a checkpoint (Ctrl-C again to abort '
+              'without one).'.format(signal.Signals(signum).name), file=sys.stderr, flush=True)
         self.interrupted = True

@@ -4,12 +4,17 @@ Importing this module configures Theano (SPEC section 10) before Theano itself i
 imported, so every script imports util before theano.
 """
 import argparse
+import ctypes
 import glob
+import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
+import pickle
+import platform
 import shlex
+import subprocess
 import sys
 import time
 import warnings
@@ -108,7 +113,8 @@ def configure_theano():
     """Set THEANO_FLAGS before the first `import theano`; returns the BLAS in use."""
     if 'theano' in sys.modules:
         return os.environ.get('PROJECT_BLAS', 'unknown (theano imported first)')
-    user_flags = os.environ.get('THEANO_FLAGS', '')
+    # a child process of ours inherits THEANO_FLAGS as set below; its user's are kept apart
+    user_flags = os.environ.setdefault('PROJECT_USER_THEANO_FLAGS', os.environ.get('THEANO_FLAGS', ''))
     openblas = find_openblas()
     coretype = openblas_coretype(cpu_flags())
     if openblas and coretype and 'OPENBLAS_CORETYPE' not in os.environ:
@@ -161,6 +167,86 @@ def write_json(path, obj):
         json.dump(obj, f, indent=2, sort_keys=True, default=float)
         f.write('\n')
     os.replace(tmp, path)
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Loads dicts, lists, bytes, numbers and numpy arrays only: any other pickle could
+    run code (CIFAR-10's batches, the old checkpoints).
+
+    _codecs.encode is how Python 3 writes bytes at pickle protocol 2 (a re-pickled copy).
+    """
+
+    ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy.core.multiarray', 'scalar'),
+               ('numpy.core.numeric', '_frombuffer'), ('numpy', 'ndarray'), ('numpy', 'dtype'),
+               ('_codecs', 'encode')}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError('refusing to load {}.{}'.format(module, name))
+        return super().find_class(module, name)
+
+
+# ---------------------------------------------------------------- the environment of a run
+
+PROJECT = 'diffusion-thermodynamics'
+PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def openblas_info():
+    """The kernel (core name) and thread count of the OpenBLAS that Theano links, or {};
+    meaningful once Theano has loaded the library."""
+    path = os.environ.get('PROJECT_BLAS', '')
+    if not os.path.isfile(path):
+        return {}
+    try:
+        lib = ctypes.CDLL(path)  # the copy Theano loaded: same path, same handle
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        return {'openblas_core': lib.openblas_get_corename().decode(),
+                'openblas_threads': lib.openblas_get_num_threads()}
+    except (OSError, AttributeError):
+        return {}
+
+
+def git_commit():
+    """(commit, dirty) of the project's git checkout, or (None, None) outside one."""
+    def git(*args):
+        return subprocess.run(['git', '-C', PROJECT_DIR] + list(args), capture_output=True,
+                              text=True, timeout=10)
+    try:
+        head = git('rev-parse', 'HEAD')
+        if head.returncode:
+            return None, None
+        dirty = git('status', '--porcelain', '--untracked-files=no').stdout.strip() != ''
+        return head.stdout.strip(), dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def package_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment():
+    """What a result depends on besides the code's inputs: versions, BLAS kernel and
+    threads, CPU, Theano flags, the project's version and commit, the command line.
+    Stored in every results.json and checkpoint, shown in REPORT.md."""
+    import theano  # configured by the time this runs
+    commit, dirty = git_commit()
+    return dict({
+        'python': platform.python_version(), 'numpy': package_version('numpy'),
+        'scipy': package_version('scipy'), 'theano': theano.__version__,
+        'blas': os.environ.get('PROJECT_BLAS'), 'OPENBLAS_CORETYPE': os.environ.get('OPENBLAS_CORETYPE'),
+        'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),
+        'OPENBLAS_NUM_THREADS': os.environ.get('OPENBLAS_NUM_THREADS'),
+        'cpu': cpuinfo('model name') or platform.processor() or platform.machine(),
+        'cores': os.cpu_count(), 'platform': '{} {}'.format(platform.system(), platform.release()),
+        'theano_flags': os.environ.get('THEANO_FLAGS'), 'project_version': package_version(PROJECT),
+        'git_commit': commit, 'git_dirty': dirty,
+        'command': ' '.join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv),
+    }, **openblas_info())
 
 
 configure_theano()

@@ -1,4 +1,5 @@
-"""Image data sets: converters, downloads, Fuel-layout files, dead leaves, bark, digits.
+"""Image data sets (datasets.py) and their archives (archives.py): converters, downloads,
+Fuel-layout files, dead leaves, bark, digits.
 
 Everything runs on tiny files the tests write; downloads go to a server on 127.0.0.1.
 """
@@ -19,9 +20,10 @@ import numpy as np
 import pytest
 import scipy.optimize
 
+import archives
 import datasets
 import streams
-from datasets import DataMissing, FormatError
+from archives import DataMissing, FormatError
 
 N_TRAIN, N_TEST = 10, 4
 
@@ -29,7 +31,7 @@ N_TRAIN, N_TEST = 10, 4
 # ---------------------------------------------------------------- tiny raw archives
 
 def write_idx(path, array, magic):
-    """A gzipped IDX file written with struct, independently of datasets.read_idx."""
+    """A gzipped IDX file written with struct, independently of archives.read_idx."""
     header = struct.pack('>I', magic) + struct.pack('>' + 'I' * array.ndim, *array.shape)
     with gzip.open(path, 'wb') as f:
         f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
@@ -42,7 +44,7 @@ def make_mnist(folder, seed=0):
     for split, n in (('train', N_TRAIN), ('test', N_TEST)):
         x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         y = rng.integers(0, 10, n, dtype=np.uint8)
-        image_file, label_file = datasets.MNIST_RAW[split]
+        image_file, label_file = archives.MNIST_RAW[split]
         write_idx(os.path.join(folder, image_file), x, 2051)
         write_idx(os.path.join(folder, label_file), y, 2049)
         out[split] = x, y
@@ -93,23 +95,23 @@ def test_data_path_prefers_cli_then_env_then_default(tmp_path, monkeypatch):
 def test_read_idx_parses_header_and_body(tmp_path):
     x = np.arange(2 * 3 * 5, dtype=np.uint8).reshape(2, 3, 5)
     write_idx(tmp_path / 'x.gz', x, 2051)
-    np.testing.assert_array_equal(datasets.read_idx(tmp_path / 'x.gz', datasets.IDX_IMAGES), x)
+    np.testing.assert_array_equal(archives.read_idx(tmp_path / 'x.gz', archives.IDX_IMAGES), x)
 
 
 def test_read_idx_rejects_wrong_magic_number(tmp_path):
     write_idx(tmp_path / 'labels.gz', np.zeros(7, np.uint8), 2049)
     with pytest.raises(FormatError, match='magic number 2049, expected 2051'):
-        datasets.read_idx(tmp_path / 'labels.gz', datasets.IDX_IMAGES)
+        archives.read_idx(tmp_path / 'labels.gz', archives.IDX_IMAGES)
 
 
 def test_read_idx_rejects_short_body_and_non_gzip(tmp_path):
     with gzip.open(tmp_path / 'short.gz', 'wb') as f:
         f.write(struct.pack('>IIII', 2051, 3, 28, 28) + bytes(28 * 28))
     with pytest.raises(FormatError, match='header gives shape'):
-        datasets.read_idx(tmp_path / 'short.gz', datasets.IDX_IMAGES)
+        archives.read_idx(tmp_path / 'short.gz', archives.IDX_IMAGES)
     (tmp_path / 'plain.gz').write_bytes(b'not gzip at all')
     with pytest.raises(FormatError, match='not a readable gzip'):
-        datasets.read_idx(tmp_path / 'plain.gz', datasets.IDX_IMAGES)
+        archives.read_idx(tmp_path / 'plain.gz', archives.IDX_IMAGES)
 
 
 def test_convert_mnist_writes_fuel_layout(tmp_path):
@@ -221,7 +223,7 @@ def test_download_skips_bad_mirrors_then_succeeds(server, refused_url, tmp_path,
                      '/good/f.bin': (BODY, len(BODY))}
     mirrors = [refused_url, server.url + '/missing/', server.url + '/bad/',
                server.url + '/cut/', server.url + '/good/']
-    path = datasets.download('f.bin', mirrors, SUMS, str(tmp_path))
+    path = archives.download('f.bin', mirrors, SUMS, str(tmp_path))
     assert open(path, 'rb').read() == BODY
     assert os.listdir(tmp_path) == ['f.bin']  # no temporary file left
     failures = [line for line in capsys.readouterr().err.splitlines() if 'download failed' in line]
@@ -234,23 +236,23 @@ def test_download_skips_bad_mirrors_then_succeeds(server, refused_url, tmp_path,
 
 def test_download_deletes_bad_copies_and_fails_when_no_mirror_is_good(server, tmp_path):
     server.routes = {'/bad/f.bin': (BODY[::-1], len(BODY)), '/cut/f.bin': (BODY[:10], len(BODY))}
-    with pytest.raises(datasets.DownloadError, match='no mirror served an intact copy'):
-        datasets.download('f.bin', [server.url + '/bad/', server.url + '/cut/'], SUMS,
+    with pytest.raises(archives.DownloadError, match='no mirror served an intact copy'):
+        archives.download('f.bin', [server.url + '/bad/', server.url + '/cut/'], SUMS,
                           str(tmp_path))
     assert os.listdir(tmp_path) == []
 
 
 def test_download_checks_every_listed_checksum(server, tmp_path):
     server.routes = {'/f.bin': (BODY, len(BODY))}
-    with pytest.raises(datasets.DownloadError):
-        datasets.download('f.bin', [server.url], dict(SUMS, md5='0' * 32), str(tmp_path))
+    with pytest.raises(archives.DownloadError):
+        archives.download('f.bin', [server.url], dict(SUMS, md5='0' * 32), str(tmp_path))
 
 
 def test_fetch_downloads_verifies_and_converts(server, refused_url, tmp_path):
     raw = make_mnist(tmp_path)
     files = {}
     for split in ('train', 'test'):
-        for name in datasets.MNIST_RAW[split]:
+        for name in archives.MNIST_RAW[split]:
             body = (tmp_path / name).read_bytes()
             server.routes['/mnist/' + name] = (body, len(body))
             files[name] = {'sha256': hashlib.sha256(body).hexdigest()}
@@ -267,7 +269,7 @@ def test_fetch_downloads_verifies_and_converts(server, refused_url, tmp_path):
 
 def test_published_checksums_are_well_formed():
     lengths = {'sha256': 64, 'md5': 32}
-    for spec in datasets.DOWNLOADS.values():
+    for spec in archives.DOWNLOADS.values():
         assert spec['mirrors']
         for checksums in spec['files'].values():
             for algorithm, value in checksums.items():
@@ -388,7 +390,7 @@ def test_bark_builtin_splits_each_texture_by_region(capsys):
     images = [skimage.data.grass(), skimage.data.gravel(), skimage.data.brick()]
     train = datasets.load_images('bark', 'train')
     test = datasets.load_images('bark', 'test')
-    assert 'scikit-image' in capsys.readouterr().out
+    assert 'scikit-image' in capsys.readouterr().err  # a note for people: stderr
     assert train.shape == (3 * 6 * 8, 1, 64, 64) and test.shape == (3 * 2 * 8, 1, 64, 64)
     assert train.dtype == test.dtype == np.uint8
     np.testing.assert_array_equal(train[:, 0], tiles([x[:384] for x in images], 64, 64))
@@ -449,3 +451,13 @@ def test_command_line_converts_and_describes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert str(tmp_path / 'mnist.hdf5') in out
     assert 'train: (10, 1, 28, 28) uint8' in out and 'test: (4, 1, 28, 28) uint8' in out
+    assert datasets.main(['info', 'mnist', '--data-path', str(tmp_path)]) == 0  # Fuel's spelling
+    assert 'MNIST: ' + str(tmp_path / 'mnist.hdf5') in capsys.readouterr().out
+
+
+def test_data_set_names_in_any_case_everywhere(capsys):
+    assert datasets.canonical_name('cifar-10') == 'CIFAR10' and datasets.canonical_name('Dead_Leaves') == 'deadleaves'
+    np.testing.assert_array_equal(datasets.load_images('DIGITS', 'test'), datasets.load_images('digits', 'test'))
+    with pytest.raises(SystemExit):
+        datasets.main(['info', 'imagenet'])
+    assert "unknown data set 'imagenet'; choose one of: MNIST, CIFAR10" in capsys.readouterr().err

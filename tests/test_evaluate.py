@@ -11,6 +11,7 @@ import evaluate as V
 import experiments
 import model as M
 import sampler
+import training
 
 
 def tiny(dataset, **overrides):
@@ -181,3 +182,15 @@ def test_report_table_and_command(tmp_path):
     assert cmd == ("python train.py --dataset swissroll --fidelity code --model-args "
                    "'T=20,expert='\"'\"'x y'\"'\"'' --batch-size 100 --lr 0.001 --optimizer rmsprop "
                    "--seed 3 --max-batches 50")
+
+
+def test_json_flag_prints_the_json_alone_on_stdout(tmp_path, capsys):
+    exp = tiny('heartbeat')
+    path = str(tmp_path / 'checkpoint.npz')
+    args = {'dataset': 'heartbeat', 'fidelity': 'paper', 'model_args': {}, 'seed': 0, 'data_path': None}
+    training.save_checkpoint(path, {'shared': {p.name: p.get_value() for p in exp.params},
+                                    'status': {'iterations_done': 0}, 'config': {'args': args, 'model': exp.args}})
+    V.main([str(tmp_path), '--n-t', '1', '--n-examples', '20', '--json'])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)  # nothing else on stdout
+    assert out['bound']['n_eval'] == 20 and 'K = ' in captured.err

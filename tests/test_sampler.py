@@ -240,12 +240,12 @@ def write_checkpoint(path, fidelity='paper'):
     args = {'dataset': 'swissroll', 'fidelity': fidelity, 'model_args': SMALL_ROLL, 'seed': 0,
             'data_path': None}
     training.save_checkpoint(path, {'shared': {p.name: p.get_value() for p in exp.params}, 'status': {},
-                                    'log': [], 'config': {'args': args, 'model': exp.args}})
+                                    'config': {'args': args, 'model': exp.args}})
     return exp
 
 
 def test_from_checkpoint_loads_every_parameter(tmp_path):
-    path = str(tmp_path / 'checkpoint.pkl')
+    path = str(tmp_path / 'checkpoint.npz')
     saved = write_checkpoint(path)
     exp = experiments.from_checkpoint(path)
     assert exp.dataset == 'swissroll' and len(exp.params) == len(saved.params)
@@ -254,7 +254,7 @@ def test_from_checkpoint_loads_every_parameter(tmp_path):
 
 
 def test_checkpoint_from_before_a_model_key_loads_as_it_was_trained(tmp_path):
-    path = str(tmp_path / 'checkpoint.pkl')
+    path = str(tmp_path / 'checkpoint.npz')
     saved = write_checkpoint(path)
     state = training.load_checkpoint(path)
     del state['config']['model']['beta_min']  # written before the key existed
@@ -265,7 +265,7 @@ def test_checkpoint_from_before_a_model_key_loads_as_it_was_trained(tmp_path):
 
 
 def test_command_line_inpaint_writes_npz_and_figure(tmp_path):
-    path = str(tmp_path / 'checkpoint.pkl')
+    path = str(tmp_path / 'checkpoint.npz')
     write_checkpoint(path)
     out = str(tmp_path / 'out')
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'sampler.py'), path, '--mode', 'inpaint',

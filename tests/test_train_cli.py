@@ -1,4 +1,4 @@
-"""train.py end to end: bad input, a short run, Ctrl-C and resume (subprocesses)."""
+"""train.py end to end: bad input, a short run, Ctrl-C, kill -9 and resume, extending a run."""
 import glob
 import json
 import os
@@ -7,67 +7,176 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
+import train
 import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['--model-args', 'n_train=2000,n_eval=400', '--batch-size', '100']
+# a heartbeat run of a few seconds: 300 minibatches, a checkpoint every 100
+TINY_HEARTBEAT = ['--dataset', 'heartbeat', '--seed', '7', '--max-batches', '300', '--ext-every-n', '100',
+                  '--model-args', 'n_train=2000,n_eval=400,n_final_eval=50,n_hidden=20']
 
 
-def train(*args, **kw):
+def train_cli(*args, **kw):
     return subprocess.run([sys.executable, os.path.join(ROOT, 'train.py')] + list(args),
                           capture_output=True, text=True, timeout=600, **kw)
 
 
 @pytest.mark.parametrize('args, expected', [
     (['--dataset', 'nosuchset'], 'choose one of: swissroll, heartbeat'),
-    (['--dataset', 'swissroll', '--model-args', 'n_hiden=3'], 'valid:'),
-    (['--dataset', 'swissroll', '--model-args', 'n_hidden'], 'not key=value'),
+    (['--fidelity', 'exact'], "invalid choice: 'exact'"),
+    (['--model-args', 'n_hiden=3'], 'valid:'),
+    (['--model-args', 'n_hidden'], 'not key=value'),
+    (['--model-args', 'n_hidden=-5'], 'n_hidden must be an integer >= 1'),
+    (['--dataset', 'heartbeat', '--model-args', 'T=1'], 'T must be an integer >= 2'),
+    (['--dataset', 'heartbeat', '--model-args', 'p=1.5'], 'p must be a number in (0, 1)'),
+    (['--dataset', 'heartbeat', '--model-args', 'readout=smooth'], "readout must be one of 'basis'"),
+    (['--dataset', 'digits', '--model-args', 'n_scales=5'], 'cannot be mean-pooled to 5 scales'),
+    (['--batch-size', '0'], '--batch-size 0: must be an integer >= 1'),
+    (['--batch-size', '-3'], '--batch-size -3: must be an integer >= 1'),
     (['--batch-size', 'many'], "invalid int value: 'many'"),
-    (['--resume_file', '/nonexistent/ckpt.pkl'], 'cannot read checkpoint'),
+    (['--lr', '-1'], '--lr -1.0: must be a finite number > 0'),
+    (['--lr', '0'], '--lr 0.0: must be a finite number > 0'),
+    (['--lr', 'nan'], '--lr nan: must be a finite number > 0'),
+    (['--lr-final', '0'], '--lr-final 0.0: must be a finite number > 0 and at most --lr'),
+    (['--lr', '1e-3', '--lr-final', '1e-2'], 'at most --lr'),
+    (['--optimizer', 'sgdx'], "invalid choice: 'sgdx'"),
+    (['--seed', '-1'], '--seed -1: must be an integer >= 0'),
+    (['--max-batches', '-5'], '--max-batches -5: must be an integer >= 1'),
+    (['--max-epochs', '0'], '--max-epochs 0: must be an integer >= 1'),
+    (['--max-minutes', '0'], '--max-minutes 0.0: must be a finite number > 0'),
+    (['--max-minutes', 'inf'], '--max-minutes inf: must be a finite number > 0'),
+    (['--ext-every-n', '0'], '--ext-every-n 0: must be an integer >= 1'),
+    (['--suffix', 'a/b'], "--suffix 'a/b': must not contain"),
+    (['--data-path', __file__], 'is a file, not a folder'),
+    (['--resume_file', '/nonexistent/ckpt.npz'], 'cannot read checkpoint'),
+    (['--convert-checkpoint', '/nonexistent/ckpt.pkl'], 'cannot read checkpoint'),
+    (['--output-dir', '/proc/no/such/place'], '--output-dir /proc/no/such/place'),
 ])
-def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, args, expected):
-    r = train(*args, '--output-dir', str(tmp_path))
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], r.stderr
-    assert 'Traceback' not in r.stderr
+def test_bad_value_of_every_flag_is_one_line_exit_2_and_leaves_no_run_directory(tmp_path, capsys, args, expected):
+    out = tmp_path / 'runs'
+    argv = args + ([] if '--output-dir' in args else ['--output-dir', str(out)])
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_bad_flag_on_the_real_command_line():
+    r = train_cli('--dataset', 'heartbeat', '--lr', '-1')
+    assert r.returncode == 2 and r.stderr.strip() == 'train.py: error: --lr -1.0: must be a finite number > 0'
+
+
+def test_data_set_names_in_any_case(tmp_path):
+    assert train.new_run_settings({'dataset': 'HeartBeat', 'max_batches': None, 'max_epochs': None})['dataset'] \
+        == 'heartbeat'
+    assert train.new_run_settings({'dataset': 'cifar10'})['dataset'] == 'CIFAR10'
+    assert train.new_run_settings({'dataset': 'Dead_Leaves'})['dataset'] == 'deadleaves'
+
+
+def test_explicit_max_batches_is_kept_with_max_epochs():
+    s = train.new_run_settings({'dataset': 'heartbeat', 'max_batches': 40000, 'max_epochs': 2})
+    assert s['max_batches'] == 40000 and s['max_epochs'] == 2  # equal to the default, still explicit
+    s = train.new_run_settings({'dataset': 'heartbeat', 'max_batches': None, 'max_epochs': 2})
+    assert s['max_batches'] is None  # the data set's default length gives way to --max-epochs
 
 
 def test_short_run_writes_results_log_figures(tmp_path):
     out = tmp_path / 'new' / 'dir'  # created by train.py
-    r = train('--dataset', 'swissroll', '--max-batches', '30', '--ext-every-n', '10',
-              '--output-dir', str(out), '--suffix', 'cli', *SMALL)
+    r = train_cli('--dataset', 'swissroll', '--max-batches', '30', '--ext-every-n', '10',
+                  '--output-dir', str(out), '--suffix', 'cli', *SMALL)
     assert r.returncode == 0, r.stderr
     run_dir, = glob.glob(str(out / 'diffusion_swissroll_cli_*'))
     results = json.load(open(os.path.join(run_dir, 'results.json')))
     for key in ('K_bits', 'K_minus_Lnull_bits', 'stderr_bits', 'n_eval', 'T', 'exact_ll_bits',
-                'dataset', 'seed', 'iterations', 'wall_s'):
+                'dataset', 'seed', 'iterations', 'wall_s', 'sessions'):
         assert key in results
     assert results['iterations'] == 30 and results['n_eval'] == 400 and results['T'] == 40
+    env = results['sessions'][0]['environment']
+    for key in ('python', 'numpy', 'scipy', 'theano', 'blas', 'openblas_core', 'cpu', 'theano_flags',
+                'git_commit', 'command', 'OMP_NUM_THREADS'):
+        assert key in env
+    assert env['numpy'] == np.__version__ and '--suffix cli' in env['command']
     log = [json.loads(line) for line in open(os.path.join(run_dir, 'log.jsonl'))]
     assert [rec['iteration'] for rec in log] == list(range(1, 31))
     assert 'heldout_K_bits' in log[9]
     assert os.path.getsize(os.path.join(run_dir, 'swissroll_trajectories.png')) > 10000
 
 
-def test_ctrl_c_writes_checkpoint_and_resume_finishes_the_run(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), '--dataset', 'swissroll',
-           '--max-batches', '100000', '--ext-every-n', '20', '--output-dir', str(tmp_path)] + SMALL
+def finished(run_dir):
+    return json.load(open(os.path.join(run_dir, 'results.json')))
+
+
+def start_and_stop(tmp_path, signum, after_line):
+    """Start the tiny heartbeat run, send `signum` once `after_line` was printed; returns
+    (the process's exit code, stderr, run directory)."""
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py')] + TINY_HEARTBEAT + ['--output-dir', str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     for line in proc.stdout:  # wait until training is under way
-        if line.startswith('iter ') or time.time() > deadline:
+        if line.startswith(after_line) or time.time() > deadline:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert '--resume_file' in err and 'Traceback' not in err
-    ckpt, = glob.glob(str(tmp_path / '*' / 'checkpoint.pkl'))
-    done = training.load_checkpoint(ckpt)['status']['iterations_done']
-    assert done >= 20
-    r = train('--resume_file', ckpt, '--max-batches', str(done + 40), '--ext-every-n', '20')
+    run_dir, = glob.glob(str(tmp_path / 'diffusion_heartbeat_*'))
+    return proc.returncode, err, run_dir
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp('uninterrupted')
+    r = train_cli(*TINY_HEARTBEAT, '--output-dir', str(out))
     assert r.returncode == 0, r.stderr
-    results = json.load(open(os.path.join(os.path.dirname(ckpt), 'results.json')))
-    assert results['iterations'] == done + 40 and results['resumed_from'] == done
+    run_dir, = glob.glob(str(out / 'diffusion_heartbeat_*'))
+    return finished(run_dir), open(os.path.join(run_dir, 'log.jsonl')).read().splitlines()
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGKILL])
+def test_printed_resume_command_reproduces_the_uninterrupted_run(tmp_path, uninterrupted, signum):
+    """Ctrl-C writes a checkpoint and prints the command; kill -9 leaves the last periodic
+    checkpoint. Either way `--resume_file` alone finishes the run as planned, exactly."""
+    # the progress line comes just before the periodic checkpoint: kill -9 one line later
+    code, err, run_dir = start_and_stop(tmp_path, signum, 'iter 100' if signum == signal.SIGINT else 'iter 200')
+    ckpt = os.path.join(run_dir, 'checkpoint.npz')
+    if signum == signal.SIGINT:
+        assert code == 130 and 'Traceback' not in err
+        assert 'python train.py --resume_file {}'.format(ckpt) in err
+    else:
+        assert code == -signal.SIGKILL
+    done = training.load_checkpoint(ckpt)['status']['iterations_done']
+    assert 100 <= done < 300
+    r = train_cli('--resume_file', ckpt)
+    assert r.returncode == 0, r.stderr
+    results, log = finished(run_dir), open(os.path.join(run_dir, 'log.jsonl')).read().splitlines()
+    expected, expected_log = uninterrupted
+    assert results['K_bits'] == expected['K_bits'] and results['resumed_from'] == done
+    strip = [{k: v for k, v in json.loads(line).items() if k not in ('step_s', 'wall_s')} for line in log]
+    assert strip == [{k: v for k, v in json.loads(line).items() if k not in ('step_s', 'wall_s')}
+                     for line in expected_log]
+
+
+def test_extended_run_keeps_its_learning_rate_plan_and_flags_are_checked(tmp_path):
+    r = train_cli(*TINY_HEARTBEAT, '--max-batches', '200', '--lr-final', '1e-4', '--output-dir', str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    run_dir, = glob.glob(str(tmp_path / 'diffusion_heartbeat_*'))
+    ckpt = os.path.join(run_dir, 'checkpoint.npz')
+    assert training.load_checkpoint(ckpt)['shared']['optimizer.lr'] == pytest.approx(1e-4, rel=1e-3)
+    for args, message in [(['--seed', '8'], '--seed cannot change when resuming'),
+                          (['--output-dir', str(tmp_path)], '--output-dir cannot be used with --resume_file'),
+                          (['--max-batches', '0'], '--max-batches 0: must be')]:
+        bad = train_cli('--resume_file', ckpt, *args)
+        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    r = train_cli('--resume_file', ckpt, '--max-batches', '300', '--seed', '7')  # the same seed is fine
+    assert r.returncode == 0, r.stderr
+    assert "--max-batches 300 replaces the checkpoint's 200" in r.stdout
+    state = training.load_checkpoint(ckpt)
+    assert state['status']['iterations_done'] == 300
+    assert state['shared']['optimizer.lr'] == pytest.approx(1e-4, rel=1e-3)  # held, not raised again
+    assert state['config']['overrides'] == [{'flag': '--max-batches', 'checkpoint': 200, 'given': 300,
+                                             'iteration': 200}]
+    assert len(state['config']['sessions']) == 2

@@ -1,6 +1,10 @@
 """Step rules, the main loop, checkpoints and resume (training.py, extensions.py)."""
+import json
 import os
 import pickle
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -65,15 +69,19 @@ class Quadratic:
         return out
 
 
-def make_loop(tmp_path, max_batches, seed=3):
+def make_loop(tmp_path, max_batches, seed=3, stream=None):
     data = np.random.default_rng(0).normal(size=(50, 3)).astype('float32')
-    stream = streams.DataStream(streams.ArrayDataset(features=data),
-                                streams.ShuffledScheme(50, 8, seed))  # 7 batches per epoch
+    stream = stream or streams.DataStream(streams.ArrayDataset(features=data),
+                                          streams.ShuffledScheme(50, 8, seed))  # 7 batches per epoch
     m = Quadratic()
-    ext = [E.FinishAfter(max_batches=max_batches), E.LearningRateSchedule(m.rule.lr, every_n_batches=5),
+    ext = [E.FinishAfter(max_batches=max_batches), E.LearningRateSchedule(m.rule.lr, 5, 0.9, 1e-3),
            E.JSONLog(str(tmp_path / 'log.jsonl')),
-           E.Checkpoint(str(tmp_path / 'ckpt.pkl'), every_n_batches=4)]
-    return training.MainLoop(m.step, stream, m.shared(), ext, seed), m
+           E.Checkpoint(str(tmp_path / 'ckpt.npz'), every_n_batches=4)]
+    return training.MainLoop(m.step, stream, m.shared(), ext, seed, {'args': {'note': 'test'}}), m
+
+
+def read_log(path):
+    return [json.loads(line) for line in open(path)]
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -85,15 +93,31 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     first.run()
     assert first.status['iterations_done'] == 10
     second, m_second = make_loop(tmp_path / 'b', 23)  # fresh objects, as in a new process
-    second.load_state_dict(training.load_checkpoint(str(tmp_path / 'b' / 'ckpt.pkl')))
+    second.load_state_dict(training.load_checkpoint(str(tmp_path / 'b' / 'ckpt.npz')))
     second.run()
     assert second.status['iterations_done'] == 23
     assert second.status['epochs_done'] == full.status['epochs_done'] == 3
     np.testing.assert_array_equal(m_second.w.get_value(), m_full.w.get_value())
     np.testing.assert_array_equal(m_second.rule.lr.get_value(), m_full.rule.lr.get_value())
-    assert [r['cost'] for r in second.log] == [r['cost'] for r in full.log]
-    lines = (tmp_path / 'b' / 'log.jsonl').read_text().splitlines()
-    assert len(lines) == 23  # log rewritten from the checkpoint, then continued
+    log_a, log_b = read_log(tmp_path / 'a' / 'log.jsonl'), read_log(tmp_path / 'b' / 'log.jsonl')
+    assert [r['iteration'] for r in log_b] == list(range(1, 24))  # cut at the checkpoint, then continued
+    assert [r['cost'] for r in log_b] == [r['cost'] for r in log_a]
+
+
+def test_log_is_cut_to_the_checkpoint_after_a_kill(tmp_path):
+    """A run killed after its last checkpoint (iteration 8) wrote records 9 and 10 too; the
+    resumed run drops them and writes them again from the checkpoint on."""
+    first, _ = make_loop(tmp_path, 10)
+    first.run()
+    saved = training.load_checkpoint(str(tmp_path / 'ckpt.npz'))
+    with open(tmp_path / 'log.jsonl', 'a') as f:
+        f.write('{"iteration": 11, "cost": 0.0}\n')  # a record written after the last checkpoint
+    saved['status'].update(iterations_done=8, batch_in_epoch=1, log_bytes=training.log_offset(
+        str(tmp_path / 'log.jsonl'), 8))
+    second, _ = make_loop(tmp_path, 12)
+    second.load_state_dict(saved)
+    second.run()
+    assert [r['iteration'] for r in read_log(tmp_path / 'log.jsonl')] == list(range(1, 13))
 
 
 def test_different_seeds_give_different_runs(tmp_path):
@@ -104,31 +128,142 @@ def test_different_seeds_give_different_runs(tmp_path):
     assert not np.array_equal(ma.w.get_value(), mb.w.get_value())
 
 
-def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
-    path = str(tmp_path / 'ckpt.pkl')
-    training.save_checkpoint(path, {'shared': {'w': 1}, 'status': {}, 'log': []})
+def test_empty_stream_stops_with_an_error_instead_of_spinning(tmp_path):
+    empty = streams.DataStream(streams.ArrayDataset(features=np.zeros((0, 3), 'float32')),
+                               streams.ShuffledScheme(0, 8, 0))
+    loop, _ = make_loop(tmp_path, 5, stream=empty)
+    with pytest.raises(ValueError, match='no minibatch'):
+        loop.run()
 
-    def broken_dump(obj, f, protocol=None):
+
+# ---------------------------------------------------------------- the checkpoint file
+
+def state(w):
+    return {'shared': {'w': np.asarray(w, 'float32'), 'optimizer.lr': np.asarray(0.1, 'float32')},
+            'status': {'iterations_done': 3, 'log_bytes': 120, 'evaluations': [{'iteration': 2}]},
+            'config': {'args': {'dataset': 'heartbeat', 'lr': 0.1}}}
+
+
+def test_checkpoint_is_an_npz_that_numpy_alone_reads(tmp_path):
+    path = str(tmp_path / 'ckpt.npz')
+    training.save_checkpoint(path, state([1, 2, 3]))
+    with np.load(path, allow_pickle=False) as f:  # the documented layout, no project code
+        meta = json.loads(str(f['meta']))
+        assert meta['format'] == training.CHECKPOINT_FORMAT and meta['status']['iterations_done'] == 3
+        np.testing.assert_array_equal(f['shared/w'], [1, 2, 3])
+        assert sorted(f.files) == ['meta', 'shared/optimizer.lr', 'shared/w']
+    loaded = training.load_checkpoint(path)
+    assert loaded['config'] == state(0)['config'] and loaded['status'] == state(0)['status']
+
+
+def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    path = str(tmp_path / 'ckpt.npz')
+    training.save_checkpoint(path, state([1, 1]))
+
+    def broken_savez(f, **arrays):
         f.write(b'partial')
         raise OSError('disk full')
-    monkeypatch.setattr(pickle, 'dump', broken_dump)
+    monkeypatch.setattr(np, 'savez', broken_savez)
     with pytest.raises(OSError):
-        training.save_checkpoint(path, {'shared': {'w': 2}, 'status': {}, 'log': []})
+        training.save_checkpoint(path, state([2, 2]))
     monkeypatch.undo()
-    assert training.load_checkpoint(path)['shared']['w'] == 1
-    assert os.listdir(tmp_path) == ['ckpt.pkl']  # no temporary file left behind
+    np.testing.assert_array_equal(training.load_checkpoint(path)['shared']['w'], [1, 1])
+    assert os.listdir(tmp_path) == ['ckpt.npz']  # no temporary file left behind
 
 
-def test_corrupt_checkpoint_is_reported_with_its_path(tmp_path):
-    path = tmp_path / 'ckpt.pkl'
-    path.write_bytes(b'not a pickle')
-    with pytest.raises(ValueError, match='ckpt.pkl'):
-        training.load_checkpoint(str(path))
+KILLED_WRITER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import numpy as np
+import training
+real_savez = np.savez
+def savez_then_die(f, **arrays):
+    real_savez(f, **arrays)
+    f.flush()
+    f.truncate(f.tell() // 2)  # half a file on disk, then the process is killed
+    os.kill(os.getpid(), signal.SIGKILL)
+np.savez = savez_then_die
+training.save_checkpoint({path!r}, {{'shared': {{'w': np.full(100000, 2.0, 'float32')}}, 'status': {{}}}})
+"""
 
+
+def test_kill_9_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path):
+    path = str(tmp_path / 'ckpt.npz')
+    training.save_checkpoint(path, state([1, 1]))
+    code = KILLED_WRITER.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path=path)
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL
+    assert any('.tmp' in name for name in os.listdir(tmp_path))  # the half-written file
+    np.testing.assert_array_equal(training.load_checkpoint(path)['shared']['w'], [1, 1])
+    training.save_checkpoint(path, state([3, 3]))  # the next save clears the leftover
+    assert os.listdir(tmp_path) == ['ckpt.npz']
+
+
+@pytest.mark.parametrize('content, message', [
+    (b'not a checkpoint at all', 'not a checkpoint of this project'),
+    (None, 'not a checkpoint of this project'),  # an .npz of someone else's arrays
+    ('truncated', 'not a checkpoint of this project, or is damaged'),
+])
+def test_corrupt_truncated_or_foreign_file_is_one_line_with_its_path(tmp_path, content, message):
+    path = str(tmp_path / 'ckpt.npz')
+    if content is None:
+        np.savez(path, weights=np.zeros(3))
+    elif content == 'truncated':
+        training.save_checkpoint(path, state(np.zeros(1000)))
+        data = open(path, 'rb').read()
+        open(path, 'wb').write(data[:len(data) // 2])
+    else:
+        open(path, 'wb').write(content)
+    with pytest.raises(ValueError) as error:
+        training.load_checkpoint(path)
+    assert message in str(error.value) and path in str(error.value) and '\n' not in str(error.value)
+
+
+def test_missing_checkpoint_is_reported(tmp_path):
+    with pytest.raises(ValueError, match='cannot read checkpoint .*No such file'):
+        training.load_checkpoint(str(tmp_path / 'nope.npz'))
+
+
+def old_pickle_checkpoint(path):
+    """What the previous format wrote: a pickled dict with the whole per-minibatch log."""
+    old = {'shared': {'w': np.arange(3, dtype='float32'), 'optimizer.lr': np.asarray(0.1, 'float32')},
+           'status': {'iterations_done': 2, 'epochs_done': 0, 'batch_in_epoch': 2, 'seed': 0,
+                      'wall_s': 1.0, 'resumed_from': None},
+           'log': [{'iteration': 1, 'cost': 1.0}, {'iteration': 2, 'cost': 0.5, 'heldout_K_bits': -3.0}],
+           'config': {'args': {'dataset': 'heartbeat'}}}
+    with open(path, 'wb') as f:
+        pickle.dump(old, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def test_old_pickle_checkpoint_loads_with_a_warning_and_converts(tmp_path, capsys):
+    path = str(tmp_path / 'checkpoint.pkl')
+    old_pickle_checkpoint(path)
+    with open(tmp_path / 'log.jsonl', 'w') as f:
+        f.write('{"iteration": 1}\n{"iteration": 2}\n{"iteration": 3}\n')
+    loaded = training.load_checkpoint(path)
+    assert 'pickles can run code' in capsys.readouterr().err
+    np.testing.assert_array_equal(loaded['shared']['w'], [0, 1, 2])
+    assert loaded['status']['evaluations'] == [{'iteration': 2, 'heldout_K_bits': -3.0}]
+    new = training.convert_checkpoint(path)
+    assert new == str(tmp_path / 'checkpoint.npz')
+    converted = training.load_checkpoint(new)
+    assert converted['status']['log_bytes'] == len('{"iteration": 1}\n{"iteration": 2}\n')
+    np.testing.assert_array_equal(converted['shared']['w'], [0, 1, 2])
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path):
+    path = str(tmp_path / 'checkpoint.pkl')
+    with open(path, 'wb') as f:
+        pickle.dump({'shared': {}, 'status': {}, 'evil': os.system}, f, protocol=2)
+    with pytest.raises(ValueError, match='refusing to load'):
+        training.load_checkpoint(path)
+
+
+# ---------------------------------------------------------------- schedules and signals
 
 def test_learning_rate_schedule_decays_to_floor():
     lr = theano.shared(np.float32(1e-3))
-    ext = E.LearningRateSchedule(lr)
+    ext = E.LearningRateSchedule(lr, **E.RELEASED_SCHEDULE)
     for _ in range(1000):
         ext(None, 'batch')
     np.testing.assert_allclose(lr.get_value(), 1e-4, rtol=1e-3)  # 0.1x after 1000 calls
@@ -136,17 +271,30 @@ def test_learning_rate_schedule_decays_to_floor():
     assert lr.get_value() == pytest.approx(1e-4)  # floor
 
 
-def test_sigint_writes_checkpoint_and_stops(tmp_path):
+def test_exponential_decay_reaches_lr_final_at_the_planned_batch_then_holds():
+    lr = theano.shared(np.float32(1e-2))
+    ext = E.LearningRateSchedule(lr, **E.exponential_decay(1e-2, 1e-4, 1000, every_n_batches=100))
+    for _ in range(10):  # 1000 minibatches
+        ext(None, 'batch')
+    assert lr.get_value() == pytest.approx(1e-4, rel=1e-4)
+    for _ in range(10):  # an extended run holds lr_final
+        ext(None, 'batch')
+    assert lr.get_value() == pytest.approx(1e-4, rel=1e-4)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_signal_writes_checkpoint_and_stops(tmp_path, signum):
     loop, m = make_loop(tmp_path, 1000)
     original = loop.step
 
     def step(batch, rng):
         if loop.status['iterations_done'] == 6:
-            loop._on_sigint(2, None)
+            os.kill(os.getpid(), signum)
         return original(batch, rng)
     loop.step = step
     loop.run()
     assert loop.interrupted and loop.status['iterations_done'] == 7
-    saved = training.load_checkpoint(str(tmp_path / 'ckpt.pkl'))
+    saved = training.load_checkpoint(str(tmp_path / 'ckpt.npz'))
     assert saved['status']['iterations_done'] == 7
     np.testing.assert_array_equal(saved['shared']['w'], m.w.get_value())
+    assert signal.getsignal(signum) is not loop._on_signal  # handlers restored

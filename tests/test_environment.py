@@ -1,0 +1,51 @@
+"""The locked environment: setup.py's pins agree with requirements.lock, and the README and
+CI install the same way."""
+import ast
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def setup_pins():
+    """{name: version} of every == requirement in setup.py, its extras included."""
+    tree = ast.parse(open(os.path.join(ROOT, 'setup.py')).read())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, 'id', '') == 'setup')
+    keywords = {k.arg: ast.literal_eval(k.value) for k in call.keywords
+                if k.arg in ('install_requires', 'extras_require')}
+    requirements = keywords['install_requires'] + [r for extra in keywords['extras_require'].values()
+                                                   for r in extra]
+    return dict(r.split('==') for r in requirements)
+
+
+def lock_pins():
+    """{name: version} of requirements.lock; every entry must carry hashes."""
+    text = open(os.path.join(ROOT, 'requirements.lock')).read()
+    entries = re.findall(r'^([A-Za-z0-9_.\-]+)==(\S+)((?:\s*\\\n\s+--hash=sha256:[0-9a-f]{64})+)', text, re.M)
+    names = re.findall(r'^([A-Za-z0-9_.\-]+)==', text, re.M)
+    assert len(entries) == len(names), 'every locked package needs --hash entries'
+    return {name.lower(): version for name, version, _ in entries}
+
+
+def normalise(name):
+    return re.sub(r'[-_.]+', '-', name).lower()
+
+
+def test_setup_pins_agree_with_the_lock():
+    locked = {normalise(k): v for k, v in lock_pins().items()}
+    for name, version in setup_pins().items():
+        assert normalise(name) in locked, '{} is pinned in setup.py but not in requirements.lock'.format(name)
+        assert locked[normalise(name)] == version, '{}: setup.py pins {}, requirements.lock {}'.format(
+            name, version, locked[normalise(name)])
+    assert len(locked) > len(setup_pins())  # the transitive dependencies are locked too
+
+
+@pytest.mark.parametrize('command', ['pip install -r requirements.lock && pip install --no-deps -e .',
+                                     'python -m pytest'])
+def test_readme_and_ci_run_the_same_commands(command):
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    ci = open(os.path.join(ROOT, '.ci', 'run')).read()
+    assert '\n    {}\n'.format(command) in readme
+    assert '\n{}\n'.format(command) in ci

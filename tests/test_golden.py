@@ -1,0 +1,99 @@
+"""Golden numbers: short fixed-seed runs of train.py give exactly the stored K and
+parameters (a hash of their bytes), on any machine with the locked environment.
+
+The project's runs are deterministic to the last digit in a given environment: minibatch
+order and noise derive from the seed and the iteration. What changes the last digits
+(measured here: K by about 1e-8 relative after 300 minibatches): the OpenBLAS kernel
+family (SkylakeX against Haswell) and the number of threads (1 against 2), and, by their
+nature, other versions of numpy, scipy, Theano or OpenBLAS, other THEANO_FLAGS, another
+compiler, and any change of the model code or its defaults. So the golden runs pin the
+kernel family every x86-64 machine with AVX2 runs (Haswell) and two threads. When a
+figure differs, the message names the parts of the recorded environment that differ.
+
+    python tests/test_golden.py --update    # record the figures anew (after a deliberate change)
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import training  # noqa: E402
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'golden.json')
+RUNS = {
+    'heartbeat': ['--dataset', 'heartbeat', '--seed', '3', '--max-batches', '300', '--ext-every-n', '150',
+                  '--model-args', 'n_train=2000,n_eval=400,n_final_eval=50,n_hidden=20'],
+    'swissroll': ['--dataset', 'swissroll', '--seed', '3', '--max-batches', '300', '--ext-every-n', '150',
+                  '--model-args', 'n_train=2000,n_eval=200'],
+    'digits': ['--dataset', 'digits', '--seed', '3', '--max-batches', '20', '--ext-every-n', '10',
+               '--batch-size', '50', '--model-args', 'T=20,n_temporal_basis=3,n_hidden_dense_lower=16,'
+               'n_hidden_dense_lower_output=2,n_hidden_dense_upper=8,n_hidden_conv=6,n_layers_conv=2,'
+               'n_layers_dense_lower=2,n_layers_dense_upper=2'],
+}
+PINNED = {'OPENBLAS_CORETYPE': 'Haswell', 'OMP_NUM_THREADS': '2', 'OPENBLAS_NUM_THREADS': '2'}
+# environment entries that do not bear on the numbers
+NOT_NUMERIC = ('command', 'git_commit', 'git_dirty', 'project_version', 'cores', 'platform', 'cpu')
+
+
+def run(name, output_dir):
+    """(K_bits, sha256 of the trained parameters, environment) of one golden run, made by
+    train.py in a child process with PINNED settings."""
+    subprocess.run([sys.executable, os.path.join(ROOT, 'train.py')] + RUNS[name] + ['--output-dir', str(output_dir)],
+                   env=dict(os.environ, **PINNED), check=True, capture_output=True, timeout=900)
+    run_dir, = [os.path.join(output_dir, d) for d in os.listdir(output_dir)]
+    results = json.load(open(os.path.join(run_dir, 'results.json')))
+    shared = training.load_checkpoint(os.path.join(run_dir, 'checkpoint.npz'))['shared']
+    digest = hashlib.sha256()
+    for key in sorted(shared):
+        digest.update(key.encode() + np.ascontiguousarray(shared[key]).tobytes())
+    return results['K_bits'], digest.hexdigest(), results['sessions'][-1]['environment']
+
+
+def environment_changes(recorded, now):
+    return ['{}: {!r} then, {!r} now'.format(k, recorded.get(k), now.get(k))
+            for k in sorted(set(recorded) | set(now))
+            if k not in NOT_NUMERIC and recorded.get(k) != now.get(k)]
+
+
+@pytest.mark.parametrize('name', sorted(RUNS))
+def test_short_run_reproduces_golden_figures(name, tmp_path):
+    golden = json.load(open(GOLDEN))
+    K_bits, params, environment = run(name, tmp_path)
+    expected = golden['runs'][name]
+    if (K_bits, params) != (expected['K_bits'], expected['params_sha256']):
+        changes = environment_changes(expected['environment'], environment) or ['none: the code changed']
+        pytest.fail('{}: K = {!r}, parameters {} but the golden figures are K = {!r}, parameters {}; '
+                    'environment changes: {}'.format(name, K_bits, params[:12], expected['K_bits'],
+                                                     expected['params_sha256'][:12], '; '.join(changes)))
+
+
+def update(output_dir):
+    """Record the golden figures of this machine and environment."""
+    runs = {}
+    for name in sorted(RUNS):
+        folder = os.path.join(output_dir, name)
+        os.makedirs(folder)
+        K_bits, params, environment = run(name, folder)
+        runs[name] = {'K_bits': K_bits, 'params_sha256': params, 'environment': environment,
+                      'command': ' '.join('{}={}'.format(*kv) for kv in PINNED.items())
+                      + ' python train.py ' + ' '.join(RUNS[name])}
+    with open(GOLDEN, 'w') as f:
+        json.dump({'runs': runs}, f, indent=2, sort_keys=True)
+        f.write('\n')
+
+
+if __name__ == '__main__':
+    import tempfile
+    if sys.argv[1:] != ['--update']:
+        sys.exit('usage: python tests/test_golden.py --update')
+    with tempfile.TemporaryDirectory() as folder:
+        update(folder)
+    print('written', GOLDEN)
