@@ -22,7 +22,6 @@ Other jobs on the machine slow every figure down: run it on an idle machine.
 import util  # configures Theano before it is imported
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -32,18 +31,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import theano
 import theano.tensor as T
 
+import bound
 import experiments
+import presets
 import sampler
 import training
 
 FIDELITY = 'code'  # the released code's network and training choices
-# name: (data set, --model-args overrides); batch size from experiments.RUN_DEFAULTS
+# name: (data set, --model-args overrides); batch size from presets.RUN_DEFAULTS
 CONFIGS = {'mnist': ('MNIST', {}), 'cifar': ('CIFAR10', {}), 'cifar3': ('CIFAR10', {'n_scales': 3})}
 IMAGE_SHAPES = {'MNIST': (1, 28, 28), 'CIFAR10': (3, 32, 32)}
 PEAK_SIZE, PEAK_REPEATS = 2048, 7
@@ -51,21 +51,6 @@ N_SAMPLES, N_BOUND = 49, 1000  # images per reverse step (a 7 x 7 figure); held-
 
 
 # ---------------------------------------------------------------- the machine
-
-def openblas_info():
-    """The kernel (core name) and thread count that the linked OpenBLAS really uses;
-    call it after Theano has loaded the library (its own dependencies are found then)."""
-    path = os.environ.get('PROJECT_BLAS', '')
-    if not os.path.isfile(path):
-        return {}
-    try:
-        lib = ctypes.CDLL(path)  # the copy Theano loaded: same path, same handle
-    except OSError:
-        return {}
-    lib.openblas_get_corename.restype = ctypes.c_char_p
-    return {'openblas_core': lib.openblas_get_corename().decode(),
-            'openblas_threads': lib.openblas_get_num_threads()}
-
 
 def machine():
     info = {'cpu': util.cpuinfo('model name') or 'unknown', 'cores': os.cpu_count(), 'cores_usable': len(os.sched_getaffinity(0)),
@@ -116,18 +101,9 @@ def network_flops(exp):
 
 # ---------------------------------------------------------------- one configuration
 
-@contextmanager
-def stand_in_images(shape, n_train, n_test, seed=0):
-    """datasets.load_images returns random uint8 images (N, C, H, W) while inside."""
-    rng = np.random.default_rng(seed)
-    data = {'train': rng.integers(0, 256, (n_train,) + shape, dtype=np.uint8),
-            'test': rng.integers(0, 256, (n_test,) + shape, dtype=np.uint8)}
-    original = experiments.datasets.load_images
-    experiments.datasets.load_images = lambda name, split, path=None, **options: data[split]
-    try:
-        yield
-    finally:
-        experiments.datasets.load_images = original
+def stand_in_images(shape, n, seed=0):
+    """n random uint8 images (n, C, H, W)."""
+    return np.random.default_rng(seed).integers(0, 256, (n,) + shape, dtype=np.uint8)
 
 
 def timed(fn, *args):
@@ -139,17 +115,17 @@ def timed(fn, *args):
 def build(name):
     """(Experiment on stand-in images, batch size, its build time in seconds)."""
     dataset, overrides = CONFIGS[name]
-    batch = experiments.RUN_DEFAULTS[dataset]['batch_size']
-    args = experiments.model_args(dataset, FIDELITY, overrides)
-    with stand_in_images(IMAGE_SHAPES[dataset], max(batch, N_SAMPLES), N_BOUND):
-        exp, build_s = timed(experiments.Experiment, dataset, args, 0)
+    batch = presets.RUN_DEFAULTS[dataset]['batch_size']
+    args = presets.model_args(dataset, FIDELITY, overrides)
+    train, test = (stand_in_images(IMAGE_SHAPES[dataset], n, seed) for seed, n in enumerate((max(batch, N_SAMPLES), N_BOUND)))
+    exp, build_s = timed(experiments.from_arrays, dataset, args, 0, train, test)
     return exp, batch, build_s
 
 
 def compile_step(exp):
     """(train.py's step function, seconds to compile it)."""
     dataset = exp.dataset
-    rule = training.RMSProp(experiments.RUN_DEFAULTS[dataset]['lr'])
+    rule = training.RMSProp(presets.RUN_DEFAULTS[dataset]['lr'], **presets.STEP_RULE_ARGS[FIDELITY]['rmsprop'])
     (step, _), compile_s = timed(exp.compile_train, rule)
     return step, compile_s
 
@@ -204,9 +180,9 @@ def bench_config(name, n_steps, peak, log):
     t = np.full(N_SAMPLES, exp.args['T'], dtype='int64')
     kernel(xt, t)
     reverse_s = float(np.median([timed(kernel, xt, t)[1] for _ in range(3)]))
-    bound_fn = exp.compile_bound()
+    bound_fn = bound.compile_terms(exp)
     bound_fn(*exp.draw_inputs(rng, exp.test_x[:exp.eval_batch_size], evaluation=True))
-    _, bound_s = timed(exp.heldout_bound, bound_fn, exp.test_x[:N_BOUND])
+    _, bound_s = timed(bound.heldout_bound, exp, exp.test_x[:N_BOUND], 1, 0, bound_fn)
     log('{}: reverse step ({} images) {:.3f} s, bound on {} images {:.1f} s'.format(
         name, N_SAMPLES, reverse_s, N_BOUND, bound_s))
     result = {
@@ -286,7 +262,7 @@ def main(argv=None):
     names = list(CONFIGS) if args.config == 'all' else [args.config]
     report = {'machine': machine(), 'fidelity': FIDELITY, 'steps': args.steps}
     report['peak_gflops'], report['peak_ops'] = peak_gflops()
-    report['machine'].update(openblas_info())  # now that Theano has loaded the library
+    report['machine'].update(util.openblas_info())  # now that Theano has loaded the library
     log('peak {:.1f} GFLOP/s'.format(report['peak_gflops']))
     if args.cold_compile != 'none':
         log('cold compile of {} in a child process ...'.format(args.cold_compile))

@@ -24,6 +24,10 @@ import shlex
 import sys
 
 import numpy as np
+import skimage.data
+import skimage.io
+import skimage.util
+import sklearn.datasets
 from scipy.special import logsumexp
 from tqdm import tqdm
 
@@ -288,7 +292,6 @@ def bark(folder=None, patch=64, stride=None):
 
 def builtin_textures():
     """{split: [uint8 (h, w)]}: the top 3/4 of each BARK_TEXTURES image for train, the rest test."""
-    import skimage.data  # imported here: only bark needs scikit-image
     images = [getattr(skimage.data, name)() for name in BARK_TEXTURES]
     return {'train': [x[:3 * len(x) // 4] for x in images],
             'test': [x[3 * len(x) // 4:] for x in images]}
@@ -296,8 +299,6 @@ def builtin_textures():
 
 def folder_textures(folder):
     """{split: [uint8 (h, w)]}: grey images under `folder`, every fourth one (sorted) for test."""
-    import skimage.io  # imported here: only bark needs scikit-image
-    import skimage.util
     paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder)
                    for f in files if f.lower().endswith(IMAGE_SUFFIXES))
     if len(paths) < 4:
@@ -325,8 +326,7 @@ DIGITS_SEED, DIGITS_TRAIN = 0, 1500  # fixed split of the 1,797 images: 1,500 tr
 
 def digits():
     """scikit-learn's 8x8 digits, {split: uint8 (n, 1, 8, 8)}, grey 0..16 scaled to 0..255."""
-    from sklearn.datasets import load_digits  # imported here: only digits needs scikit-learn
-    x = np.round(load_digits().images * 255 / 16).astype(np.uint8)[:, None]
+    x = np.round(sklearn.datasets.load_digits().images * 255 / 16).astype(np.uint8)[:, None]
     order = np.random.default_rng(DIGITS_SEED).permutation(len(x))
     return {'train': x[order[:DIGITS_TRAIN]], 'test': x[order[DIGITS_TRAIN:]]}
 

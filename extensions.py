@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+import bound
 import figures
 import sampler
 import training
@@ -200,8 +201,8 @@ class HeldOutBound(Extension):
 
     def __call__(self, loop, event):
         if self.fn is None:
-            self.fn = self.exp.compile_bound()
-        r = self.exp.heldout_bound(self.fn, self.x, seed=1)
+            self.fn = bound.compile_terms(self.exp)
+        r = bound.heldout_bound(self.exp, self.x, n_t=1, seed=1, fn=self.fn)
         s = loop.status
         if event == 'before_training':  # a record of its own, before the next minibatch
             loop.record = {'iteration': s['iterations_done'], 'epoch': s['epochs_done']}
@@ -257,7 +258,7 @@ class SamplePlots(Extension):
                       file=sys.stderr, flush=True)
         if not self.affordable:
             return
-        modes = ['sample'] + (['inpaint'] if sampler.is_image(self.exp) else [])
+        modes = ['sample'] + (['inpaint'] if self.exp.pixels else [])
         for mode in modes:
             result = sampler.run(self.exp, mode, n=self.n, seed=loop.status['seed'], mask='centre',
                                  n_frames=6, kernel=self.kernel)

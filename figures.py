@@ -1,14 +1,19 @@
 """Figures a person can look at: the paper's Figure 1 layout for the Swiss roll,
-heartbeat samples beside training sequences, training curves."""
+heartbeat samples beside training sequences, the forward schedule, the image read-out,
+training curves of the held-out bound, and evaluate.py's per-step costs and entropies."""
+import util  # noqa: F401  (configures Theano before it is imported)
+
 import os
 
 import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+import theano
+import theano.tensor as T
 
-import model as M  # noqa: E402
-import sampler  # noqa: E402
+import sampler
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only back end)
 
 
 def swissroll_figure(exp, path, seed, n=2000):
@@ -18,14 +23,14 @@ def swissroll_figure(exp, path, seed, n=2000):
     times = [0, T_steps // 2, T_steps]
     rng = np.random.default_rng([seed, 7])
     x0 = exp.test_x[:n]
-    A = np.concatenate([[1.0], np.cumprod(1 - exp.beta_values())])
+    beta = exp.diffusion.beta_values()
     kernel = sampler.compile_reverse_kernel(exp.diffusion, 2)
     _, frames = sampler.sample_trajectory(exp.diffusion, kernel, x0.shape, rng, keep=times)
     fig, axes = plt.subplots(3, 3, figsize=(10, 10))
     grid = np.stack(np.meshgrid(np.linspace(-2.5, 2.5, 21), np.linspace(-2.5, 2.5, 21)), -1)
     grid = grid.reshape(-1, 2).astype('float32')
     for col, t in enumerate(times):
-        forward = np.sqrt(A[t]) * x0 + np.sqrt(1 - A[t]) * rng.standard_normal(x0.shape)
+        forward = exp.diffusion.forward_sample(x0, t, rng, beta)
         axes[0, col].scatter(*forward.T, s=1)
         axes[0, col].set_title('q(x^{}), t = {}'.format('t', t))
         axes[1, col].scatter(*frames[t].T, s=1, color='C1')
@@ -62,7 +67,7 @@ def heartbeat_figure(exp, path, seed, n=40):
 
 def schedule_figure(exp, path):
     """The forward schedule b_t over t (learned or fixed)."""
-    beta = exp.beta_values()
+    beta = exp.diffusion.beta_values()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.semilogy(np.arange(1, len(beta) + 1), beta)
     ax.set_xlabel('t')
@@ -73,25 +78,55 @@ def schedule_figure(exp, path):
     plt.close(fig)
 
 
+DATASET_FIGURES = {'swissroll': ('swissroll_trajectories.png', swissroll_figure),
+                   'heartbeat': ('heartbeat_samples.png', heartbeat_figure)}
+
+
 def experiment_figures(exp, run_dir, seed):
     """Every figure of the experiment, as PNG files in run_dir; returns their paths."""
-    paths = []
-    if exp.dataset == 'swissroll':
-        paths.append(os.path.join(run_dir, 'swissroll_trajectories.png'))
-        swissroll_figure(exp, paths[-1], seed)
-    if exp.dataset == 'heartbeat':
-        paths.append(os.path.join(run_dir, 'heartbeat_samples.png'))
-        heartbeat_figure(exp, paths[-1], seed)
-    if isinstance(exp.diffusion, M.GaussianDiffusion):
-        paths.append(os.path.join(run_dir, 'schedule.png'))
-        schedule_figure(exp, paths[-1])
+    paths = [os.path.join(run_dir, 'schedule.png')]
+    schedule_figure(exp, paths[0])
+    if exp.dataset in DATASET_FIGURES:
+        name, figure = DATASET_FIGURES[exp.dataset]
+        paths.append(os.path.join(run_dir, name))
+        figure(exp, paths[-1], seed)
     return paths
+
+
+def kl_by_t_figure(result, path):
+    """(T - 1) times the mean KL at each step t (bound.heldout_bound): which steps cost the
+    most bits."""
+    kl = np.asarray(result['kl_bits_by_t'])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(np.arange(2, len(kl) + 2), kl)
+    if (kl > 0).all():
+        ax.set_yscale('log')
+    ax.set_xlabel('t')
+    ax.set_ylabel('(T-1) E[KL at t], {}'.format(result['unit']))
+    ax.set_title('cost of each step (mean over t = the KL part of -K)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def entropy_figure(result, path):
+    """H_p of the reverse step against the bounds of Eq. 24, per dimension, over t."""
+    t = np.arange(2, len(result['H_p_nats']) + 2)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(t, result['upper_nats'], 'k--', label='upper H_q(X^t|X^{t-1})')
+    ax.plot(t, result['lower_nats'], 'k:', label='lower bound, Eq. 24')
+    ax.plot(t, result['H_p_nats'], label='model 0.5 log(2 pi e Sigma)')
+    ax.set_xlabel('t')
+    ax.set_ylabel('entropy per dimension, nats')
+    ax.set_title('{} below, {} above'.format(result['n_below_lower'], result['n_above_upper']))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def compile_readout(diffusion, x_ndim):
     """A function (xt, t) -> (z_mu, z_Sigma) of the network read out at step t."""
-    import theano
-    import theano.tensor as T
     xt = T.TensorType(theano.config.floatX, (False,) * x_ndim)('xt')
     t = T.lvector('t')
     return theano.function([xt, t], list(diffusion.net(xt, t)))
@@ -105,8 +140,7 @@ def readout_figure(exp, path, readout_fn, n_steps=25, seed=0):
     ts = np.unique(np.linspace(1, T_steps, n_steps).astype('int64'))
     rng = np.random.default_rng([seed, 9])
     x0 = exp.draw_inputs(rng, exp.test_x[:1])[0]
-    A = np.cumprod(1 - exp.beta_values())[ts - 1].reshape(-1, 1, 1, 1)
-    xt = np.sqrt(A) * x0 + np.sqrt(1 - A) * rng.standard_normal((len(ts),) + x0.shape[1:])
+    xt = exp.diffusion.forward_sample(np.repeat(x0, len(ts), axis=0), ts, rng, exp.diffusion.beta_values())
     z_mu, z_sigma = readout_fn(xt.astype(x0.dtype), ts)
     basis = exp.diffusion.net.basis
     fig, axes = plt.subplots(3, 1, figsize=(6, 8), sharex=True)
@@ -124,39 +158,38 @@ def readout_figure(exp, path, readout_fn, n_steps=25, seed=0):
     plt.close(fig)
 
 
-def heldout_figure(log, path, unit):
-    """The monitored held-out bound K over training, with its standard error; False when
-    the log holds no evaluation yet."""
-    records = [r for r in log if 'heldout_K_bits' in r]
-    if not records:
+def heldout_figure(evaluations, path, unit):
+    """The monitored held-out bound K with its standard error, against minibatches (left)
+    and training time (right); False when there is no evaluation yet."""
+    if not evaluations:
         return False
-    it = np.array([r['iteration'] for r in records])
-    k = np.array([r['heldout_K_bits'] for r in records])
-    se = np.array([r['heldout_stderr_bits'] for r in records])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(it, k, yerr=se, marker='o', capsize=2)
-    ax.set_xlabel('minibatches')
-    ax.set_ylabel('held-out K ({})'.format(unit))
-    ax.set_title('monitored bound (higher is better)')
+    k = np.array([r['heldout_K_bits'] for r in evaluations])
+    se = np.array([r['heldout_stderr_bits'] for r in evaluations])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, label in ((axes[0], 'iteration', 'minibatches'), (axes[1], 'wall_s', 'training time (h)')):
+        x = np.array([r.get(key, np.nan) for r in evaluations], dtype=float) / (3600 if key == 'wall_s' else 1)
+        ax.errorbar(x, k, yerr=se, marker='o', ms=3, capsize=2)
+        ax.set_xlabel(label)
+    axes[0].set_ylabel('held-out K ({})'.format(unit))
+    axes[0].set_title('monitored bound (higher is better)')
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return True
 
 
-def training_figures(exp, log, run_dir, compiled):
+def training_figures(exp, evaluations, run_dir, compiled):
     """The figures that change during training, as PNG files in run_dir; returns their
-    paths. compiled: a dict that keeps compiled functions between calls."""
-    paths = []
-    if isinstance(exp.diffusion, M.GaussianDiffusion):
-        paths.append(os.path.join(run_dir, 'schedule.png'))
-        schedule_figure(exp, paths[-1])
-    if isinstance(getattr(exp.diffusion, 'net', None), M.TemporalReadout):
+    paths. evaluations: the monitor's records so far; compiled: a dict that keeps
+    compiled functions between calls."""
+    paths = [os.path.join(run_dir, 'schedule.png')]
+    schedule_figure(exp, paths[0])
+    if exp.pixels:  # image networks are read out through the temporal basis
         if 'readout' not in compiled:
             compiled['readout'] = compile_readout(exp.diffusion, exp.train_x.ndim)
         paths.append(os.path.join(run_dir, 'readout.png'))
         readout_figure(exp, paths[-1], compiled['readout'], seed=exp.seed)
     path = os.path.join(run_dir, 'heldout_bound.png')
-    if heldout_figure(log, path, exp.unit):
+    if heldout_figure(evaluations, path, exp.unit):
         paths.append(path)
     return paths

@@ -1,6 +1,8 @@
 """The diffusion math (SPEC sections 1-2): forward schedule, q(x^t | x^0), the
 posterior q(x^{t-1} | x^t, x^0), the reverse-kernel read-out, and the lower bound
-K of Eq. 14, for Gaussian and binomial diffusion.
+K of Eq. 14, for Gaussian and binomial diffusion; and, with the same methods for both
+families, the numpy side that sampling and evaluation use (schedule values, forward
+sample and step, stationary density, prior, reverse-step sample and density).
 
 Time steps t run 1..T; arrays over t are indexed t - 1. Symbolic x^0 has shape
 (n, D) or (n, C, H, W); t is an int vector (n,) of steps in 2..T.
@@ -17,6 +19,7 @@ from util import logit
 floatX = theano.config.floatX
 LOG2 = np.log(2.0)
 BETA_MIN = 1e-6  # released code: smallest b_t
+CODE_BETA_1_INCREMENT = 0.001  # released code: added to the floor of b_1 (its step1_beta)
 
 
 def per_example(v):
@@ -47,9 +50,10 @@ def temporal_basis(T_steps, J, width, warp=None):
 
 
 def noise_logit(T_steps):
-    """u(t) = logit(t / (T + 1)): the log-odds of a bit being resampled by step t under
-    the binomial schedule (1 - A_t = t / T), a time axis on which the reverse kernel
-    changes at an even pace."""
+    """u(t) = logit(t / (T + 1)): about the log-odds of a bit having been resampled by
+    step t under the binomial schedule, where 1 - A_t = t / T; t / (T + 1) instead of t / T
+    keeps u finite at t = T (where t / T = 1). A time axis on which the reverse kernel
+    changes at an even pace (our choice of warp for the heartbeat's read-out basis)."""
     t = np.arange(1, T_steps + 1.0)
     return logit(t / (T_steps + 1))
 
@@ -88,12 +92,13 @@ def logit_beta(T_steps, beta_1, A_T=1e-3):
 class ForwardSchedule(Layer):
     """b_t of the forward kernel q(x^t | x^{t-1}) = N(x^{t-1} sqrt(1 - b_t), b_t I).
 
-    b_t = m + sigmoid(logit(base_t) + sum_j c_j g_j(t)) (1 - m - 1e-5)
-    (the released code's parameterisation, SPEC section 1, with its floor m = 1e-6
-    unless `beta_min` says otherwise).
-    learn=True (paper, Sec. 2.4.1): c_j are trained by gradient ascent on K and
-        b_1 is fixed to `beta_1`.
-    learn=False (code): c_j = 0 and b_1 gets 0.001 added, as in the released code.
+    b_t = m_t + sigmoid(logit(base_t) + sum_j c_j g_j(t)) (1 - m_t - 1e-5)
+    (the released code's parameterisation, SPEC section 1), with the floor m_t = m
+    (the code's 1e-6 unless `beta_min` says otherwise).
+    learn=True (paper, Sec. 2.4.1): c_j are trained by gradient ascent on K and b_1 is
+        fixed to `beta_1`.
+    learn=False (code): c_j = 0, and the floor at t = 1 is raised by 0.001, m_1 = m + 0.001,
+        as in the released code (which also narrows the sigmoid's range at t = 1).
     """
 
     def __init__(self, base, basis, learn, beta_1=None, beta_min=BETA_MIN):
@@ -102,14 +107,16 @@ class ForwardSchedule(Layer):
         self.base = logit(np.clip(base, 1e-12, 1 - 1e-12)).astype(floatX)
         self.g = basis
         self.c = self.param('c', np.zeros(basis.shape[0])) if learn else None
+        floor = np.full(len(base), float(beta_min))
+        if not learn:
+            floor[0] += CODE_BETA_1_INCREMENT
+        self.floor, self.range = floor.astype(floatX), (1 - floor - 1e-5).astype(floatX)
 
     def beta(self):
         """Symbolic (T,) vector b_1..b_T."""
         z = self.base + T.dot(self.c, self.g) if self.learn else T.as_tensor_variable(self.base)
-        beta = self.beta_min + T.nnet.sigmoid(z) * (1 - self.beta_min - 1e-5)
-        if self.learn:
-            return T.set_subtensor(beta[0], self.beta_1)
-        return T.inc_subtensor(beta[0], 0.001)
+        beta = self.floor + T.nnet.sigmoid(z) * self.range
+        return T.set_subtensor(beta[0], self.beta_1) if self.learn else beta
 
 
 def alpha_bar(beta):
@@ -181,6 +188,7 @@ class GaussianDiffusion:
         self.code_mu, self.code_sigma = code_mu, code_sigma
         self.kl_factor = T_steps - 1 if kl_factor == 'T-1' else T_steps
         self.params = self.schedule.params + net.params
+        self._beta_fn = None  # compiled on first use by beta_values
 
     def reverse_kernel(self, xt, t, beta=None):
         """mu, Sigma of p(x^{t-1} | x^t), t (n,) in 1..T (Eq. 64-65 or the code's form)."""
@@ -200,18 +208,20 @@ class GaussianDiffusion:
         mu_p, var_p = self.reverse_kernel(xt, t, beta)
         return per_example(kl_gaussian(mu_q, var_q, mu_p, var_p))
 
-    def edge_entropies(self, n_dims):
-        """H_q(X^T|X^0) - H_q(X^1|X^0) - H_p(X^T), all dimensions, nats (Eq. 14, Appendix B.2)."""
+    def edge_entropies(self, x0):
+        """H_q(X^T|X^0) - H_q(X^1|X^0) - H_p(X^T) of Eq. 14 (Appendix B.2), all dimensions,
+        nats, one value per example of x0 (the same for all: the Gaussian entropies do not
+        depend on x^0)."""
         beta = self.schedule.beta()
         A_T = alpha_bar(beta)[-1]
         per_dim = gaussian_entropy(1 - A_T) - gaussian_entropy(beta[0]) - gaussian_entropy(1.0)
-        return n_dims * per_dim
+        n_dims = T.cast(T.prod(x0.shape[1:]), floatX)  # an int64 count would make K float64
+        return T.alloc(n_dims * per_dim, x0.shape[0])
 
     def bound_K(self, x0, t, noise):
         """Monte Carlo estimate of K (Eq. 14) per example, nats: one t ~ U{2..T} per example,
         the KL sample multiplied by (T - 1) (paper) or T (released code)."""
-        n_dims = T.cast(T.prod(x0.shape[1:]), floatX)  # an int64 count would make K float64
-        return -self.kl_factor * self.kl_term(x0, t, noise) + self.edge_entropies(n_dims)
+        return -self.kl_factor * self.kl_term(x0, t, noise) + self.edge_entropies(x0)
 
     def draw_t(self, rng, n, per_minibatch=False):
         """Steps t uniform in 2..T; one for the whole minibatch if `per_minibatch` (code)."""
@@ -220,8 +230,85 @@ class GaussianDiffusion:
         return rng.integers(2, self.T_steps + 1, size=n).astype('int64')
 
     def draw_noise(self, rng, x0):
-        """The noise inputs of bound_K for a minibatch x0 (numpy)."""
-        return {'noise': rng.standard_normal(x0.shape).astype(floatX)}
+        """The noise input of bound_K for a minibatch x0 (numpy)."""
+        return rng.standard_normal(x0.shape).astype(floatX)
+
+    # numpy side, shared with BinomialDiffusion: sampler.py, evaluate.py and figures.py use
+    # these without asking which family they hold. Reverse-kernel parameters are the
+    # tuple a compiled reverse_kernel returns: (mu, Sigma) here, (f_b,) for binomial.
+
+    def beta_values(self):
+        """b_1..b_T now (the learned schedule's current values), float64."""
+        if self._beta_fn is None:
+            self._beta_fn = theano.function([], self.schedule.beta())
+        return np.asarray(self._beta_fn(), np.float64)
+
+    def forward_sample(self, x0, t, rng, beta):
+        """x^t ~ q(x^t | x^0) = N(sqrt(A_t) x^0, (1 - A_t) I); t in 0..T, one for all rows or
+        one per row; beta = beta_values()."""
+        log_A = per_row(log_alpha_bar(beta)[t], x0)
+        return np.exp(0.5 * log_A) * x0 + np.sqrt(-np.expm1(log_A)) * rng.standard_normal(x0.shape)
+
+    def forward_step(self, x_prev, t, rng, beta):
+        """(x^t ~ q(x^t | x^{t-1}) = N(sqrt(1 - b_t) x^{t-1}, b_t I), log q(x^t | x^{t-1}) per row)."""
+        mean = np.sqrt(1 - beta[t - 1]) * x_prev
+        xt = mean + np.sqrt(beta[t - 1]) * rng.standard_normal(x_prev.shape)
+        return xt, log_normal(xt, mean, beta[t - 1])
+
+    def log_stationary(self, x):
+        """log pi(x) per row: the stationary distribution N(0, I) (= p(x^T))."""
+        return log_normal(x, 0.0, 1.0)
+
+    def prior_params(self, shape):
+        """Parameters of p(x^T) = N(0, I)."""
+        return np.zeros(shape, floatX), np.ones(shape, floatX)
+
+    def sample(self, params, rng):
+        """A draw from N(mu, Sigma), params = (mu, Sigma)."""
+        mu, var = params
+        return (mu + np.sqrt(var) * rng.standard_normal(mu.shape)).astype(floatX)
+
+    def log_prob(self, x, params):
+        """log N(x; mu, Sigma) per row, params = (mu, Sigma)."""
+        return log_normal(x, params[0].astype(np.float64), params[1].astype(np.float64))
+
+    def entropy_bounds(self, beta):
+        """(lower, upper) bounds of Eq. 24 on the reverse step's entropy per dimension, nats,
+        at t = 2..T: H_q(X^t|X^{t-1}) + H_q(X^{t-1}|X^0) - H_q(X^t|X^0)
+        = 0.5 log(2 pi e b_t (1 - A_{t-1}) / (1 - A_t)), and H_q(X^t|X^{t-1}) = 0.5 log(2 pi e b_t)
+        (the upper bound needs unit-variance data; SPEC section 6)."""
+        noise = -np.expm1(log_alpha_bar(beta))  # 1 - A_t, t = 0..T
+        b = beta[1:]
+        return (0.5 * np.log(2 * np.pi * np.e * b * noise[1:-1] / noise[2:]),
+                0.5 * np.log(2 * np.pi * np.e * b))
+
+    def eq14_correction(self, beta, x0):
+        """E_q[log w | x^0] - K(x^0) per row, nats: the exact terms Eq. 14 replaces by their
+        averages over unit-variance data (Appendix B.1-B.2): -0.5 (A_T + b_1)(|x^0|^2 - D)."""
+        x0 = np.asarray(x0, np.float64).reshape(len(x0), -1)
+        return -0.5 * (np.prod(1 - beta) + beta[0]) * (np.square(x0).sum(axis=1) - x0.shape[1])
+
+
+def log_alpha_bar(beta):
+    """log A_t for t = 0..T (A_0 = 1), from numpy b_1..b_T."""
+    return np.concatenate([[0.0], np.cumsum(np.log1p(-np.asarray(beta, np.float64)))])
+
+
+def per_row(v, x):
+    """A scalar, or a vector with one value per row of x, shaped to broadcast against x."""
+    v = np.asarray(v)
+    return v.reshape((-1,) + (1,) * (x.ndim - 1)) if v.ndim else v
+
+
+def log_normal(x, mu, var):
+    """log N(x; mu, var) summed over every axis but the first, nats (numpy)."""
+    return (-0.5 * (np.log(2 * np.pi) + np.log(var) + np.square(x - mu) / var)).reshape(len(x), -1).sum(axis=1)
+
+
+def log_bernoulli(x, prob):
+    """log Bern(x; prob) summed over every axis but the first, nats (numpy)."""
+    prob = np.clip(prob, 1e-7, 1 - 1e-7)
+    return (x * np.log(prob) + (1 - x) * np.log1p(-prob)).reshape(len(x), -1).sum(axis=1)
 
 
 # ---------------------------------------------------------------- binomial diffusion
@@ -250,6 +337,7 @@ class BinomialDiffusion:
         t = np.arange(1, T_steps + 1)
         self.beta_np = 1.0 / (T_steps - t + 1)
         self.A_np = np.cumprod(1 - self.beta_np)
+        self.kl_factor = T_steps - 1
         self.params = net.params
 
     def marginal(self, x0, A):
@@ -264,7 +352,7 @@ class BinomialDiffusion:
         return prior1 * lik1 / (prior1 * lik1 + (1 - prior1) * lik0)
 
     def reverse_kernel(self, xt, t):
-        """f_b(x^t, t) = P(x^{t-1} = 1 | x^t) = sigmoid(z + logit(x^t (1 - b_t) + p b_t)).
+        """(f_b,): f_b(x^t, t) = P(x^{t-1} = 1 | x^t) = sigmoid(z + logit(x^t (1 - b_t) + p b_t)).
 
         The offset (our choice; the paper gives no binomial read-out) is the exact
         time reversal of one forward step under the stationary Bern(p), so an
@@ -272,7 +360,7 @@ class BinomialDiffusion:
         """
         beta_t = bcast(T.constant(self.beta_np.astype(floatX))[t - 1], xt)
         stay = T.clip(xt * (1 - beta_t) + self.p * beta_t, 1e-6, 1 - 1e-6)
-        return T.nnet.sigmoid(self.net(xt, t) + logit(stay, T))
+        return (T.nnet.sigmoid(self.net(xt, t) + logit(stay, T)),)
 
     def kl_term(self, x0, t, uniform):
         """Summed KL(q(x^{t-1}|x^t,x^0) || p(x^{t-1}|x^t)), (n,), nats; x^t drawn by `uniform`."""
@@ -280,16 +368,19 @@ class BinomialDiffusion:
         beta = T.constant(self.beta_np.astype(floatX))
         xt = T.cast(T.lt(uniform, self.marginal(x0, bcast(A[t - 1], x0))), floatX)
         q = self.q_posterior(x0, xt, bcast(A[t - 2], x0), bcast(beta[t - 1], x0))
-        f = T.clip(self.reverse_kernel(xt, t), 1e-7, 1 - 1e-7)
+        f = T.clip(self.reverse_kernel(xt, t)[0], 1e-7, 1 - 1e-7)
         return per_example(bernoulli_kl(T.clip(q, 1e-12, 1 - 1e-12), f))
 
-    def bound_K(self, x0, t, uniform):
-        """K per example, nats (Eq. 14 with Bernoulli terms): -(T-1) E[KL] + H_q(X^T|X^0)
-        - H_q(X^1|X^0) - H_p(X^T); H_q(X^T|X^0) = H_p(X^T) = H(p) since A_T = 0."""
+    def edge_entropies(self, x0):
+        """H_q(X^T|X^0) - H_q(X^1|X^0) - H_p(X^T) of Eq. 14 with Bernoulli entropies, nats, per
+        example: -H_q(X^1|X^0), since A_T = 0 makes H_q(X^T|X^0) = H_p(X^T) = H(p)."""
         b_1 = self.beta_np[0]
         keep, drift = np.asarray([1 - b_1, self.p * b_1], dtype=floatX)  # float64 scalars would make K float64
-        h1 = per_example(bernoulli_entropy(x0 * keep + drift))
-        return -(self.T_steps - 1) * self.kl_term(x0, t, uniform) - h1
+        return -per_example(bernoulli_entropy(x0 * keep + drift))
+
+    def bound_K(self, x0, t, uniform):
+        """K per example, nats (Eq. 14 with Bernoulli terms): -(T-1) E[KL] + edge entropies."""
+        return -self.kl_factor * self.kl_term(x0, t, uniform) + self.edge_entropies(x0)
 
     def factorised_optimum_bits(self, patterns, n=1000, seed=0):
         """K (bits per sequence) of the best reverse kernel that is Bernoulli independently
@@ -322,55 +413,49 @@ class BinomialDiffusion:
         return rng.integers(2, self.T_steps + 1, size=n).astype('int64')
 
     def draw_noise(self, rng, x0):
-        return {'noise': rng.random(x0.shape).astype(floatX)}
+        """The uniform input of bound_K that draws x^t (numpy)."""
+        return rng.random(x0.shape).astype(floatX)
+
+    # numpy side: the same methods as GaussianDiffusion's; parameters are (f_b,)
+
+    def beta_values(self):
+        return self.beta_np
+
+    def forward_sample(self, x0, t, rng, beta):
+        """x^t ~ q(x^t | x^0) = Bern(x^0 A_t + p (1 - A_t)); t in 0..T, one or one per row."""
+        A_t = per_row(np.exp(log_alpha_bar(beta))[t], x0)
+        return (rng.random(x0.shape) < self.marginal(x0, A_t)).astype(floatX)
+
+    def forward_step(self, x_prev, t, rng, beta):
+        """(x^t ~ Bern(x^{t-1} (1 - b_t) + p b_t), log q(x^t | x^{t-1}) per row)."""
+        prob = x_prev * (1 - beta[t - 1]) + self.p * beta[t - 1]
+        xt = (rng.random(x_prev.shape) < prob).astype(np.float64)
+        return xt, log_bernoulli(xt, prob)
+
+    def log_stationary(self, x):
+        """log pi(x) per row: the stationary Bern(p) (= p(x^T))."""
+        return log_bernoulli(x, np.full(x.shape, self.p))
+
+    def prior_params(self, shape):
+        return (np.full(shape, self.p, dtype=floatX),)
+
+    def sample(self, params, rng):
+        """A draw from Bern(f_b), params = (f_b,)."""
+        return (rng.random(params[0].shape) < params[0]).astype(floatX)
+
+    def log_prob(self, x, params):
+        return log_bernoulli(x, params[0])
+
+    def entropy_bounds(self, beta):
+        raise ValueError('the entropy bounds of Eq. 24 are for Gaussian diffusion')
+
+    def eq14_correction(self, beta, x0):
+        """E_q[log w | x^0] - K(x^0) per row, nats: b_1 logit(p) sum_d (x^0_d - p), which
+        vanishes on average over data of mean p (Appendix B.1-B.2)."""
+        x0 = np.asarray(x0, np.float64).reshape(len(x0), -1)
+        return beta[0] * logit(self.p) * (x0 - self.p).sum(axis=1)
 
     def null_bits(self, n_dims):
         """L_null for binary data: the log likelihood under Bern(p), n_dims H(p) bits (SPEC section 2)."""
         h = -(self.p * np.log2(self.p) + (1 - self.p) * np.log2(1 - self.p))
         return -n_dims * h
-
-
-# ---------------------------------------------------------------- images (Appendix D.2.1, SPEC section 4)
-
-def temporal_readout(y, g_t):
-    """z = sum_j y_j g_j(t) (Appendix D.2.1): the network's per-basis coefficients
-    y (n, ..., J) contracted with the basis at each example's step, g_t (n, J)."""
-    return (y * g_t.dimshuffle([0] + ['x'] * (y.ndim - 2) + [1])).sum(axis=-1)
-
-
-class TemporalReadout:
-    """net(xt, t) -> (z_mu, z_Sigma) for GaussianDiffusion from an image network whose
-    output is (n, C, H, W, 2, J): z^mu = sum_j y^mu_j g_j(t), z^Sigma likewise."""
-
-    def __init__(self, net, basis):
-        self.net, self.basis = net, basis  # basis g_j(t): (J, T)
-        self.params = net.params
-
-    def __call__(self, xt, t):
-        g_t = T.constant(self.basis)[:, t - 1].T  # (n, J)
-        z = temporal_readout(self.net(xt), g_t)  # (n, C, H, W, 2)
-        return z[:, :, :, :, 0], z[:, :, :, :, 1]
-
-
-def zscore(x_uint8, shift, scale):
-    """Pixels in [0, 255] -> (x / 255 + shift) * scale (SPEC section 4); with shift = -mean
-    and scale = 1 / std of the [0, 1] training data, unit variance. Returns float64."""
-    return (np.asarray(x_uint8, dtype=np.float64) / 255 + shift) * scale
-
-
-def dequantisation_width(scale, form):
-    """Width of the uniform noise added to z-scored pixels (Theis et al. 2015; SPEC section 4).
-    form='paper': one 8-bit bin in z-scored units, (1 / 255) * scale.
-    form='code': (1 / 255) / scale, the released code's (likely a bug)."""
-    return scale / 255 if form == 'paper' else 1 / (255 * scale)
-
-
-def dequantise(x_z, uniform, width):
-    """x_z + width * u with u ~ U(0, 1): data with a density, so K is a proper bound."""
-    return x_z + width * uniform
-
-
-def bits_per_pixel(K_nats, n_pixels):
-    """K per data vector (nats) -> bits per pixel, all colour channels of a pixel counted
-    together (SPEC section 1: for CIFAR-10, the per-dimension value x 3)."""
-    return K_nats / LOG2 / n_pixels

@@ -108,7 +108,8 @@ class BasisDense(Layer):
 class SwissRollRBF(Layer):
     """Normalised radial-basis-function network (Appendix D.1.1).
 
-    One hidden layer of `n_hidden` Gaussian units shared over time,
+    One hidden layer of `n_hidden` Gaussian units shared over time (the paper's 16 by
+    default; the Swiss roll preset uses 64, our choice: presets.OUR_CHOICES),
     h_k = exp(-|x - c_k|^2 / (2 w_k^2)) / sum_l exp(...), and a separate affine
     read-out per time step to (z_mu, z_Sigma), 2 values each for 2-D data.
     expert: what each unit contributes to the read-out. 'constant' (the paper): h_k;
@@ -151,7 +152,8 @@ class SwissRollRBF(Layer):
 
 class HeartbeatMLP(Layer):
     """Sigmoid MLP for the binary heartbeat (Appendix D.1.2): 20 inputs, 3 hidden layers
-    of 50 shared over time, and a read-out to one logit per bit.
+    of 50 shared over time (the paper's size, this class's default; the heartbeat preset
+    uses 100, our choice: presets.OUR_CHOICES), and a read-out to one logit per bit.
 
     basis=None: a separate read-out per time step (the paper). With a temporal basis
     (J, T) the read-out weights are sum_j g_j(t) W_j instead (our option): each W_j
@@ -317,3 +319,25 @@ class ImageNetwork(Layer):
             h = self.f_dense(layer(h))
         y = self.readout(h).reshape((n, H, W, C, 2, self.J))  # read-out index: (c, mu/Sigma, j)
         return y.dimshuffle(0, 3, 1, 2, 4, 5)  # (n, C, H, W, 2, J)
+
+
+# ---------------------------------------------------------------- the temporal read-out (Appendix D.2.1)
+
+def temporal_readout(y, g_t):
+    """z = sum_j y_j g_j(t) (Appendix D.2.1): the network's per-basis coefficients
+    y (n, ..., J) contracted with the basis at each example's step, g_t (n, J)."""
+    return (y * g_t.dimshuffle([0] + ['x'] * (y.ndim - 2) + [1])).sum(axis=-1)
+
+
+class TemporalReadout:
+    """net(xt, t) -> (z_mu, z_Sigma) for GaussianDiffusion from an image network whose
+    output is (n, C, H, W, 2, J): z^mu = sum_j y^mu_j g_j(t), z^Sigma likewise."""
+
+    def __init__(self, net, basis):
+        self.net, self.basis = net, basis  # basis g_j(t): (J, T)
+        self.params = net.params
+
+    def __call__(self, xt, t):
+        g_t = T.constant(self.basis)[:, t - 1].T  # (n, J)
+        z = temporal_readout(self.net(xt), g_t)  # (n, C, H, W, 2)
+        return z[:, :, :, :, 0], z[:, :, :, :, 1]

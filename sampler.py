@@ -26,12 +26,18 @@ import util  # configures Theano before it is imported
 
 import os
 
+import matplotlib
 import numpy as np
 import theano
 import theano.tensor as T
+from PIL import Image
 from tqdm import tqdm
 
-import model as M
+import experiments
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only back end)
+
 
 floatX = theano.config.floatX
 MODES = ('sample', 'inpaint', 'denoise')
@@ -41,15 +47,11 @@ DISPLAY_COLUMNS = 16  # samples shown per row of the frames figure
 # ---------------------------------------------------------------- the reverse kernel
 
 def compile_reverse_kernel(diffusion, x_ndim):
-    """A function (xt, t) -> (mu, Sigma) of the Gaussian reverse kernel, or (f_b,) for binomial."""
+    """A function (xt, t) -> the parameters of p(x^{t-1} | x^t): [mu, Sigma] (Gaussian) or
+    [f_b] (binomial), the tuple the diffusion's sample and log_prob take."""
     xt = T.TensorType(floatX, (False,) * x_ndim)('xt')
     t = T.lvector('t')
-    out = diffusion.reverse_kernel(xt, t)
-    return theano.function([xt, t], list(out) if isinstance(out, tuple) else [out])
-
-
-def is_binary(diffusion):
-    return isinstance(diffusion, M.BinomialDiffusion)
+    return theano.function([xt, t], list(diffusion.reverse_kernel(xt, t)))
 
 
 def gaussian_product(mu1, var1, mu2, var2):
@@ -65,12 +67,10 @@ def gaussian_product(mu1, var1, mu2, var2):
 class Unconditioned:
     """r(x) = 1: plain sampling."""
 
-    def tilt(self, mu, var, index):
-        """mu, var of p~(x^{t-1} | x^t) for the examples `index` (a slice)."""
-        return mu, var
-
-    def tilt_bernoulli(self, f, index):
-        return f
+    def tilt(self, params, index):
+        """The parameters of p~(x^{t-1} | x^t) for the examples `index` (a slice), from
+        those of p(x^{t-1} | x^t): (mu, Sigma) or (f_b,)."""
+        return params
 
     def clamp(self, x):
         return x
@@ -78,7 +78,8 @@ class Unconditioned:
 
 class Inpainting(Unconditioned):
     """r a delta on the known entries, constant elsewhere (Figure 5): known entries are
-    fixed to `known` (model units, shaped like the samples) wherever `mask` is True."""
+    fixed to `known` (model units, shaped like the samples) wherever `mask` is True. The
+    same for Gaussian and binomial diffusion."""
 
     def __init__(self, known, mask):
         self.known = np.asarray(known, dtype=floatX)
@@ -88,6 +89,13 @@ class Inpainting(Unconditioned):
         return np.where(self.mask, self.known, x).astype(floatX)
 
 
+def gaussian_parameters(params, what):
+    """(mu, Sigma) of a Gaussian kernel; ValueError for a binomial one (f_b,)."""
+    if len(params) != 2:
+        raise ValueError('{} needs Gaussian diffusion; binary data have no additive noise'.format(what))
+    return params
+
+
 class GaussianObservation(Unconditioned):
     """r(x) = N(y; x, noise_var), the likelihood of a noisy observation y (denoising,
     Figure 3); the product with each Gaussian step is exact."""
@@ -95,11 +103,9 @@ class GaussianObservation(Unconditioned):
     def __init__(self, y, noise_var):
         self.y, self.noise_var = np.asarray(y, dtype=floatX), float(noise_var)
 
-    def tilt(self, mu, var, index):
+    def tilt(self, params, index):
+        mu, var = gaussian_parameters(params, 'denoising')
         return gaussian_product(mu, var, self.y[index], self.noise_var)
-
-    def tilt_bernoulli(self, f, index):
-        raise ValueError('denoising needs Gaussian diffusion; binary data have no additive noise')
 
 
 class SmoothObservation(Unconditioned):
@@ -111,11 +117,9 @@ class SmoothObservation(Unconditioned):
         x = T.TensorType(floatX, (False,) * x_ndim)('x')
         self.grad_log_r = theano.function([x], T.grad(log_r(x).sum(), x))
 
-    def tilt(self, mu, var, index):
+    def tilt(self, params, index):
+        mu, var = gaussian_parameters(params, 'Eq. 61')
         return mu + var * self.grad_log_r(np.asarray(mu, dtype=floatX)), var
-
-    def tilt_bernoulli(self, f, index):
-        raise ValueError('Eq. 61 is for Gaussian diffusion; for binary data use Inpainting')
 
 
 # ---------------------------------------------------------------- the reverse trajectory
@@ -136,37 +140,21 @@ def sample_trajectory(diffusion, kernel, shape, rng, keep=(), condition=None, sk
     """x^0 (x^1 if skip_last_step) and the frames x^t for t in `keep`, model units.
 
     kernel: from compile_reverse_kernel. condition: an r(x) (Unconditioned by default).
-    The network is evaluated on minibatches of batch_size; noise for all shape[0]
-    samples is drawn at once per step, so the result does not depend on batch_size.
-    Returns (x, {t: x^t}).
+    x^T ~ p(x^T) r(x^T), then x^{t-1} ~ p(x^{t-1} | x^t) r(x^{t-1}) (Eq. 23). The network
+    is evaluated on minibatches of batch_size; noise for all shape[0] samples is drawn at
+    once per step, so the result does not depend on batch_size. Returns (x, {t: x^t}).
     """
     condition = condition or Unconditioned()
     n = shape[0]
     batch_size = batch_size or n
     batches = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    binary = is_binary(diffusion)
-    if binary:  # p~(x^T) proportional to Bern(p) r(x^T)
-        f = np.full(shape, diffusion.p, dtype=floatX)
-        x = (rng.random(shape) < np.concatenate([condition.tilt_bernoulli(f[b], b) for b in batches])
-             ).astype(floatX)
-    else:  # p~(x^T) proportional to N(0, I) r(x^T)
-        mu, var = condition.tilt(np.zeros(shape, floatX), np.ones(shape, floatX), slice(None))
-        x = (mu + np.sqrt(var) * rng.standard_normal(shape)).astype(floatX)
-    x = condition.clamp(x)
+    x = condition.clamp(diffusion.sample(condition.tilt(diffusion.prior_params(shape), slice(None)), rng))
     frames = {diffusion.T_steps: x} if diffusion.T_steps in keep else {}
-    times = reverse_times(diffusion.T_steps, skip_last_step)
-    for t in tqdm(times, desc='reverse steps', disable=not progress, leave=False):
-        parts = []
-        for b in batches:
-            out = kernel(x[b], np.full(b.stop - b.start, t, dtype='int64'))
-            parts.append(condition.tilt_bernoulli(out[0], b) if binary else condition.tilt(out[0], out[1], b))
-        if binary:
-            x = (rng.random(shape) < np.concatenate(parts)).astype(floatX)
-        else:
-            mu = np.concatenate([p[0] for p in parts])
-            sd = np.sqrt(np.concatenate([p[1] for p in parts]))
-            x = (mu + sd * rng.standard_normal(shape)).astype(floatX)
-        x = condition.clamp(x)
+    for t in tqdm(reverse_times(diffusion.T_steps, skip_last_step), desc='reverse steps',
+                  disable=not progress, leave=False):
+        parts = [condition.tilt(kernel(x[b], np.full(b.stop - b.start, t, dtype='int64')), b) for b in batches]
+        params = tuple(np.concatenate(p) for p in zip(*parts))
+        x = condition.clamp(diffusion.sample(params, rng))
         if t - 1 in keep:
             frames[t - 1] = x
     return x, frames
@@ -174,25 +162,20 @@ def sample_trajectory(diffusion, kernel, shape, rng, keep=(), condition=None, sk
 
 # ---------------------------------------------------------------- data units, masks, observations
 
-def is_image(exp):
-    return hasattr(exp, 'scale')
-
-
 def to_model_units(exp, x):
-    """Data units -> model units: images in [0, 1] are z-scored, (x + shift) * scale."""
-    return ((x + exp.shift) * exp.scale).astype(floatX) if is_image(exp) else np.asarray(x, floatX)
+    """Data units -> model units: images on the [0, 1] scale are z-scored."""
+    return (exp.pixels.from_unit(x) if exp.pixels else x).astype(floatX)
 
 
 def to_data_units(exp, x):
     """Model units -> data units: images back to the [0, 1] pixel scale (not clipped)."""
-    return (np.asarray(x, np.float64) / exp.scale - exp.shift).astype(floatX) if is_image(exp) \
-        else np.asarray(x, floatX)
+    return (exp.pixels.to_unit(x) if exp.pixels else np.asarray(x)).astype(floatX)
 
 
 def originals(exp, n):
     """The first n held-out examples (repeated if there are fewer), data units."""
     x = exp.test_x[np.arange(n) % len(exp.test_x)]
-    return (x / np.float32(255)).astype(floatX) if is_image(exp) else x.astype(floatX)
+    return (x / np.float32(255) if exp.pixels else x).astype(floatX)
 
 
 def make_mask(kind, example_shape):
@@ -222,7 +205,6 @@ def make_mask(kind, example_shape):
         return mask
     if len(example_shape) != 3:
         raise ValueError('a mask file needs image data; use --mask left or centre')
-    from PIL import Image
     image = np.asarray(Image.open(kind).convert('L'))
     if image.shape != tuple(example_shape[1:]):
         raise ValueError('mask {} is {}x{}, the images are {}x{}'.format(
@@ -239,9 +221,6 @@ def run(exp, mode, n=49, seed=0, noise_std=1.0, mask='centre', n_frames=8, batch
     if mode not in MODES:
         raise ValueError('unknown mode {!r}; choose from {}'.format(mode, ', '.join(MODES)))
     diffusion = exp.diffusion
-    if mode == 'denoise' and is_binary(diffusion):
-        raise ValueError('denoising is for real-valued data; {} is binary: use --mode inpaint'
-                         .format(exp.dataset))
     if skip_last_step is None:
         skip_last_step = exp.args.get('skip_last_step', False)
     shape = (n,) + exp.test_x.shape[1:]
@@ -288,7 +267,6 @@ def tile(images, columns):
 
 def save_tiles(array, path, zoom):
     """Save a tiled [0, 1] array as a PNG, each pixel a zoom x zoom block."""
-    from PIL import Image
     u8 = np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
     u8 = u8.repeat(zoom, axis=0).repeat(zoom, axis=1)
     Image.fromarray(u8[..., 0] if u8.shape[-1] == 1 else u8).save(path, optimize=True)
@@ -318,9 +296,6 @@ def vector_figure(result, path):
     """One panel per frame, first the observed inputs: a scatter for 2-D data (the Swiss
     roll; an inpainted one shows the known y coordinates as ticks on the left edge),
     else the vectors as image rows (heartbeat; unknown bits grey)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     panels = ([('observed', display_observed(result))] if 'observed' in result else [])
     panels += [('t = {}'.format(t), f) for t, f in zip(result['frame_times'], result['frames'])]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.4))
@@ -356,7 +331,7 @@ def save(result, exp, out_dir, mode, arrays=True):
     if arrays:
         np.savez_compressed(prefix + '.npz', **result)
         paths.append(prefix + '.npz')
-    if is_image(exp):
+    if exp.pixels:
         return paths + image_figures(result, prefix)
     return paths + vector_figure(result, prefix + '_frames.png')
 
@@ -392,7 +367,6 @@ def main(argv=None):
         util.fail('--noise-std must be positive')
     if args.mode == 'inpaint' and args.mask not in ('left', 'centre') and not os.path.isfile(args.mask):
         util.fail('--mask {!r} is neither left, centre nor a file'.format(args.mask))
-    import experiments
     try:
         exp = experiments.from_checkpoint(args.checkpoint, args.data_path)
     except ValueError as e:

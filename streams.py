@@ -1,5 +1,5 @@
-"""What the released code took from Fuel: data sets in memory or in Fuel's HDF5
-layout, minibatch schemes, data streams and transformers.
+"""What the released code took from Fuel: data sets in memory, Fuel's HDF5 layout,
+minibatch schemes and data streams.
 
 Fuel's HDF5 layout (H5PYDataset): one HDF5 dataset per source ('features',
 'targets'), all splits stacked along the first axis, and a root attribute
@@ -105,11 +105,6 @@ class ArrayDataset:
         return {k: a[indices] for k, a in self.sources.items()}
 
 
-def hdf5_dataset(path, split, sources=('features',)):
-    """An ArrayDataset holding one split of a Fuel-layout HDF5 file."""
-    return ArrayDataset(**read_fuel_hdf5(path, split, sources))
-
-
 # ---------------------------------------------------------------- schemes
 
 class SequentialScheme:
@@ -140,52 +135,15 @@ class ShuffledScheme(SequentialScheme):
 # ---------------------------------------------------------------- streams
 
 class DataStream:
-    """Minibatches of `dataset` in the order of `scheme`, passed through `transformers`.
+    """Minibatches (dicts source -> array) of `dataset` in the order of `scheme`. The
+    per-minibatch randomness of training (noise, t, dequantisation, crops) is not here: it
+    comes from the iteration's generator (training.MainLoop.rng), so a resumed run repeats
+    an uninterrupted one."""
 
-    Each transformer maps a batch (dict source -> array) to a batch.
-    """
-
-    def __init__(self, dataset, scheme, transformers=()):
-        self.dataset, self.scheme, self.transformers = dataset, scheme, list(transformers)
+    def __init__(self, dataset, scheme):
+        self.dataset, self.scheme = dataset, scheme
 
     def epoch(self, epoch=0, start=0):
         """Yields the minibatches of epoch `epoch`, from the `start`-th on."""
         for indices in self.scheme.batches(epoch)[start:]:
-            batch = self.dataset.get(indices)
-            for transform in self.transformers:
-                batch = transform(batch)
-            yield batch
-
-    def __iter__(self):
-        return self.epoch(0)
-
-
-class Flatten:
-    """Reshape `source` to (n, everything else)."""
-
-    def __init__(self, source='features'):
-        self.source = source
-
-    def __call__(self, batch):
-        x = batch[self.source]
-        return dict(batch, **{self.source: x.reshape(len(x), -1)})
-
-
-class ScaleAndShift:
-    """x * scale + shift on `source`."""
-
-    def __init__(self, scale, shift, source='features'):
-        self.scale, self.shift, self.source = scale, shift, source
-
-    def __call__(self, batch):
-        return dict(batch, **{self.source: batch[self.source] * self.scale + self.shift})
-
-
-class Cast:
-    """Cast `source` to `dtype`."""
-
-    def __init__(self, dtype, source='features'):
-        self.dtype, self.source = dtype, source
-
-    def __call__(self, batch):
-        return dict(batch, **{self.source: np.asarray(batch[self.source], dtype=self.dtype)})
+            yield self.dataset.get(indices)

@@ -23,14 +23,16 @@ import os
 import shlex
 import sys
 
+import bound
 import datasets
 import experiments
 import extensions as E
 import figures
+import presets
 import streams
 import training
 
-# Run settings and their defaults when a data set gives none (experiments.RUN_DEFAULTS
+# Run settings and their defaults when a data set gives none (presets.RUN_DEFAULTS
 # gives batch_size, lr, lr_final, max_batches and ext_every_n per data set).
 DEFAULTS = {'fidelity': 'paper', 'model_args': {}, 'optimizer': 'rmsprop', 'seed': 0,
             'max_epochs': None, 'max_minutes': None, 'output_dir': 'runs', 'suffix': '',
@@ -66,8 +68,8 @@ def model_args_type(text):
 def build_parser():
     """Every option defaults to None, so that the options given can be told apart (resume)."""
     p = util.OneLineParser(description=__doc__.split('\n')[0])
-    p.add_argument('--dataset', help='one of: ' + ', '.join(experiments.MODEL_ARGS) + ' (any case)')
-    p.add_argument('--fidelity', choices=sorted(experiments.PRESETS),
+    p.add_argument('--dataset', help='one of: ' + ', '.join(presets.MODEL_ARGS) + ' (any case)')
+    p.add_argument('--fidelity', choices=sorted(presets.PRESETS),
                    help='paper (default): the paper\'s choices; code: the released code\'s (SPEC section 9)')
     p.add_argument('--model-args', type=model_args_type, help='key=value,... overriding model defaults')
     p.add_argument('--batch-size', type=int)
@@ -99,10 +101,10 @@ def new_run_settings(given):
     if given.get('dataset') is None:
         given['dataset'] = 'swissroll'
     try:
-        dataset = datasets.canonical_name(given['dataset'], tuple(experiments.MODEL_ARGS))
+        dataset = datasets.canonical_name(given['dataset'], tuple(presets.MODEL_ARGS))
     except ValueError as e:
         util.fail(str(e).replace('data set', '--dataset'))
-    defaults = dict(DEFAULTS, **experiments.RUN_DEFAULTS[dataset])
+    defaults = dict(DEFAULTS, **presets.RUN_DEFAULTS[dataset])
     if given.get('max_epochs') is not None and given.get('max_batches') is None:
         defaults['max_batches'] = None
     settings = {k: v if v is not None else defaults.get(k) for k, v in given.items()}
@@ -124,7 +126,7 @@ def resumed_settings(given, saved):
                       'directory'.format(flag))
         if key == 'dataset':
             try:
-                value = datasets.canonical_name(value, tuple(experiments.MODEL_ARGS))
+                value = datasets.canonical_name(value, tuple(presets.MODEL_ARGS))
             except ValueError:
                 pass  # reported as a change of --dataset below
         if value == saved.get(key):
@@ -193,15 +195,21 @@ def build_extensions(s, exp, run_dir, lr, resume_hint, plot_before_training):
 
 def final_evaluation(loop, exp, run_dir):
     """The bound on the held-out set (exp.final_examples of it, exp.final_draws
-    stratified draws of t each), the experiment's figures, and RUN_DIR/results.json."""
-    x = exp.test_x[:exp.final_examples]
-    r = exp.heldout_bound(exp.compile_bound(), x, n_draws=exp.final_draws, seed=2)
+    stratified draws each; bound.heldout_bound, the factor T - 1), the experiment's
+    figures, and RUN_DIR/results.json, which lists where a paper-preset run is not the
+    paper (presets.non_paper_choices)."""
+    r = bound.heldout_bound(exp, exp.test_x[:exp.final_examples], n_t=exp.final_draws, seed=2)
+    if exp.diffusion.kl_factor != exp.diffusion.T_steps - 1:
+        r['K_bits_code_factor'] = bound.with_kl_factor(r, exp.diffusion.kl_factor)
     figures.experiment_figures(exp, run_dir, seed=loop.status['seed'])
     r.update(exp.reference_values())
     s = loop.status
     out = {'seed': s['seed'], 'iterations': s['iterations_done'], 'epochs': s['epochs_done'],
            'wall_s': round(s['wall_s'], 2), 'resumed_from': s['resumed_from']}
-    out.update(loop.config['results'], sessions=loop.config['sessions'], **r)
+    out.update(loop.config['results'], **r)
+    if out['fidelity'] == 'paper':
+        out['not_the_paper'] = presets.non_paper_choices(exp.dataset, exp.args)
+    out['sessions'] = loop.config['sessions']
     util.write_json(os.path.join(run_dir, 'results.json'), out)
     return out
 
@@ -227,9 +235,9 @@ def main(argv=None):
         s = new_run_settings(given)
     check_settings(s)
     try:
-        config = (experiments.checkpoint_model_config(checkpoint) if checkpoint else
-                  experiments.model_args(s['dataset'], s['fidelity'], s['model_args']))
-        exp = experiments.Experiment(s['dataset'], config, s['seed'], s['data_path'])
+        config = (presets.checkpoint_model_config(checkpoint) if checkpoint else
+                  presets.model_args(s['dataset'], s['fidelity'], s['model_args']))
+        exp = experiments.build(s['dataset'], config, s['seed'], s['data_path'])
     except (ValueError, KeyError) as e:  # a bad --model-args value, a missing data file
         util.fail(str(e).strip('"\''))
 
@@ -247,7 +255,8 @@ def main(argv=None):
             util.fail('--output-dir {}: {}'.format(s['output_dir'], e.strerror or e))
     print('Run directory: {}'.format(run_dir), flush=True)
 
-    step_rule = training.STEP_RULES[s['optimizer']](s['lr'])
+    step_rule = training.STEP_RULES[s['optimizer']](
+        s['lr'], **presets.STEP_RULE_ARGS[s['fidelity']].get(s['optimizer'], {}))
     print('Compiling the training function (the first run takes a minute or two) ...', flush=True)
     step, n_nonfinite = exp.compile_train(step_rule)
     shared = {p.name: p for p in exp.params + step_rule.state}
@@ -282,7 +291,7 @@ def main(argv=None):
         sys.exit(130)
     results = final_evaluation(loop, exp, run_dir)
     print('Held-out bound: K = {K_bits:.3f} +- {stderr_bits:.3f} {unit}, K - L_null = '
-          '{K_minus_Lnull_bits:.3f} (n_eval {n_eval}, {n_draws} draws each)'.format(**results))
+          '{K_minus_Lnull_bits:.3f} (n_eval {n_eval}, {n_t} stratified draws each)'.format(**results))
     references = [('paper', 'paper_K_bits'), ('exact log likelihood', 'exact_ll_bits'),
                   ('true log likelihood', 'true_ll_bits'), ('best factorised kernel', 'factorised_optimum_K_bits')]
     print('Compare: ' + ', '.join('{} {:.3f}'.format(name, results[key]) for name, key in references if key in results))

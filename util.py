@@ -233,7 +233,7 @@ def environment():
     """What a result depends on besides the code's inputs: versions, BLAS kernel and
     threads, CPU, Theano flags, the project's version and commit, the command line.
     Stored in every results.json and checkpoint, shown in REPORT.md."""
-    import theano  # configured by the time this runs
+    import theano  # here, not at the top: this module sets THEANO_FLAGS before Theano is imported
     commit, dirty = git_commit()
     return dict({
         'python': platform.python_version(), 'numpy': package_version('numpy'),

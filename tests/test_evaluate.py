@@ -1,15 +1,17 @@
-"""evaluate.py: the stratified bound, the trajectory (importance-weighted) bound, discrete
-bits per dimension, the Parzen estimator, resumable evaluation and the report, on tiny
-untrained models (the identities hold for any parameters)."""
+"""evaluate.py: the trajectory (importance-weighted) bound, discrete bits per dimension,
+the Parzen estimator, the entropy bounds and the command line, on tiny untrained models
+(the identities hold for any parameters)."""
 import json
 
 import numpy as np
 import pytest
 from scipy.stats import norm
 
+import bound
 import evaluate as V
 import experiments
 import model as M
+import presets
 import sampler
 import training
 
@@ -20,65 +22,14 @@ def tiny(dataset, **overrides):
     base = {'swissroll': dict(T=8, n_hidden=4, n_train=500, n_eval=1000, noise=0.05, beta_1=1e-4,
                               beta_init='geometric', beta_min=1e-6),
             'heartbeat': dict(T=10, n_hidden=8, n_layers=1, n_basis=5, n_train=500, n_eval=200)}[dataset]
-    args = experiments.model_args(dataset, 'paper', dict(base, **overrides))
-    return experiments.Experiment(dataset, args, seed=0)
+    args = presets.model_args(dataset, 'paper', dict(base, **overrides))
+    return experiments.build(dataset, args, seed=0)
 
 
 @pytest.fixture(scope='module')
 def roll():
     exp = tiny('swissroll')
-    return exp, V.compile_kl_and_bound(exp)
-
-
-def test_stratified_steps_use_every_t_nearly_equally():
-    steps = V.stratified_steps(37, 5, 8, np.random.default_rng(0))
-    assert steps.shape == (5, 37) and steps.min() == 2 and steps.max() == 8
-    counts = np.bincount(steps.ravel(), minlength=9)[2:]
-    assert counts.max() - counts.min() <= 1
-    assert len({tuple(row) for row in steps}) == 5  # not the same steps for every draw
-
-
-def test_stratified_and_plain_estimators_agree(roll):
-    exp, fn = roll
-    x = exp.test_x[:300]
-    strat = V.heldout_bound(exp, fn, x, n_t=40, seed=1, progress=False)
-    plain = exp.heldout_bound(exp.compile_bound(), x, n_draws=40, seed=2)  # t uniform per draw
-    se = np.hypot(strat['stderr_bits'], plain['stderr_bits'])
-    # the examples are shared, so the spread over examples cancels; 4 sigma is generous
-    assert abs(strat['K_bits'] - plain['K_bits']) < 4 * se
-    assert strat['K_minus_Lnull_bits'] == pytest.approx(strat['K_bits'] - exp.null_bits)
-    # the per-step costs, weighted by how often each t was drawn, average to the KL part of -K
-    assert np.average(strat['kl_bits_by_t'], weights=strat['count_by_t']) == pytest.approx(
-        strat['edge_bits'] - strat['K_bits'], rel=1e-6)
-
-
-def test_stderr_shrinks_like_one_over_sqrt_n(roll):
-    exp, fn = roll
-    small = V.heldout_bound(exp, fn, exp.test_x[:60], n_t=2, progress=False)['stderr_bits']
-    large = V.heldout_bound(exp, fn, exp.test_x[:960], n_t=2, progress=False)['stderr_bits']
-    assert 2.5 < small / large < 6.4  # sqrt(16) = 4
-
-
-def test_partial_sums_resume_to_the_same_result(roll, tmp_path):
-    exp, fn = roll
-    x, partial = exp.test_x[:120], str(tmp_path / 'partial.npz')
-    whole = V.heldout_bound(exp, fn, x, n_t=3, seed=4, batch_size=40, progress=False)
-    calls = []
-
-    def failing(*inputs):
-        calls.append(1)
-        if len(calls) > 4:
-            raise KeyboardInterrupt
-        return fn(*inputs)
-    with pytest.raises(KeyboardInterrupt):
-        V.heldout_bound(exp, failing, x, n_t=3, seed=4, batch_size=40, partial_path=partial, progress=False)
-    assert int(np.load(partial)['units_done']) == 4
-    calls.clear()
-    resumed = V.heldout_bound(exp, lambda *a: calls.append(1) or fn(*a), x, n_t=3, seed=4, batch_size=40,
-                              partial_path=partial, progress=False)
-    assert len(calls) == 9 - 4
-    assert resumed['K_bits'] == pytest.approx(whole['K_bits'], rel=1e-9)
-    assert resumed['kl_bits_by_t'] == pytest.approx(whole['kl_bits_by_t'], rel=1e-9)
+    return exp, bound.compile_terms(exp)
 
 
 @pytest.mark.parametrize('dataset', ['swissroll', 'heartbeat'])
@@ -89,15 +40,15 @@ def test_trajectory_estimate_k1_equals_K_in_expectation(dataset):
     x = exp.test_x[:4]
     n_draws = 3000
     kernel = sampler.compile_reverse_kernel(exp.diffusion, x.ndim)
-    beta = np.asarray(exp.beta_values(), np.float64)
+    beta = exp.diffusion.beta_values()
     rng = np.random.default_rng(5)
     log_w = V.trajectory_log_weights(exp.diffusion, kernel, beta, np.repeat(x, n_draws, axis=0), rng)
     log_w = log_w.reshape(len(x), n_draws)
-    fn = V.compile_kl_and_bound(exp)
+    fn = bound.compile_terms(exp)
     for j in range(len(x)):
-        r = V.heldout_bound(exp, fn, x[j:j + 1].repeat(n_draws, axis=0), n_t=1, seed=j, progress=False)
+        r = bound.heldout_bound(exp, x[j:j + 1].repeat(n_draws, axis=0), n_t=1, seed=j, fn=fn)
         K_nats = r['K_bits'] * M.LOG2
-        expected = K_nats + V.trajectory_minus_eq14_nats(exp.diffusion, beta, x[j:j + 1])[0]
+        expected = K_nats + exp.diffusion.eq14_correction(beta, x[j:j + 1])[0]
         se = np.hypot(log_w[j].std() / np.sqrt(n_draws), r['stderr_bits'] * M.LOG2)
         assert abs(log_w[j].mean() - expected) < 4.5 * se, (j, log_w[j].mean(), expected, se)
 
@@ -106,7 +57,7 @@ def test_importance_weighted_bound_tightens_K(roll):
     exp, fn = roll
     x = exp.test_x[:100]
     iw = V.importance_weighted_bound(exp, x, ks=(1, 4, 16), seed=0, progress=False)
-    K = V.heldout_bound(exp, fn, x, n_t=20, progress=False)
+    K = bound.heldout_bound(exp, x, n_t=20, fn=fn)
     assert iw['1']['gain_over_k1_bits'] == 0
     assert 0 < iw['4']['gain_over_k1_bits'] < iw['16']['gain_over_k1_bits']
     se = np.hypot(iw['1']['stderr_bits'], K['stderr_bits'])
@@ -153,7 +104,7 @@ def test_parzen_width_chosen_on_validation():
 def test_entropy_bounds_formulas(roll):
     exp, _ = roll
     r = V.entropy_bounds(exp, exp.test_x[:50], progress=False)
-    beta = np.asarray(exp.beta_values(), np.float64)
+    beta = np.asarray(exp.diffusion.beta_values(), np.float64)
     A = np.cumprod(1 - beta)
     t = 3  # index t - 2 in the lists
     var_post = beta[t - 1] * (1 - A[t - 2]) / (1 - A[t - 1])  # the posterior variance of q(x^{t-1}|x^t,x^0)
@@ -162,26 +113,6 @@ def test_entropy_bounds_formulas(roll):
     assert len(r['H_p_nats']) == exp.args['T'] - 1
     h, lo, up = (np.array(r[k]) for k in ('H_p_nats', 'lower_nats', 'upper_nats'))
     assert r['n_below_lower'] == (h < lo - 1e-6).sum() and r['n_above_upper'] == (h > up + 1e-6).sum()
-
-
-def test_report_table_and_command(tmp_path):
-    run = tmp_path / 'diffusion_swissroll_x'
-    run.mkdir()
-    json.dump({'dataset': 'swissroll', 'fidelity': 'paper', 'unit': 'bits', 'K_bits': 1.5,
-               'K_minus_Lnull_bits': 5.594, 'stderr_bits': 0.02, 'paper_K_bits': 2.35,
-               'paper_K_minus_Lnull_bits': 6.45, 'iterations': 100, 'wall_s': 90.0},
-              open(run / 'results.json', 'w'))
-    text = V.write_report([str(run)], str(tmp_path / 'REPORT.md'))
-    row = [line for line in text.splitlines() if line.startswith('| diffusion_swissroll_x')][0]
-    assert '| 1.500 | 0.020 | 5.594 | 2.350 | -0.850 | 6.450 | -0.856 |' in row
-    assert '1.5 min' in row and 'cores' in text
-    cmd = V.train_command({'dataset': 'swissroll', 'fidelity': 'code',
-                           'model_args': {'T': 20, 'expert': 'x y'},
-                           'batch_size': 100, 'lr': 0.001, 'optimizer': 'rmsprop', 'seed': 3,
-                           'max_batches': 50, 'max_epochs': None, 'max_minutes': None})
-    assert cmd == ("python train.py --dataset swissroll --fidelity code --model-args "
-                   "'T=20,expert='\"'\"'x y'\"'\"'' --batch-size 100 --lr 0.001 --optimizer rmsprop "
-                   "--seed 3 --max-batches 50")
 
 
 def test_json_flag_prints_the_json_alone_on_stdout(tmp_path, capsys):

@@ -8,6 +8,8 @@ import pytest
 import theano
 
 import experiments
+import model as M
+import presets
 import sampler
 import training
 
@@ -22,7 +24,7 @@ CONVOLUTIONS = {'CorrMM', 'CorrMM_gradInputs', 'CorrMM_gradWeights'}
 def compiled(monkeypatch, stand_in_images):
     """compiled(fidelity) -> (Experiment on 1 x 8 x 8 stand-in images, the functions it
     has compiled so far); theano.function is wrapped to keep what it returns."""
-    stand_in_images(300, 20, (1, 8, 8))
+    images = stand_in_images(300, 20, (1, 8, 8))
     functions = []
     original = theano.function
 
@@ -32,8 +34,8 @@ def compiled(monkeypatch, stand_in_images):
     monkeypatch.setattr(theano, 'function', keep)
 
     def build(fidelity):
-        args = experiments.model_args('MNIST', fidelity, SMALL)
-        return experiments.Experiment('MNIST', args, seed=0), functions
+        args = presets.model_args('MNIST', fidelity, SMALL)
+        return experiments.from_arrays('MNIST', args, 0, images['train'], images['test']), functions
     return build
 
 
@@ -78,7 +80,7 @@ def test_each_matrix_product_is_computed_once(compiled):
 def test_temporal_basis_has_no_denormals():
     """Float32 values below 1.2e-38 make every product they enter ~10x slower."""
     for width in ('paper', 'code'):
-        g = experiments.M.temporal_basis(1000, 10, width)
+        g = M.temporal_basis(1000, 10, width)
         assert g.dtype == np.float32 and g[g > 0].min() > 1e-30
         np.testing.assert_allclose(g.sum(axis=0), 1, rtol=1e-6)
 

@@ -1,12 +1,15 @@
-"""The image parts of model.py and experiments.py: temporal read-out, the two read-out
+"""The image parts of model.py, regression.py and experiments.py: temporal read-out, the two read-out
 formulas, dequantisation, z-scoring, bits per pixel, the learned schedule's gradient."""
 import numpy as np
 import pytest
 import theano
 import theano.tensor as T
 
+import bound
 import experiments
 import model as M
+import presets
+import regression as R
 from conftest import TINY_IMAGE_ARGS
 
 floatX = theano.config.floatX
@@ -19,7 +22,7 @@ def test_temporal_readout_hand_computed():
     y[1, 0, 0, 0, 0] = [1, 1, 1]
     g = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], floatX)
     ys, gs = T.TensorType(floatX, (False,) * 6)('y'), T.matrix('g')
-    z = theano.function([ys, gs], M.temporal_readout(ys, gs))(y, g)
+    z = theano.function([ys, gs], R.temporal_readout(ys, gs))(y, g)
     np.testing.assert_allclose(z[0, 0, 0, 0], [1.5, 4.5])
     np.testing.assert_allclose(z[1, 0, 0, 0], [1.0, 0.0])
 
@@ -38,7 +41,7 @@ def test_temporal_readout_uses_each_examples_step():
     J, T_steps = 3, 5
     basis = M.temporal_basis(T_steps, J, 'code')
     y = np.arange(1 * 2 * 2 * 2 * J, dtype=floatX).reshape(1, 2, 2, 2, J)
-    readout = M.TemporalReadout(FixedNet(y), basis)
+    readout = R.TemporalReadout(FixedNet(y), basis)
     xs, ts = T.tensor4('x'), T.lvector('t')
     z_mu, z_sigma = theano.function([xs, ts], list(readout(xs, ts)))(np.zeros((2, 1, 2, 2), floatX), [1, 4])
     for i, t in enumerate([1, 4]):
@@ -60,56 +63,64 @@ def test_readout_formulas_hand_computed(code, sigma, mu):
     np.testing.assert_allclose(got, [sigma, mu], rtol=1e-5)
 
 
-def test_dequantisation_widths():
-    scale = 3.0
-    assert M.dequantisation_width(scale, 'paper') == pytest.approx(3.0 / 255)
-    assert M.dequantisation_width(scale, 'code') == pytest.approx(1.0 / 765)
+def test_pixel_units_by_hand():
+    paper, code = experiments.PixelUnits(-0.5, 3.0, 'paper'), experiments.PixelUnits(-0.5, 3.0, 'code')
+    assert paper.width == pytest.approx(3.0 / 255) and paper.level_spacing == pytest.approx(3.0 / 255)
+    assert code.width == pytest.approx(1.0 / 765)  # the released code's (1 / 255) / scale
     x = np.array([0, 255], np.uint8)
-    np.testing.assert_allclose(M.zscore(x, -0.5, 2.0), [-1.0, 1.0])
-    np.testing.assert_allclose(M.dequantise(np.zeros(2), np.array([0.0, 1.0]), 0.1), [0.0, 0.1])
+    np.testing.assert_allclose(paper.zscore(x), [-1.5, 1.5])
+    np.testing.assert_allclose(paper.to_unit(paper.zscore(x)), [0.0, 1.0])
+    u = np.random.default_rng(0).random(2)
+    np.testing.assert_allclose(paper.dequantise(x, np.random.default_rng(0)), [-1.5, 1.5] + paper.width * u)
+    np.testing.assert_allclose(code.dequantise(x, np.random.default_rng(0)), [-1.5, 1.5] + code.width * (u - 0.5))
 
 
-# ---------------------------------------------------------------- experiments with stand-in images
+# ---------------------------------------------------------------- experiments on stand-in images
 
 @pytest.fixture
-def fake_images(stand_in_images):
-    """CIFAR-shaped (3 channels) 4x4 stand-in images instead of the real files."""
-    return stand_in_images(600, 50, (3, 4, 4))
+def fake_images():
+    """CIFAR-shaped (3 channels) 4x4 random images."""
+    rng = np.random.default_rng(0)
+    return {'train': rng.integers(0, 256, (600, 3, 4, 4)).astype(np.uint8),
+            'test': rng.integers(0, 256, (50, 3, 4, 4)).astype(np.uint8)}
 
 
-def tiny_experiment(fidelity, **overrides):
-    args = experiments.model_args('CIFAR10', fidelity, dict(TINY_IMAGE_ARGS, **overrides))
-    return experiments.Experiment('CIFAR10', args, seed=0)
+def tiny_experiment(fidelity, images, **overrides):
+    args = presets.model_args('CIFAR10', fidelity, dict(TINY_IMAGE_ARGS, **overrides))
+    return experiments.from_arrays('CIFAR10', args, 0, images['train'], images['test'])
 
 
 def test_bits_per_pixel_count_all_channels(fake_images):
-    exp = tiny_experiment('paper')
+    exp = tiny_experiment('paper', fake_images)
     assert exp.unit == 'bits/pixel' and exp.n_pixels == 16
     assert exp.null_bits == pytest.approx(3 * -0.5 * np.log2(2 * np.pi * np.e))  # -6.14
     per_dim_nats = -1.0
-    r = exp.heldout_bound(lambda x0, t, noise: np.full(len(x0), per_dim_nats * 48), fake_images['test'])
+    fn = lambda x0, t, noise: (np.zeros(len(x0)), np.full(len(x0), per_dim_nats * 48))  # noqa: E731
+    r = bound.heldout_bound(exp, fake_images['test'], fn=fn)
     assert r['K_bits'] == pytest.approx(3 * per_dim_nats / np.log(2))
     assert r['K_minus_Lnull_bits'] == pytest.approx(3 * (per_dim_nats / np.log(2) + 0.5 * np.log2(2 * np.pi * np.e)))
 
 
 @pytest.mark.parametrize('fidelity', ['paper', 'code'])
 def test_zscoring_and_dequantised_inputs(fake_images, fidelity):
-    exp = tiny_experiment(fidelity)
-    train = fake_images['train'] / 255.0
-    if fidelity == 'paper':  # the whole training set
-        assert exp.shift == pytest.approx(-train.mean()) and exp.scale == pytest.approx(1 / train.std())
-        assert exp.dequantisation_width == pytest.approx(exp.scale / 255)
-    else:  # one minibatch of the default batch size (200 for CIFAR10)
-        assert exp.shift != pytest.approx(-train.mean(), abs=1e-6)
-        assert exp.dequantisation_width == pytest.approx(1 / (255 * exp.scale))
+    exp = tiny_experiment(fidelity, fake_images)
+    pixels, train = exp.pixels, fake_images['train'] / 255.0
+    if fidelity == 'paper':  # the whole training set, noise U(0, 1) w
+        assert pixels.shift == pytest.approx(-train.mean()) and pixels.scale == pytest.approx(1 / train.std())
+        assert pixels.width == pytest.approx(pixels.scale / 255)
+        low, high = 0, 1
+    else:  # one minibatch of the default batch size (200 for CIFAR10), centred noise
+        assert pixels.shift != pytest.approx(-train.mean(), abs=1e-6)
+        assert pixels.width == pytest.approx(1 / (255 * pixels.scale))
+        low, high = -0.5, 0.5
     x = fake_images['test']
     x0 = exp.draw_inputs(np.random.default_rng(0), x)[0]
-    offset = (x0 - M.zscore(x, exp.shift, exp.scale)) / exp.dequantisation_width
-    assert x0.dtype == floatX and offset.min() > -1e-3 and offset.max() < 1 + 1e-3 and offset.std() > 0.2
+    offset = (x0 - pixels.zscore(x)) / pixels.width
+    assert x0.dtype == floatX and offset.min() > low - 1e-3 and offset.max() < high + 1e-3 and offset.std() > 0.2
 
 
 def test_bound_gradient_reaches_b2_to_bT_not_b1_in_paper_preset(fake_images):
-    exp = tiny_experiment('paper')
+    exp = tiny_experiment('paper', fake_images)
     schedule = exp.diffusion.schedule
     assert schedule.params == [schedule.c]
     beta = schedule.beta()
@@ -123,16 +134,17 @@ def test_bound_gradient_reaches_b2_to_bT_not_b1_in_paper_preset(fake_images):
 
 
 def test_code_preset_schedule_is_fixed_harmonic(fake_images):
-    exp = tiny_experiment('code')
+    exp = tiny_experiment('code', fake_images)
     assert exp.diffusion.schedule.params == []
-    beta = exp.beta_values()
+    beta = exp.diffusion.beta_values()
     harmonic = M.harmonic_beta(20)
     np.testing.assert_allclose(beta[1:], M.BETA_MIN + harmonic[1:] * (1 - M.BETA_MIN - 1e-5), rtol=1e-4)
-    assert beta[0] == pytest.approx(harmonic[0] + 0.001, rel=1e-3)
+    floor_1 = M.BETA_MIN + 0.001  # the released code raises the floor of b_1
+    assert beta[0] == pytest.approx(floor_1 + harmonic[0] * (1 - floor_1 - 1e-5), rel=1e-5)
 
 
 def test_evaluation_draws_one_t_per_example_even_in_code_preset(fake_images):
-    exp = tiny_experiment('code')
+    exp = tiny_experiment('code', fake_images)
     x = fake_images['test']
     assert len(set(exp.draw_inputs(np.random.default_rng(0), x)[1])) == 1
     assert len(set(exp.draw_inputs(np.random.default_rng(0), x, evaluation=True)[1])) > 1

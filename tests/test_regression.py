@@ -6,6 +6,7 @@ import theano
 import theano.tensor as T
 
 import experiments
+import presets
 import regression as R
 
 floatX = theano.config.floatX
@@ -119,7 +120,7 @@ def count(net):
 
 
 def image_net(dataset, fidelity, shape, **overrides):
-    args = experiments.model_args(dataset, fidelity, overrides)
+    args = presets.model_args(dataset, fidelity, overrides)
     return R.ImageNetwork(shape, np.random.default_rng(0),
                           **{k: args[k] for k in experiments.IMAGE_NET_KEYS})
 
@@ -194,17 +195,17 @@ def test_paper_nonlinearities_are_softplus_and_tanh_code_leaky_relu():
 
 
 def test_presets_differ_in_named_image_keys_only_and_spare_the_toy_sets():
-    paper, code = (experiments.model_args('CIFAR10', f, {}) for f in ('paper', 'code'))
+    paper, code = (presets.model_args('CIFAR10', f, {}) for f in ('paper', 'code'))
     differ = {k for k in paper if paper[k] != code[k]}
     assert differ == {'learn_beta', 'code_mu', 'code_sigma', 'kl_factor', 'basis_width',
                       't_per_minibatch', 'nonlinearity', 'scale_nonlinearity',
                       'dense_depth_from_conv', 'dequantisation', 'norm_from_minibatch',
                       'skip_last_step'}
-    assert experiments.model_args('MNIST', 'paper', {})['conv_path'] is False
-    assert experiments.model_args('MNIST', 'code', {})['conv_path'] is True
+    assert presets.model_args('MNIST', 'paper', {})['conv_path'] is False
+    assert presets.model_args('MNIST', 'code', {})['conv_path'] is True
     for fidelity in ('paper', 'code'):
-        toy = experiments.model_args('swissroll', fidelity, {})
-        assert not set(experiments.IMAGE_PRESET_KEYS) & set(toy)
-        assert set(experiments.model_args('heartbeat', fidelity, {})) == set(experiments.MODEL_ARGS['heartbeat'])
-    toy_paper = experiments.model_args('swissroll', 'paper', {})
-    assert toy_paper['beta_init'] == experiments.MODEL_ARGS['swissroll']['beta_init']
+        toy = presets.model_args('swissroll', fidelity, {})
+        assert not set(presets.IMAGE_PRESET_KEYS) & set(toy)
+        assert set(presets.model_args('heartbeat', fidelity, {})) == set(presets.MODEL_ARGS['heartbeat'])
+    toy_paper = presets.model_args('swissroll', 'paper', {})
+    assert toy_paper['beta_init'] == presets.MODEL_ARGS['swissroll']['beta_init']

@@ -1,0 +1,140 @@
+"""The bound K (Eq. 14) on held-out data: one estimator for the training monitor, the
+final evaluation of train.py and evaluate.py.
+
+Each draw is -(T - 1) KL(q(x^{t-1}|x^t,x^0) || p(x^{t-1}|x^t)) + the edge entropies, at a
+step t in 2..T and noise drawn for it: the Monte Carlo estimate of Eq. 14 with t uniform
+(SPEC section 1). The factor is the paper's T - 1 whatever the preset; the released
+code's T (SPEC section 9, item 11) is a bias, reported separately (with_kl_factor).
+
+The steps are stratified twice. Each example's n_t draws are evenly spaced over 2..T from
+a random offset, and the offsets of the examples are consecutive random permutations of
+the T - 1 steps, so over the set every t is used equally often (to within one). Every
+single draw is still uniform on 2..T, so each example's average is an unbiased estimate
+of its K(x^0); with n_t = T - 1 every example visits every step once.
+
+The work is split into units (one draw of one minibatch), each with its own generator
+(seed, unit), so the result depends on the seed and the batch size only: not on the
+order the units are done in, nor on which process does them.
+"""
+import util  # noqa: F401  (configures Theano before it is imported)
+
+import os
+
+import numpy as np
+import theano
+from tqdm import tqdm
+
+LOG2 = np.log(2.0)
+
+
+def stratified_steps(n, n_t, T_steps, rng):
+    """Steps t, (n_t, n): draw i of example j is 2 + (u_j + floor(i (T - 1) / n_t)) mod (T - 1),
+    with the offsets u_j consecutive random permutations of 0..T-2 (see the module's doc).
+    Returns (steps, offsets)."""
+    n_steps = T_steps - 1
+    n_blocks = -(-n // n_steps)
+    offsets = np.concatenate([rng.permutation(n_steps) for _ in range(n_blocks)])[:n]
+    shifts = np.arange(n_t) * n_steps // n_t
+    return (2 + (offsets[None, :] + shifts[:, None]) % n_steps).astype('int64'), offsets
+
+
+def stratified_stderr(values, offsets, n_steps, per_bin=20):
+    """Standard error of the mean of per-example values whose examples are stratified by
+    their step offsets: sqrt(sum_b n_b s_b^2) / n over bins b of adjacent offsets (about
+    `per_bin` examples each; s_b^2 the variance within bin b). With one draw per example
+    this removes the spread between steps t, by far the largest part of the plain
+    standard error; with every step visited it is close to the plain one."""
+    n = len(values)
+    n_bins = max(1, min(n_steps, n // per_bin))
+    bins = offsets * n_bins // n_steps
+    total = 0.0
+    for b in range(n_bins):
+        v = values[bins == b]
+        if len(v) > 1:
+            total += len(v) * v.var(ddof=1)
+    return float(np.sqrt(total) / n)
+
+
+def compile_terms(exp):
+    """(x0, t, noise) -> (summed KL at step t, edge entropies), per example, nats."""
+    d = exp.diffusion
+    return theano.function([exp.x0, exp.t, exp.noise],
+                           [d.kl_term(exp.x0, exp.t, exp.noise), d.edge_entropies(exp.x0)])
+
+
+def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=None, progress=False):
+    """K (Eq. 14) on every example of x, n_t stratified draws of (t, noise) each.
+
+    fn: compile_terms(exp) (compiled here if None). With partial_path the running sums are
+    saved there after every unit and picked up by a new call with the same settings (a
+    long evaluation survives interruption).
+
+    Returns K_bits and K_minus_Lnull_bits (per data vector; per pixel for images, channels
+    together), stderr_bits (stratified_stderr of the per-example averages), n_eval, n_t,
+    kl_factor ('T-1'), edge_bits, kl_bits (the mean summed KL per draw, so that
+    K_bits = edge_bits - (T - 1) kl_bits), kl_bits_by_t ((T - 1) times the mean KL at each
+    t = 2..T: what a draw at step t costs) with count_by_t, and unit.
+    """
+    fn = fn or compile_terms(exp)
+    T_steps, n = exp.diffusion.T_steps, len(x)
+    batch_size = batch_size or exp.eval_batch_size
+    steps, offsets = stratified_steps(n, n_t, T_steps, np.random.default_rng([seed, 1]))
+    starts = list(range(0, n, batch_size))
+    units = [(i, s) for i in range(n_t) for s in starts]
+    params_sum = sum(float(np.abs(p.get_value()).sum()) for p in exp.params)  # which checkpoint
+    signature = np.array([n, n_t, seed, batch_size, T_steps, params_sum])
+    state = {'kl_sum': np.zeros(n), 'edge_sum': np.zeros(n), 'kl_by_t': np.zeros(T_steps + 1),
+             'count_by_t': np.zeros(T_steps + 1), 'units_done': 0}
+    if partial_path and os.path.exists(partial_path):
+        with np.load(partial_path) as saved:
+            if np.array_equal(saved['signature'], signature):
+                state = {k: saved[k] if k != 'units_done' else int(saved[k]) for k in state}
+    bar = tqdm(total=len(units), initial=state['units_done'], desc='bound K', disable=not progress,
+               unit='batch')
+    for u in range(state['units_done'], len(units)):
+        i, s = units[u]
+        t = steps[i, s:s + batch_size]
+        x0, _, noise = exp.draw_inputs(np.random.default_rng([seed, 2, u]), x[s:s + batch_size],
+                                       evaluation=True, t=t)
+        kl, edges = (np.asarray(v, np.float64) for v in fn(x0, t, noise))
+        state['kl_sum'][s:s + batch_size] += kl
+        state['edge_sum'][s:s + batch_size] += edges
+        np.add.at(state['kl_by_t'], t, kl)
+        np.add.at(state['count_by_t'], t, 1)
+        state['units_done'] = u + 1
+        if partial_path:
+            save_npz(partial_path, dict(state, signature=signature))
+        bar.update(1)
+    bar.close()
+    return summary(exp, state, n_t, offsets)
+
+
+def summary(exp, state, n_t, offsets):
+    """heldout_bound's result from its sums."""
+    T_steps = exp.diffusion.T_steps
+    to_bits = 1.0 / (LOG2 * exp.n_pixels)
+    kl = state['kl_sum'] / n_t * to_bits
+    edges = state['edge_sum'] / n_t * to_bits
+    per_example = edges - (T_steps - 1) * kl
+    counts = np.maximum(state['count_by_t'][2:], 1)
+    K_bits = float(per_example.mean())
+    return {'K_bits': K_bits, 'K_minus_Lnull_bits': K_bits - exp.null_bits,
+            'stderr_bits': stratified_stderr(per_example, offsets, T_steps - 1),
+            'n_eval': int(len(per_example)), 'n_t': int(n_t), 'kl_factor': 'T-1',
+            'edge_bits': float(edges.mean()), 'kl_bits': float(kl.mean()),
+            'kl_bits_by_t': ((T_steps - 1) * state['kl_by_t'][2:] / counts * to_bits).tolist(),
+            'count_by_t': state['count_by_t'][2:].astype(int).tolist(), 'unit': exp.unit,
+            't_per_example': 'stratified'}
+
+
+def with_kl_factor(result, factor):
+    """K in bits had the KL sample been multiplied by `factor` instead of T - 1 (the released
+    code's factor T, SPEC section 9 item 11)."""
+    return result['edge_bits'] - factor * result['kl_bits']
+
+
+def save_npz(path, arrays):
+    """np.savez, atomically (a crash mid-write leaves the previous file)."""
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)

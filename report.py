@@ -1,0 +1,167 @@
+"""REPORT.md: one table over run directories, from the JSON files the runs wrote
+(results.json, and evaluation_test.json where evaluate.py has been run).
+
+    python report.py runs/<run_a> runs/<run_b> [--out REPORT.md]
+
+Each row says where its numbers come from, on which machine and software they were made,
+and, for a paper-preset run, below the table, where the run is not the paper.
+"""
+import json
+import os
+import shlex
+import sys
+
+import training
+import util
+
+COLUMNS = ('run', 'data set', 'preset', 'K', '+-', 'K - L_null', 'paper K', 'K - paper', 'paper K - L_null',
+           'difference', 'unit', 'minibatches', 'training', 'source', 'environment')
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def train_command(args):
+    """A train.py command line that makes a run, from its checkpoint's configuration (for
+    runs that did not record their own command line)."""
+    parts = ['python', 'train.py', '--dataset', args['dataset'], '--fidelity', args['fidelity']]
+    if args.get('model_args'):
+        pairs = sorted(args['model_args'].items())
+        parts += ['--model-args', ','.join('{}={!r}'.format(k, v) for k, v in pairs)]
+    for key in ('batch_size', 'lr', 'optimizer', 'seed', 'max_batches', 'max_epochs', 'max_minutes'):
+        if args.get(key) is not None:
+            parts += ['--' + key.replace('_', '-'), str(args[key])]
+    return ' '.join(shlex.quote(p) for p in parts)
+
+
+def environment_summary(env):
+    """CPU, BLAS kernel and threads, numpy and Theano, commit: one short cell."""
+    if not env:
+        return 'not recorded'
+    threads = env.get('openblas_threads') or env.get('OPENBLAS_NUM_THREADS') or '?'
+    commit = (env.get('git_commit') or '')[:7] + ('+' if env.get('git_dirty') else '')
+    return '{}; OpenBLAS {} x{}; numpy {}, Theano {}; {}'.format(
+        env.get('cpu'), env.get('openblas_core', '?'), threads, env.get('numpy'), env.get('theano'),
+        commit or 'no commit')
+
+
+def run_row(run_dir):
+    """One report row from a run directory: results.json, and evaluation_test.json (the whole
+    test set, more draws) when there is one."""
+    results = read_json(os.path.join(run_dir, 'results.json'))
+    sessions = results.get('sessions') or []
+    row = {'run': os.path.basename(os.path.normpath(run_dir)), 'dataset': results.get('dataset'),
+           'preset': results.get('fidelity'), 'unit': results.get('unit', ''),
+           'K': results.get('K_bits'), 'K_minus_Lnull': results.get('K_minus_Lnull_bits'),
+           'stderr': results.get('stderr_bits'), 'source': 'results.json',
+           'paper_K': results.get('paper_K_bits'), 'paper_K_minus_Lnull': results.get('paper_K_minus_Lnull_bits'),
+           'iterations': results.get('iterations'), 'wall_s': results.get('wall_s'),
+           'commands': [s['environment'].get('command') for s in sessions],
+           'environment': sessions[-1]['environment'] if sessions else None,
+           'not_the_paper': results.get('not_the_paper', [])}
+    checkpoint = training.checkpoint_in(run_dir)
+    if not any(row['commands']) and os.path.exists(checkpoint):  # a run from before commands were recorded
+        row['commands'] = [train_command(training.load_checkpoint(checkpoint)['config']['args'])]
+    evaluation = os.path.join(run_dir, 'evaluation_test.json')
+    if os.path.exists(evaluation):
+        e = read_json(evaluation)
+        row.update(K=e['bound']['K_bits'], K_minus_Lnull=e['bound']['K_minus_Lnull_bits'],
+                   stderr=e['bound']['stderr_bits'], source='evaluate.py ({} draws each)'.format(e['bound']['n_t']),
+                   environment=e.get('environment', row['environment']))
+        row['discrete'] = (e.get('discrete') or {}).get('nll_bits_per_dim')
+        iw = e.get('importance_weighted') or {}
+        ks = sorted((int(k) for k in iw if k.isdigit()), reverse=True)
+        if ks:
+            row['iw'] = (ks[0], iw[str(ks[0])]['gain_over_k1_bits'])
+        if e.get('parzen'):
+            row['parzen'] = (e['parzen']['ll_bits'], e['parzen']['stderr_bits'])
+    return row
+
+
+def fmt(v, digits=3):
+    return '' if v is None else '{:.{}f}'.format(v, digits)
+
+
+def difference(a, b):
+    return a - b if None not in (a, b) else None
+
+
+def report_table(rows):
+    """The Markdown table of runs (README can include it)."""
+    lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|---' * len(COLUMNS) + '|']
+    for r in rows:
+        minutes = '' if r['wall_s'] is None else '{:.1f} min'.format(r['wall_s'] / 60)
+        cells = [r['run'], r['dataset'], r['preset'], fmt(r['K']), fmt(r['stderr']), fmt(r['K_minus_Lnull']),
+                 fmt(r['paper_K']), fmt(difference(r['K'], r['paper_K'])), fmt(r['paper_K_minus_Lnull']),
+                 fmt(difference(r['K_minus_Lnull'], r['paper_K_minus_Lnull'])), r['unit'], r['iterations'],
+                 minutes, r['source'], environment_summary(r['environment'])]
+        lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+    return '\n'.join(lines)
+
+
+def run_section(r):
+    """Below the table: a run's extra numbers, commands, environment and non-paper choices."""
+    lines = ['## {}'.format(r['run']), '']
+    if r.get('discrete') is not None:
+        lines.append('- discrete NLL {:.3f} bits/dim'.format(r['discrete']))
+    if r.get('iw'):
+        lines.append('- importance-weighted bound (k = {}) tightens K by {:.4f} {}'.format(r['iw'][0], r['iw'][1], r['unit']))
+    if r.get('parzen'):
+        lines.append('- Parzen log likelihood {:.1f} +- {:.1f} bits'.format(*r['parzen']))
+    commands = [c for c in r['commands'] if c] or ['not recorded']
+    lines.append('- command{}: '.format('s (start, then each resume)' if len(commands) > 1 else '')
+                 + '; '.join('`{}`'.format(c) for c in commands))
+    if r['environment']:
+        env = r['environment']
+        lines.append('- environment: Python {python}, numpy {numpy}, scipy {scipy}, Theano {theano}; {cpu}, '
+                     '{cores} cores; BLAS {blas} (kernel {kernel}, {threads} threads); OMP_NUM_THREADS={omp}; '
+                     'THEANO_FLAGS={flags}; project {version}, commit {commit}{dirty}'.format(
+                         kernel=env.get('openblas_core'), threads=env.get('openblas_threads'),
+                         omp=env.get('OMP_NUM_THREADS'), flags=env.get('theano_flags'),
+                         version=env.get('project_version'), commit=env.get('git_commit'),
+                         dirty=' (with uncommitted changes)' if env.get('git_dirty') else '', **env))
+    if r['not_the_paper']:
+        lines.append('- not the paper (paper preset):')
+        lines += ['  - `{key}` = {value!r} (paper: {paper}): {reason}'.format(**c) for c in r['not_the_paper']]
+    return lines + ['']
+
+
+def write_report(run_dirs, path):
+    """REPORT.md: the table, then per run its extra numbers, commands and environment."""
+    rows = [run_row(d) for d in run_dirs]
+    parts = ['# Reproduction report', '',
+             'K is the lower bound of Eq. 14 on the held-out set in the paper\'s unit (bits per data '
+             'vector, bits per pixel of z-scored images), estimated with the KL factor T - 1 and t '
+             'stratified (bound.py); +- is its standard error; paper values from Table 1 (SPEC '
+             'section 7). "source" says whether the numbers come from training\'s final evaluation '
+             '(results.json) or from evaluate.py (the whole test set, more draws). "environment" is '
+             'where the numbers were made: CPU, OpenBLAS kernel and threads, versions, commit.',
+             '', report_table(rows), '']
+    for r in rows:
+        parts += run_section(r)
+    text = '\n'.join(parts)
+    with open(path, 'w') as f:
+        f.write(text)
+    return text
+
+
+def main(argv=None):
+    p = util.OneLineParser(description=__doc__.split('\n')[0])
+    p.add_argument('run_dirs', nargs='+', help='run directories holding results.json')
+    p.add_argument('--out', default='REPORT.md', help='the Markdown file to write (default REPORT.md)')
+    args = p.parse_args(argv)
+    missing = [d for d in args.run_dirs if not os.path.exists(os.path.join(d, 'results.json'))]
+    if missing:
+        util.fail('no results.json in {} (is the run finished?)'.format(', '.join(missing)))
+    try:
+        text = write_report(args.run_dirs, args.out)
+    except (OSError, ValueError, KeyError) as e:
+        util.fail('cannot write the report: {}'.format(e))
+    print(text)
+    print('Written to {}'.format(args.out), file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main()

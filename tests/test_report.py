@@ -1,0 +1,72 @@
+"""report.py: REPORT.md from the JSON files of run directories."""
+import json
+
+import pytest
+
+import report
+
+ENV = {'python': '3.11.7', 'numpy': '1.23.5', 'scipy': '1.10.1', 'theano': '1.0.5', 'cpu': 'AMD EPYC',
+       'cores': 2, 'blas': '/x/libopenblas.so', 'openblas_core': 'Haswell', 'openblas_threads': 2,
+       'OMP_NUM_THREADS': None, 'theano_flags': 'floatX=float32', 'project_version': '0.1.0',
+       'git_commit': '0123456789abcdef', 'git_dirty': False,
+       'command': 'python train.py --dataset swissroll --max-batches 100'}
+
+
+def write_run(tmp_path, **extra):
+    run = tmp_path / 'diffusion_swissroll_x'
+    run.mkdir()
+    results = {'dataset': 'swissroll', 'fidelity': 'paper', 'unit': 'bits', 'K_bits': 1.5,
+               'K_minus_Lnull_bits': 5.594, 'stderr_bits': 0.02, 'paper_K_bits': 2.35,
+               'paper_K_minus_Lnull_bits': 6.45, 'iterations': 100, 'wall_s': 90.0,
+               'sessions': [{'from_iteration': 0, 'environment': ENV},
+                            {'from_iteration': 60, 'environment': dict(ENV, command='python train.py --resume_file c')}],
+               'not_the_paper': [{'key': 'n_hidden', 'value': 64, 'paper': '16 RBF units', 'reason': 'thin roll'}]}
+    results.update(extra)
+    json.dump(results, open(run / 'results.json', 'w'))
+    return run
+
+
+def test_report_row_commands_environment_and_non_paper_keys(tmp_path):
+    run = write_run(tmp_path)
+    text = report.write_report([str(run)], str(tmp_path / 'REPORT.md'))
+    row = [line for line in text.splitlines() if line.startswith('| diffusion_swissroll_x')][0]
+    assert '| 1.500 | 0.020 | 5.594 | 2.350 | -0.850 | 6.450 | -0.856 |' in row
+    assert '1.5 min' in row and 'AMD EPYC; OpenBLAS Haswell x2; numpy 1.23.5, Theano 1.0.5; 0123456' in row
+    assert '`python train.py --dataset swissroll --max-batches 100`; `python train.py --resume_file c`' in text
+    assert '`n_hidden` = 64 (paper: 16 RBF units): thin roll' in text
+    assert open(tmp_path / 'REPORT.md').read() == text
+
+
+def test_evaluation_file_takes_precedence(tmp_path):
+    run = write_run(tmp_path)
+    json.dump({'bound': {'K_bits': 1.7, 'K_minus_Lnull_bits': 5.8, 'stderr_bits': 0.01, 'n_t': 10},
+               'discrete': {'nll_bits_per_dim': 3.25}, 'environment': dict(ENV, cpu='Intel Xeon')},
+              open(run / 'evaluation_test.json', 'w'))
+    row = report.run_row(str(run))
+    assert row['K'] == 1.7 and row['source'] == 'evaluate.py (10 draws each)'
+    assert 'Intel Xeon' in report.environment_summary(row['environment'])
+    assert 'discrete NLL 3.250 bits/dim' in '\n'.join(report.run_section(row))
+
+
+def test_train_command_quotes_model_args():
+    cmd = report.train_command({'dataset': 'swissroll', 'fidelity': 'code', 'model_args': {'T': 20, 'expert': 'x y'},
+                                'batch_size': 100, 'lr': 0.001, 'optimizer': 'rmsprop', 'seed': 3,
+                                'max_batches': 50, 'max_epochs': None, 'max_minutes': None})
+    assert cmd == ("python train.py --dataset swissroll --fidelity code --model-args "
+                   "'T=20,expert='\"'\"'x y'\"'\"'' --batch-size 100 --lr 0.001 --optimizer rmsprop "
+                   "--seed 3 --max-batches 50")
+
+
+def test_command_line_refuses_unfinished_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        report.main([str(tmp_path)])
+    assert stop.value.code == 2 and 'no results.json' in capsys.readouterr().err
+
+
+def test_run_without_recorded_commands_gets_one_from_its_checkpoint(tmp_path):
+    import training
+    run = write_run(tmp_path, sessions=[])
+    args = {'dataset': 'swissroll', 'fidelity': 'paper', 'model_args': {}, 'seed': 0, 'max_batches': 100}
+    training.save_checkpoint(str(run / 'checkpoint.npz'), {'shared': {}, 'status': {}, 'config': {'args': args}})
+    assert report.run_row(str(run))['commands'] == [
+        'python train.py --dataset swissroll --fidelity paper --seed 0 --max-batches 100']
