@@ -24,6 +24,8 @@ import numpy as np
 import theano
 from tqdm import tqdm
 
+import parallel
+
 LOG2 = np.log(2.0)
 
 
@@ -62,12 +64,14 @@ def compile_terms(exp):
                            [d.kl_term(exp.x0, exp.t, exp.noise), d.edge_entropies(exp.x0)])
 
 
-def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=None, progress=False):
+def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=None, progress=False, comm=None):
     """K (Eq. 14) on every example of x, n_t stratified draws of (t, noise) each.
 
     fn: compile_terms(exp) (compiled here if None). With partial_path the running sums are
     saved there after every unit and picked up by a new call with the same settings (a
-    long evaluation survives interruption).
+    long evaluation survives interruption). comm (parallel.world()): each process does
+    every comm.size-th unit and the sums are added; the result is the same (up to the
+    order of the sums), and so is each process's partial file, named by its rank.
 
     Returns K_bits and K_minus_Lnull_bits (per data vector; per pixel for images, channels
     together), stderr_bits (stratified_stderr of the per-example averages), n_eval, n_t,
@@ -76,13 +80,15 @@ def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=
     t = 2..T: what a draw at step t costs) with count_by_t, and unit.
     """
     fn = fn or compile_terms(exp)
+    comm = comm or parallel.SingleProcess()
     T_steps, n = exp.diffusion.T_steps, len(x)
     batch_size = batch_size or exp.eval_batch_size
     steps, offsets = stratified_steps(n, n_t, T_steps, np.random.default_rng([seed, 1]))
     starts = list(range(0, n, batch_size))
-    units = [(i, s) for i in range(n_t) for s in starts]
+    units = parallel.rank_units(list(enumerate((i, s) for i in range(n_t) for s in starts)), comm)
     params_sum = sum(float(np.abs(p.get_value()).sum()) for p in exp.params)  # which checkpoint
-    signature = np.array([n, n_t, seed, batch_size, T_steps, params_sum])
+    signature = np.array([n, n_t, seed, batch_size, T_steps, params_sum, comm.rank, comm.size])
+    partial_path = partial_path and partial_file(partial_path, comm)
     state = {'kl_sum': np.zeros(n), 'edge_sum': np.zeros(n), 'kl_by_t': np.zeros(T_steps + 1),
              'count_by_t': np.zeros(T_steps + 1), 'units_done': 0}
     if partial_path and os.path.exists(partial_path):
@@ -91,8 +97,8 @@ def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=
                 state = {k: saved[k] if k != 'units_done' else int(saved[k]) for k in state}
     bar = tqdm(total=len(units), initial=state['units_done'], desc='bound K', disable=not progress,
                unit='batch')
-    for u in range(state['units_done'], len(units)):
-        i, s = units[u]
+    for done in range(state['units_done'], len(units)):
+        u, (i, s) = units[done]
         t = steps[i, s:s + batch_size]
         x0, _, noise = exp.draw_inputs(np.random.default_rng([seed, 2, u]), x[s:s + batch_size],
                                        evaluation=True, t=t)
@@ -101,18 +107,19 @@ def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=
         state['edge_sum'][s:s + batch_size] += edges
         np.add.at(state['kl_by_t'], t, kl)
         np.add.at(state['count_by_t'], t, 1)
-        state['units_done'] = u + 1
+        state['units_done'] = done + 1
         if partial_path:
             save_npz(partial_path, dict(state, signature=signature))
         bar.update(1)
     bar.close()
-    return summary(exp, state, n_t, offsets)
+    sums = {k: comm.allreduce_sum(state[k]) for k in ('kl_sum', 'edge_sum', 'kl_by_t', 'count_by_t')}
+    return summary(exp, sums, n_t, offsets, exp.n_pixels(x))
 
 
-def summary(exp, state, n_t, offsets):
-    """heldout_bound's result from its sums."""
+def summary(exp, state, n_t, offsets, n_pixels):
+    """heldout_bound's result from its sums; K per data vector is divided by n_pixels."""
     T_steps = exp.diffusion.T_steps
-    to_bits = 1.0 / (LOG2 * exp.n_pixels)
+    to_bits = 1.0 / (LOG2 * n_pixels)
     kl = state['kl_sum'] / n_t * to_bits
     edges = state['edge_sum'] / n_t * to_bits
     per_example = edges - (T_steps - 1) * kl
@@ -125,6 +132,11 @@ def summary(exp, state, n_t, offsets):
             'kl_bits_by_t': ((T_steps - 1) * state['kl_by_t'][2:] / counts * to_bits).tolist(),
             'count_by_t': state['count_by_t'][2:].astype(int).tolist(), 'unit': exp.unit,
             't_per_example': 'stratified'}
+
+
+def partial_file(path, comm):
+    """The file of this process's partial sums: `path` itself for one process."""
+    return path if comm.size == 1 else '{}.rank{}of{}.npz'.format(path[:-len('.npz')], comm.rank, comm.size)
 
 
 def with_kl_factor(result, factor):

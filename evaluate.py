@@ -29,6 +29,7 @@ from tqdm import tqdm
 import bound
 import experiments
 import figures
+import parallel
 import sampler
 import training
 
@@ -54,6 +55,15 @@ def bound_summary(per_example_bits, null_bits):
     return {'K_bits': float(per_example_bits.mean()),
             'K_minus_Lnull_bits': float(per_example_bits.mean() - null_bits),
             'stderr_bits': float(per_example_bits.std(ddof=1) / np.sqrt(n)), 'n_eval': int(n)}
+
+
+def crops_bound(exp, x, n_t, seed, comm=None):
+    """K of held-out crops (one of exp.crop x exp.crop per image of x, drawn from the seed)
+    for a network trained on crops: the training objective's own data, beside the bound
+    on whole images."""
+    crops = experiments.random_crops(x, exp.crop, np.random.default_rng([seed, 8]))
+    r = bound.heldout_bound(exp, crops, n_t, seed, comm=comm)
+    return dict({k: r[k] for k in ('K_bits', 'K_minus_Lnull_bits', 'stderr_bits', 'n_eval', 'n_t')}, crop=exp.crop)
 
 
 # ---------------------------------------------------------------- discrete bits per dimension
@@ -106,7 +116,7 @@ def log_mean_exp(a, axis=-1):
     return logsumexp(a, axis=axis) - np.log(a.shape[axis])
 
 
-def importance_weighted_bound(exp, x, ks=(1, 4, 16), seed=0, batch_size=None, progress=True):
+def importance_weighted_bound(exp, x, ks=(1, 4, 16), seed=0, batch_size=None, progress=True, comm=None):
     """The importance-weighted bound E[log (1/k) sum_{i<=k} w_i] (Burda et al. 2016) for each
     k in ks, with max(ks) forward trajectories per example of x; k = 1 is K in expectation.
 
@@ -115,19 +125,21 @@ def importance_weighted_bound(exp, x, ks=(1, 4, 16), seed=0, batch_size=None, pr
     gain_over_k1_bits}, ..., 'eq14_correction_bits': the mean of diffusion.eq14_correction,
     n_eval, unit}, bits per data vector (per pixel for images). For images each trajectory
     has its own dequantisation noise, so for k > 1 the bound is on log E_u[p(x + w u)],
-    the discrete likelihood less D log w.
+    the discrete likelihood less D log w. comm: processes that share the minibatches.
     """
+    comm = comm or parallel.SingleProcess()
     k_max = max(ks)
     batch_size = batch_size or max(1, exp.eval_batch_size // k_max)
     kernel = sampler.compile_reverse_kernel(exp.diffusion, exp.train_x.ndim)
     beta = exp.diffusion.beta_values()
     log_w, correction = np.zeros((len(x), k_max)), np.zeros(len(x))
-    for s in tqdm(range(0, len(x), batch_size), desc='IW bound', disable=not progress):
+    for s in tqdm(parallel.rank_units(range(0, len(x), batch_size), comm), desc='IW bound', disable=not progress):
         rng = np.random.default_rng([seed, 3, s])
         x0 = exp.draw_inputs(rng, np.repeat(x[s:s + batch_size], k_max, axis=0), evaluation=True)[0]
         log_w[s:s + batch_size] = trajectory_log_weights(exp.diffusion, kernel, beta, x0, rng).reshape(-1, k_max)
         correction[s:s + batch_size] = exp.diffusion.eq14_correction(beta, x0).reshape(-1, k_max).mean(axis=1)
-    to_bits = 1.0 / (LOG2 * exp.n_pixels)
+    log_w, correction = comm.allreduce_sum(log_w), comm.allreduce_sum(correction)  # each row from one process
+    to_bits = 1.0 / (LOG2 * exp.n_pixels(x))
     out = {'n_eval': int(len(x)), 'unit': exp.unit, 'eq14_correction_bits': float(correction.mean() * to_bits)}
     first = None
     for k in sorted(ks):
@@ -163,21 +175,25 @@ def choose_parzen_sigma(samples, valid, sigmas=PARZEN_SIGMAS):
     return max(scores, key=scores.get), scores
 
 
-def model_samples(exp, n, seed=0, batch_size=500, progress=True):
+def model_samples(exp, n, seed=0, batch_size=500, progress=True, comm=None):
     """n samples x^0 of the model (sampler.sample_trajectory; x^1 if the preset skips the last
-    step, as sampler.run does), model units, in minibatches."""
+    step, as sampler.run does), model units, in minibatches, each from its own generator;
+    comm: processes that share the minibatches (each a contiguous share)."""
+    comm = comm or parallel.SingleProcess()
     kernel = sampler.compile_reverse_kernel(exp.diffusion, exp.train_x.ndim)
     shape = exp.train_x.shape[1:]
+    starts = list(range(0, n, batch_size))
+    a, b = comm.share(len(starts))
     out = []
-    for s in tqdm(range(0, n, batch_size), desc='samples', disable=not progress):
+    for s in tqdm(starts[a:b], desc='samples', disable=not progress):
         x0, _ = sampler.sample_trajectory(exp.diffusion, kernel, (min(batch_size, n - s),) + shape,
                                           np.random.default_rng([seed, 4, s]),
                                           skip_last_step=exp.args.get('skip_last_step', False))
         out.append(x0)
-    return np.concatenate(out)
+    return comm.gather_rows(np.concatenate(out) if out else np.zeros((0,) + shape, experiments.floatX))
 
 
-def parzen_evaluation(exp, n_samples=10000, n_valid=10000, seed=0, sigmas=PARZEN_SIGMAS, progress=True):
+def parzen_evaluation(exp, n_samples=10000, n_valid=10000, seed=0, sigmas=PARZEN_SIGMAS, progress=True, comm=None):
     """Parzen-window log likelihood of the test images (Goodfellow et al. 2014's protocol).
 
     Model samples and data in [0, 1] pixel units; sigma chosen on the last n_valid
@@ -185,7 +201,8 @@ def parzen_evaluation(exp, n_samples=10000, n_valid=10000, seed=0, sigmas=PARZEN
     training images, so this set only picks sigma). Returns the test log likelihood, its
     standard error, in nats and bits, and the grid.
     """
-    samples = exp.pixels.to_unit(model_samples(exp, n_samples, seed, progress=progress)).reshape(n_samples, -1)
+    samples = exp.pixels.to_unit(model_samples(exp, n_samples, seed, progress=progress, comm=comm)).reshape(
+        n_samples, -1)
     valid = experiments.PixelUnits.unit(exp.train_x[-n_valid:]).reshape(min(n_valid, len(exp.train_x)), -1)
     test = experiments.PixelUnits.unit(exp.test_x).reshape(len(exp.test_x), -1)
     sigma, scores = choose_parzen_sigma(samples, valid, sigmas)
@@ -222,16 +239,21 @@ def entropy_bounds(exp, x, seed=0, progress=True):
 # ---------------------------------------------------------------- one evaluation
 
 def evaluate(exp, checkpoint, out_dir, split='test', n_t=10, seed=0, n_examples=None, batch_size=None,
-             iw_k=(), iw_n=100, parzen_samples=0, entropy_n=0, progress=True):
-    """Everything asked for, written to OUT_DIR/evaluation_<split>.json (+ figures); returns it."""
+             iw_k=(), iw_n=100, parzen_samples=0, entropy_n=0, progress=True, comm=None):
+    """Everything asked for, written to OUT_DIR/evaluation_<split>.json (+ figures); returns it.
+    comm: processes that share the bound, the importance weights and the Parzen samples;
+    the writer alone computes the entropies and writes (the others return None)."""
+    comm = comm or parallel.SingleProcess()
     x = exp.test_x if split == 'test' else exp.train_x
     x = x[:n_examples] if n_examples else x
     prefix = os.path.join(out_dir, 'evaluation_{}'.format(split))
     start = time.time()
     r = bound.heldout_bound(exp, x, n_t, seed, batch_size=batch_size, partial_path=prefix + '_partial.npz',
-                            progress=progress)
+                            progress=progress, comm=comm)
     if exp.diffusion.kl_factor != exp.diffusion.T_steps - 1:
         r['K_bits_code_factor'] = bound.with_kl_factor(r, exp.diffusion.kl_factor)
+    if exp.crop:
+        r['crops'] = crops_bound(exp, x, n_t, seed, comm)
     out = {'dataset': exp.dataset, 'split': split, 'seed': seed, 'T': exp.diffusion.T_steps,
            'iterations': checkpoint['status']['iterations_done'], 'bound': r,
            'environment': util.environment()}
@@ -241,18 +263,21 @@ def evaluate(exp, checkpoint, out_dir, split='test', n_t=10, seed=0, n_examples=
         nll = discrete_nll_bits_per_dim(r['K_bits'], C, exp.pixels.width, exp.pixels.level_spacing)
         out['discrete'] = {'nll_bits_per_dim': nll, 'stderr_bits_per_dim': r['stderr_bits'] / C,
                            'bin_width_z': exp.pixels.width, 'level_spacing_z': exp.pixels.level_spacing}
-    figures.kl_by_t_figure(r, prefix + '_kl_by_t.png')
+    partial = bound.partial_file(prefix + '_partial.npz', comm)
+    if os.path.exists(partial):  # the bound is done: its partial sums are not needed again
+        os.remove(partial)
     if iw_k:
-        out['importance_weighted'] = importance_weighted_bound(exp, x[:iw_n], iw_k, seed, progress=progress)
+        out['importance_weighted'] = importance_weighted_bound(exp, x[:iw_n], iw_k, seed, progress=progress, comm=comm)
     if parzen_samples:
-        out['parzen'] = parzen_evaluation(exp, parzen_samples, seed=seed, progress=progress)
+        out['parzen'] = parzen_evaluation(exp, parzen_samples, seed=seed, progress=progress, comm=comm)
+    if not comm.is_writer:
+        return None
+    figures.kl_by_t_figure(r, prefix + '_kl_by_t.png')
     if entropy_n:
         out['entropy'] = entropy_bounds(exp, x[:entropy_n], seed, progress)
         figures.entropy_figure(out['entropy'], prefix + '_entropy.png')
     out['eval_s'] = round(time.time() - start, 1)
     util.write_json(prefix + '.json', out)
-    if os.path.exists(prefix + '_partial.npz'):
-        os.remove(prefix + '_partial.npz')
     return out
 
 
@@ -300,6 +325,11 @@ def check_arguments(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     ks = check_arguments(args)
+    with parallel.abort_on_error() as comm:  # under mpiexec the processes share the work
+        return evaluate_command(args, ks, comm)
+
+
+def evaluate_command(args, ks, comm):
     try:
         exp, checkpoint, run_dir = load_experiment(args.path, args.data_path)
     except ValueError as e:  # not a checkpoint, or a missing data file
@@ -313,8 +343,10 @@ def main(argv=None):
             util.fail('--entropy-n: {}'.format(e))
     out_dir = args.out_dir or run_dir
     os.makedirs(out_dir, exist_ok=True)
-    out = evaluate(exp, checkpoint, out_dir, args.split, args.n_t, args.seed, args.n_examples,
-                   args.batch_size, ks, args.iw_n, args.parzen_samples, args.entropy_n)
+    out = evaluate(exp, checkpoint, out_dir, args.split, args.n_t, args.seed, args.n_examples, args.batch_size,
+                   ks, args.iw_n, args.parzen_samples, args.entropy_n, progress=comm.is_writer, comm=comm)
+    if out is None:  # a process other than the writer
+        return None
     human = sys.stderr if args.json else sys.stdout  # --json: the JSON alone on stdout
     b = out['bound']
     print('K = {K_bits:.4f} +- {stderr_bits:.4f} {unit}, K - L_null = {K_minus_Lnull_bits:.4f} '

@@ -12,6 +12,7 @@ import theano.tensor as T
 
 import datasets
 import model as M
+import parallel
 import presets
 import regression as R
 import training
@@ -20,7 +21,7 @@ floatX = theano.config.floatX
 L_NULL_BITS_PER_DIM = -0.5 * np.log2(2 * np.pi * np.e)  # N(0, 1) on unit-variance data
 IMAGE_NET_KEYS = ('n_temporal_basis', 'n_hidden_dense_lower', 'n_hidden_dense_lower_output',
                   'n_hidden_dense_upper', 'n_hidden_conv', 'n_layers_conv', 'n_layers_dense_lower',
-                  'n_layers_dense_upper', 'n_scales', 'conv_path', 'nonlinearity',
+                  'n_layers_dense_upper', 'n_scales', 'conv_path', 'dense_path', 'nonlinearity',
                   'scale_nonlinearity', 'dense_depth_from_conv')
 
 
@@ -83,21 +84,23 @@ class Experiment:
     dataset, args (the model configuration), seed; train_x, test_x: the data (uint8
     (N, C, H, W) for images, float32 vectors for the toys); diffusion: a
     GaussianDiffusion or BinomialDiffusion; pixels: PixelUnits, or None for data that are
-    used as they are; unit and n_pixels: K is reported in `unit`, per data vector divided
-    by n_pixels; null_bits: L_null in that unit; truth: a function returning reference
+    used as they are; unit: K is reported in it, per data vector divided by the number of
+    pixels for images (n_pixels); null_bits: L_null in that unit; truth: a function returning reference
     values of the data (exact log likelihoods), or None; n_monitor, eval_batch_size: the
-    training monitor's examples and the evaluation minibatch; final_examples,
-    final_draws: the held-out examples (None: all) and draws per example of train.py's
-    final bound.
+    training monitor's examples and the evaluation minibatch; monitor_draws: the
+    monitor's draws per example; final_examples, final_draws: the held-out examples
+    (None: all) and draws per example of train.py's final bound; crop: train on random
+    crops of this side (a fully convolutional image network), evaluate on whole images.
     """
 
-    def __init__(self, dataset, args, seed, train_x, test_x, diffusion, unit, null_bits, n_pixels=1,
-                 pixels=None, truth=None, n_monitor=5000, eval_batch_size=2000, final_examples=None,
-                 final_draws=1):
+    def __init__(self, dataset, args, seed, train_x, test_x, diffusion, unit, null_bits,
+                 pixels=None, truth=None, n_monitor=5000, monitor_draws=1, eval_batch_size=2000,
+                 final_examples=None, final_draws=1, crop=None):
         self.dataset, self.args, self.seed = dataset, args, seed
         self.train_x, self.test_x, self.diffusion, self.pixels = train_x, test_x, diffusion, pixels
-        self.unit, self.null_bits, self.n_pixels, self.truth = unit, null_bits, n_pixels, truth
-        self.n_monitor, self.eval_batch_size = n_monitor, eval_batch_size
+        self.unit, self.null_bits, self.truth = unit, null_bits, truth
+        self.n_monitor, self.monitor_draws, self.eval_batch_size = n_monitor, monitor_draws, eval_batch_size
+        self.crop = crop
         self.final_examples, self.final_draws = final_examples, final_draws
         self.x0 = T.TensorType(floatX, (False,) * train_x.ndim)('x0')
         self.t = T.lvector('t')
@@ -108,31 +111,71 @@ class Experiment:
     def params(self):
         return self.diffusion.params
 
-    def draw_inputs(self, rng, x0, evaluation=False, t=None):
-        """Numpy inputs (x0, t, noise) of the compiled functions for a minibatch: images are
-        z-scored and dequantised (SPEC section 4), then t and the noise are drawn.
+    def n_pixels(self, x):
+        """What K per data vector of x is divided by: the pixels of an image (all channels
+        together, SPEC section 1), 1 for the toys."""
+        return x.shape[2] * x.shape[3] if self.pixels else 1
 
-        evaluation=True: one t per example even where training draws one per minibatch
-        (code preset), so that held-out examples are independent draws and stderr holds.
-        t: the steps to use instead of drawing them.
+    def draw_inputs(self, rng, x0, evaluation=False, t=None):
+        """Numpy inputs (x0, t, noise) of the compiled functions for a minibatch: training
+        images are cropped (if crop), images are z-scored and dequantised (SPEC section 4),
+        then t and the noise are drawn.
+
+        evaluation=True: whole images, and one t per example even where training draws one
+        per minibatch (code preset), so that held-out examples are independent draws and
+        stderr holds. t: the steps to use instead of drawing them.
         """
+        if self.crop and not evaluation:
+            x0 = random_crops(x0, self.crop, rng)
         if self.pixels is not None:
             x0 = self.pixels.dequantise(x0, rng)
         per_mb = self.args.get('t_per_minibatch', False) and not evaluation
         t = self.diffusion.draw_t(rng, len(x0), per_mb) if t is None else t
         return [x0.astype(floatX), t, self.diffusion.draw_noise(rng, x0)]
 
-    def compile_train(self, step_rule):
-        """(step function for the main loop, counter of dropped non-finite steps)."""
-        n_dims = np.prod(self.train_x.shape[1:])
-        cost = -self.K_nats.mean() / (n_dims * M.LOG2).astype(floatX)  # bits per dimension
-        updates, n_nonfinite = training.descent_updates(cost, self.params, step_rule)
-        fn = theano.function([self.x0, self.t, self.noise], [cost, n_nonfinite], updates=updates)
+    def compile_train(self, step_rule, comm=None):
+        """(step function for the main loop, counter of dropped non-finite steps); the cost
+        is -K in bits per dimension, averaged over the minibatch.
 
-        def step(batch, rng):
-            cost_value, dropped = fn(*self.draw_inputs(rng, batch['features']))
-            return {'cost_bits_per_dim': float(cost_value), 'n_nonfinite': int(dropped)}
-        return step, n_nonfinite
+        One process: one compiled function computes the cost, its gradient and the update.
+        Several (comm, parallel.py): every process draws the inputs of the whole global
+        minibatch from the iteration's generator, so the randomness does not depend on the
+        rank; computes the gradient of its contiguous share of the minibatch's summed cost;
+        the gradients (and the cost) are added over the processes in one Allreduce of a
+        flat float32 buffer; and every process takes the same step (a non-finite sum is
+        dropped everywhere).
+        """
+        comm = comm or parallel.SingleProcess()
+        n_dims = self.train_x.shape[1] * self.crop ** 2 if self.crop else np.prod(self.train_x.shape[1:])
+        inputs = [self.x0, self.t, self.noise]
+        if comm.size == 1:
+            cost = -self.K_nats.mean() / (n_dims * M.LOG2).astype(floatX)  # bits per dimension
+            updates, n_nonfinite = training.descent_updates(cost, self.params, step_rule)
+            fn = theano.function(inputs, [cost, n_nonfinite], updates=updates)
+
+            def step(batch, rng):
+                cost_value, dropped = fn(*self.draw_inputs(rng, batch['features']))
+                return {'cost_bits_per_dim': float(cost_value), 'n_nonfinite': int(dropped)}
+            return step, n_nonfinite
+        scale = T.scalar('scale')  # 1 / (global minibatch x dimensions x ln 2)
+        cost_part = -self.K_nats.sum() * scale
+        flat = [cost_part.reshape((1,))] + [g.flatten() for g in T.grad(cost_part, self.params)]
+        gradient = theano.function(inputs + [scale], T.concatenate(flat))  # (1 + parameters,)
+        take_step, n_nonfinite = training.flat_gradient_step(self.params, step_rule)
+        size = 1 + sum(p.get_value().size for p in self.params)
+
+        def parallel_step(batch, rng):
+            x0, t, noise = self.draw_inputs(rng, batch['features'])
+            a, b = comm.share(len(x0))
+            to_bits = np.float32(1 / (len(x0) * n_dims * M.LOG2))
+            part = gradient(x0[a:b], t[a:b], noise[a:b], to_bits) if b > a else np.zeros(size, floatX)
+            total = comm.allreduce_sum(part)
+            return {'cost_bits_per_dim': float(total[0]), 'n_nonfinite': int(take_step(total[1:]))}
+        return parallel_step, n_nonfinite
+
+    def params_checksum(self):
+        """A float that tells whether two processes hold the same parameters."""
+        return float(sum(np.sum(p.get_value(), dtype=np.float64) * (i + 1) for i, p in enumerate(self.params)))
 
     def compile_bound(self):
         """x0, t, noise -> K per example, nats (the model's own KL factor)."""
@@ -147,6 +190,13 @@ class Experiment:
             out.update(shift=self.pixels.shift, scale=self.pixels.scale)
         out.update(self.truth() if self.truth else {})
         return out
+
+
+def random_crops(x, size, rng):
+    """One size x size square of each image of x (n, C, H, W), at a position drawn from rng."""
+    n, _, H, W = x.shape
+    tops, lefts = rng.integers(0, H - size + 1, n), rng.integers(0, W - size + 1, n)
+    return np.stack([im[:, a:a + size, b:b + size] for im, a, b in zip(x, tops, lefts)])
 
 
 # ---------------------------------------------------------------- the families
@@ -205,13 +255,31 @@ def image_experiment(dataset, args, seed, train_x, test_x):
         sample = train_x[np.sort(np.random.default_rng([seed, 3]).choice(len(train_x), n, replace=False))]
     pixels = PixelUnits.of_images(sample, args['dequantisation'])
     C, H, W = train_x.shape[1:]
+    check_crop(args, H, W)
     basis = M.temporal_basis(args['T'], args['n_temporal_basis'], args['basis_width'])
     net = R.ImageNetwork((C, H, W), np.random.default_rng([seed, 0]), **{k: args[k] for k in IMAGE_NET_KEYS})
     diffusion = M.GaussianDiffusion(R.TemporalReadout(net, basis), args['T'], basis, beta_base(args),
                                     args['learn_beta'], args['beta_1'], args['code_mu'], args['code_sigma'],
                                     args['kl_factor'])
+    # the monitor: up to 500 held-out images with enough draws each (about 2000 in all) that
+    # its standard error is small against what it has to show (a few hundredths of a bit)
+    n_monitor = min(500, len(test_x))
     return Experiment(dataset, args, seed, train_x, test_x, diffusion, 'bits/pixel', C * L_NULL_BITS_PER_DIM,
-                      n_pixels=H * W, pixels=pixels, n_monitor=500, eval_batch_size=100)
+                      pixels=pixels, n_monitor=n_monitor, monitor_draws=min(10, max(1, 2000 // n_monitor)),
+                      eval_batch_size=100, crop=args['crop'])
+
+
+def check_crop(args, H, W):
+    """ValueError unless a crop fits the images, the scales and a fully convolutional network."""
+    crop, factor = args['crop'], 2 ** (args['n_scales'] - 1)
+    if crop is None:
+        return
+    if args['dense_path']:
+        raise ValueError('--model-args crop={}: training on crops needs dense_path=False (the dense '
+                         'path is tied to the image size)'.format(crop))
+    if crop > min(H, W) or crop % factor:
+        raise ValueError('--model-args crop={}: must be at most the images\' {}x{} and divisible by '
+                         '2^(n_scales - 1) = {}'.format(crop, H, W, factor))
 
 
 def load_data(dataset, args, seed, data_path=None):

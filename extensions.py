@@ -14,6 +14,7 @@ import numpy as np
 
 import bound
 import figures
+import parallel
 import sampler
 import training
 
@@ -190,19 +191,24 @@ class HeldOutBound(Extension):
     and keeps each evaluation in status['evaluations'] (the K curve, which the checkpoint
     carries across resumes).
 
-    The same examples and noise every time, so successive values are comparable.
+    The same examples and noise every time, so successive values are comparable. With
+    several processes (comm) they share the work, after checking that they all hold the
+    same parameters.
     """
 
-    def __init__(self, experiment, every_n_batches, before_training=False):
+    def __init__(self, experiment, every_n_batches, before_training=False, comm=None):
         super().__init__(every_n_batches=every_n_batches, before_training=before_training)
-        self.exp = experiment
+        self.exp, self.comm = experiment, comm or parallel.SingleProcess()
         self.x = experiment.test_x[:experiment.n_monitor]
         self.fn = None
 
     def __call__(self, loop, event):
         if self.fn is None:
             self.fn = bound.compile_terms(self.exp)
-        r = bound.heldout_bound(self.exp, self.x, n_t=1, seed=1, fn=self.fn)
+        if not self.comm.same_everywhere(self.exp.params_checksum()):
+            raise RuntimeError('after {} minibatches the processes hold different parameters; stopping '
+                               '(the last checkpoint is good)'.format(loop.status['iterations_done']))
+        r = bound.heldout_bound(self.exp, self.x, n_t=self.exp.monitor_draws, seed=1, fn=self.fn, comm=self.comm)
         s = loop.status
         if event == 'before_training':  # a record of its own, before the next minibatch
             loop.record = {'iteration': s['iterations_done'], 'epoch': s['epochs_done']}

@@ -178,6 +178,29 @@ def heldout_figure(evaluations, path, unit):
     return True
 
 
+def extrapolation_figure(evaluations, fit, path):
+    """The monitored K curve, the fitted K(n) = K_inf - a n^-b extended to the minibatches
+    that would reach the target (report.extrapolate), and the target."""
+    n = np.array([e['iteration'] for e in evaluations if e.get('iteration', 0) > 0], float)
+    k = np.array([e['heldout_K_bits'] for e in evaluations if e.get('iteration', 0) > 0])
+    se = np.array([e['heldout_stderr_bits'] for e in evaluations if e.get('iteration', 0) > 0])
+    end = max(fit.get('minibatches_16_84', [0, 0])[1], n.max()) * 2
+    grid = np.logspace(np.log10(n.min()), np.log10(end), 200)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.errorbar(n, k, yerr=se, fmt='o', ms=3, capsize=2, label='held-out K (monitor)')
+    ax.plot(grid, fit['K_inf'] - fit['a'] * grid ** -fit['b'], label='fit {fit}'.format(**fit))
+    ax.axhline(fit['target'], color='k', ls='--', label='target {:.3f}'.format(fit['target']))
+    if 'minibatches_16_84' in fit:
+        ax.axvspan(*fit['minibatches_16_84'], color='C1', alpha=0.15, label='reaches the target (16-84%)')
+    ax.set_xscale('log')
+    ax.set_xlabel('minibatches')
+    ax.set_ylabel('K')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def training_figures(exp, evaluations, run_dir, compiled):
     """The figures that change during training, as PNG files in run_dir; returns their
     paths. evaluations: the monitor's records so far; compiled: a dict that keeps

@@ -10,6 +10,8 @@ import numpy as np
 import theano
 import theano.tensor as T
 
+import multiscale
+
 floatX = theano.config.floatX
 
 
@@ -63,6 +65,10 @@ class Dense(Layer):
 
     def __call__(self, x):
         return T.dot(x, self.W) + self.b
+
+    def activated(self, x, activation):
+        """f(x W + b) for an activation of multiscale.py, the bias and f in one C pass."""
+        return multiscale.bias_activation(T.dot(x, self.W), self.b, activation)
 
 
 class PerStepDense(Layer):
@@ -191,15 +197,19 @@ class HeartbeatMLP(Layer):
 # section 3: "about 1.69M" and "about 12.7M"); an extra output layer on the dense path
 # would give 1.94M for MNIST.
 
+# nonlinearity='paper': softplus in the convolutional layers, tanh in the dense and
+# per-pixel layers (Appendix D.2.1); 'code': leaky ReLU of slope 0.05 everywhere (released
+# code). Computed by the fast ops of multiscale.py.
+NONLINEARITIES = {'paper': {'conv': 'softplus', 'dense': 'tanh'},
+                  'code': {'conv': 'leaky_relu', 'dense': 'leaky_relu'}}
+
+
+# The reference formulas of the multi-scale layer, which multiscale.py computes in C (and
+# is tested against): the released code's leaky ReLU, mean pooling, nearest upsampling.
+
 def leaky_relu(x, slope=0.05):
     """The released code's nonlinearity: x above zero, slope * x below."""
     return T.nnet.relu(x, alpha=slope)
-
-
-# nonlinearity='paper': softplus in the convolutional layers, tanh in the dense and
-# per-pixel layers (Appendix D.2.1); 'code': leaky ReLU everywhere (released code).
-NONLINEARITIES = {'paper': {'conv': T.nnet.softplus, 'dense': T.tanh},
-                  'code': {'conv': leaky_relu, 'dense': leaky_relu}}
 
 
 def mean_pool(x, factor):
@@ -222,14 +232,16 @@ class MultiScaleConv(Layer):
     input is mean-pooled by 2^s, convolved 3x3 ('same', its own filters and biases per
     scale), and upsampled back to full size by repetition; the scales are summed.
 
-    placement='after_sum' (paper): f(sum_s up_s(conv_s(pool_s(x)))).
-    placement='per_scale' (code): (1 / n_scales) sum_s up_s(f(conv_s(pool_s(x)))).
-    Weights N(0, (sqrt(1 / n_filters) / filter_size^2)^2) with n_filters the number of
-    output channels, biases 0 (released code). conv2d runs as cross-correlation
-    (filter_flip=False), which is what CorrMM computes.
+    placement='after_sum' (paper): f(sum_s up_s(conv_s(pool_s(x)) + b_s)).
+    placement='per_scale' (code): (1 / n_scales) sum_s up_s(f(conv_s(pool_s(x)) + b_s)).
+    f: an activation of multiscale.py ('softplus', 'leaky_relu'). Weights
+    N(0, (sqrt(1 / n_filters) / filter_size^2)^2) with n_filters the number of output
+    channels, biases 0 (released code). The convolution is a cross-correlation (what
+    CorrMM computes with filter_flip=False); conv_impl picks CorrMM or conv3x3.py.
+    The pooling, upsampling, sums, biases and f run in the C passes of multiscale.py.
     """
 
-    def __init__(self, name, n_in, n_filters, n_scales, rng, f, placement, filter_size=3):
+    def __init__(self, name, n_in, n_filters, n_scales, rng, f, placement, filter_size=3, conv_impl='corrmm'):
         super().__init__(name)
         if placement not in ('after_sum', 'per_scale'):
             raise ValueError('placement must be after_sum or per_scale, not {!r}'.format(placement))
@@ -237,20 +249,22 @@ class MultiScaleConv(Layer):
         shape = (n_filters, n_in, filter_size, filter_size)
         self.W = [self.param('W{}'.format(s), gaussian_init(rng, shape, std)) for s in range(n_scales)]
         self.b = [self.param('b{}'.format(s), constant_init(n_filters)) for s in range(n_scales)]
-        self.f, self.placement = f, placement
+        self.f, self.placement, self.conv_impl = f, placement, conv_impl
 
-    def conv(self, x, s):
+    def conv(self, x, s, bias=None, activation=None):
+        """f(W_s * x + bias), the cross-correlation by conv_impl; bias and f optional."""
         y = T.nnet.conv2d(x, self.W[s], border_mode='half', filter_flip=False)
-        return y + self.b[s].dimshuffle('x', 0, 'x', 'x')
+        return y if bias is None and activation is None else multiscale.upsample_sum([y], bias, activation)
 
     def __call__(self, x):
         n_scales = len(self.W)
+        levels = multiscale.mean_pool_pyramid(x, n_scales)
         if self.placement == 'after_sum':
-            return self.f(sum(upsample_nearest(self.conv(mean_pool(x, 2 ** s), s), 2 ** s)
-                              for s in range(n_scales)))
-        total = sum(upsample_nearest(self.f(self.conv(mean_pool(x, 2 ** s), s)), 2 ** s)
-                    for s in range(n_scales))
-        return total / np.float32(n_scales)
+            # a constant per channel is the same upsampled: the biases of the scales add up
+            return multiscale.upsample_sum([self.conv(v, s) for s, v in enumerate(levels)],
+                                           bias=sum(self.b), activation=self.f)
+        parts = [self.conv(v, s, self.b[s], self.f) for s, v in enumerate(levels)]
+        return multiscale.upsample_sum(parts, factor=1.0 / n_scales)
 
 
 class ImageNetwork(Layer):
@@ -258,9 +272,11 @@ class ImageNetwork(Layer):
 
     x^t (n, C, H, W) -> y (n, C, H, W, 2, J): y[..., 0, j] = y^mu_j, y[..., 1, j] = y^Sigma_j.
     Lower paths, in parallel: n_layers_conv multi-scale convolution layers of n_hidden_conv
-    channels (skipped when conv_path=False: the paper's dense-only MNIST network), and a
-    dense path on the flattened image whose last layer gives n_hidden_dense_lower_output
-    channels per pixel. Upper path: per-pixel layers on the concatenated channels, then
+    channels (conv_path=False: the paper's dense-only MNIST network), and a dense path on
+    the flattened image whose last layer gives n_hidden_dense_lower_output channels per
+    pixel (dense_path=False: the paper's dead-leaves and bark networks, Figure D.1, which
+    are then fully convolutional and take images of any size whose sides are divisible by
+    2^(n_scales - 1)). Upper path: per-pixel layers on the channels of both paths, then
     the linear read-out. dense_depth_from_conv=True: the dense path is n_layers_conv deep,
     not n_layers_dense_lower (released code quirk). Dense weights orthogonal, biases 0.
     """
@@ -268,57 +284,73 @@ class ImageNetwork(Layer):
     def __init__(self, image_shape, rng, n_temporal_basis=10, n_hidden_dense_lower=500,
                  n_hidden_dense_lower_output=2, n_hidden_dense_upper=20, n_hidden_conv=20,
                  n_layers_conv=4, n_layers_dense_lower=4, n_layers_dense_upper=2, n_scales=1,
-                 conv_path=True, nonlinearity='code', scale_nonlinearity='per_scale',
-                 dense_depth_from_conv=True):
+                 conv_path=True, dense_path=True, nonlinearity='code', scale_nonlinearity='per_scale',
+                 dense_depth_from_conv=True, conv_impl='corrmm'):
         super().__init__('image_net')
         C, H, W = image_shape
         if H % 2 ** (n_scales - 1) or W % 2 ** (n_scales - 1):
             raise ValueError('{}x{} images cannot be mean-pooled to {} scales (need sides '
                              'divisible by {})'.format(H, W, n_scales, 2 ** (n_scales - 1)))
-        if min(n_layers_conv, n_layers_dense_lower, n_layers_dense_upper) < 1:
-            raise ValueError('every n_layers_* must be at least 1')
+        if not (conv_path or dense_path):
+            raise ValueError('the image network needs conv_path or dense_path')
         f = NONLINEARITIES[nonlinearity]
-        self.f_dense, self.image_shape, self.J = f['dense'], image_shape, n_temporal_basis
-        self.conv = []
+        self.f_dense, self.C, self.J = f['dense'], C, n_temporal_basis
+        self.conv, self.dense_lower, n_features = [], [], []
         if conv_path:
             sizes = [C] + [n_hidden_conv] * n_layers_conv
             self.conv = [self.add(MultiScaleConv('conv{}'.format(i), a, b, n_scales, rng, f['conv'],
-                                                 scale_nonlinearity))
+                                                 scale_nonlinearity, conv_impl=conv_impl))
                          for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
-        depth = n_layers_conv if dense_depth_from_conv else n_layers_dense_lower
-        sizes = [C * H * W] + [n_hidden_dense_lower] * (depth - 1) + [n_hidden_dense_lower_output * H * W]
-        self.dense_lower = [self.add(Dense('dense_lower{}'.format(i), a, b, rng))
-                            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
-        self.n_dense_channels = n_hidden_dense_lower_output
-        n_features = n_hidden_dense_lower_output + (n_hidden_conv if conv_path else 0)
-        sizes = [n_features] + [n_hidden_dense_upper] * (n_layers_dense_upper - 1)
+            n_features.append(n_hidden_conv)
+        if dense_path:
+            depth = n_layers_conv if dense_depth_from_conv else n_layers_dense_lower
+            sizes = [C * H * W] + [n_hidden_dense_lower] * (depth - 1) + [n_hidden_dense_lower_output * H * W]
+            self.dense_lower = [self.add(Dense('dense_lower{}'.format(i), a, b, rng))
+                                for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+            self.dense_shape = (n_hidden_dense_lower_output, H, W)
+            n_features.append(n_hidden_dense_lower_output)
+        self.n_features = n_features
+        sizes = [sum(n_features)] + [n_hidden_dense_upper] * (n_layers_dense_upper - 1)
         self.dense_upper = [self.add(Dense('dense_upper{}'.format(i), a, b, rng))
                             for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
         self.readout = self.add(Dense('readout', sizes[-1], C * 2 * n_temporal_basis, rng))
 
-    def features(self, x):
-        """The concatenated lower-path channels, (n, F, H, W)."""
-        n = x.shape[0]
-        h = x.flatten(2)
-        for layer in self.dense_lower:
-            h = self.f_dense(layer(h))
-        parts = [h.reshape((n, self.n_dense_channels) + self.image_shape[1:])]
+    def lower_paths(self, x):
+        """The channels of each lower path, [(n, F_k, H, W)]: convolutional, then dense."""
+        parts = []
         if self.conv:
             c = x
             for layer in self.conv:
                 c = layer(c)
-            parts.insert(0, c)
-        return T.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+            parts.append(c)
+        if self.dense_lower:
+            h = x.flatten(2)
+            for layer in self.dense_lower:
+                h = layer.activated(h, self.f_dense)
+            parts.append(h.reshape((x.shape[0],) + self.dense_shape))
+        return parts
+
+    def hidden(self, xt):
+        """The last per-pixel features before the read-out, (n, H W, F). The first per-pixel
+        layer takes each lower path with its own rows of its weight matrix: the layer on the
+        concatenated channels without copying them into one array."""
+        parts = self.lower_paths(xt)
+        pixels = [p.dimshuffle(0, 2, 3, 1).reshape((-1, p.shape[1])) for p in parts]  # (n H W, F_k)
+        if not self.dense_upper:  # the read-out takes the lower paths' channels directly
+            h = T.concatenate(pixels, axis=1) if len(pixels) > 1 else pixels[0]
+        else:
+            first = self.dense_upper[0]
+            rows = np.cumsum([0] + self.n_features)
+            h = multiscale.bias_activation(sum(T.dot(v, first.W[a:b]) for v, a, b in zip(pixels, rows[:-1], rows[1:])),
+                                           first.b, self.f_dense)
+            for layer in self.dense_upper[1:]:
+                h = layer.activated(h, self.f_dense)
+        return h.reshape((xt.shape[0], -1, h.shape[1]))
 
     def __call__(self, xt):
-        C, H, W = self.image_shape
-        n = xt.shape[0]
-        features = self.features(xt)
-        h = features.dimshuffle(0, 2, 3, 1).reshape((n * H * W, features.shape[1]))
-        for layer in self.dense_upper:
-            h = self.f_dense(layer(h))
-        y = self.readout(h).reshape((n, H, W, C, 2, self.J))  # read-out index: (c, mu/Sigma, j)
-        return y.dimshuffle(0, 3, 1, 2, 4, 5)  # (n, C, H, W, 2, J)
+        n, H, W = xt.shape[0], xt.shape[2], xt.shape[3]
+        y = self.readout(self.hidden(xt).reshape((-1, self.readout.W.shape[0])))
+        return y.reshape((n, H, W, self.C, 2, self.J)).dimshuffle(0, 3, 1, 2, 4, 5)  # (n, C, H, W, 2, J)
 
 
 # ---------------------------------------------------------------- the temporal read-out (Appendix D.2.1)
@@ -330,14 +362,23 @@ def temporal_readout(y, g_t):
 
 
 class TemporalReadout:
-    """net(xt, t) -> (z_mu, z_Sigma) for GaussianDiffusion from an image network whose
-    output is (n, C, H, W, 2, J): z^mu = sum_j y^mu_j g_j(t), z^Sigma likewise."""
+    """net(xt, t) -> (z_mu, z_Sigma) for GaussianDiffusion from an ImageNetwork whose output
+    y (n, C, H, W, 2, J) is read out at each example's step: z = sum_j y_j g_j(t)
+    (temporal_readout). As y_j = h W_j + b_j is linear in the last per-pixel features h,
+    z = h (sum_j g_j(t) W_j) + sum_j g_j(t) b_j: one (F x 2C) matrix per example, so y
+    itself, J times larger than z, is never formed."""
 
     def __init__(self, net, basis):
         self.net, self.basis = net, basis  # basis g_j(t): (J, T)
         self.params = net.params
 
     def __call__(self, xt, t):
+        n, H, W = xt.shape[0], xt.shape[2], xt.shape[3]
         g_t = T.constant(self.basis)[:, t - 1].T  # (n, J)
-        z = temporal_readout(self.net(xt), g_t)  # (n, C, H, W, 2)
+        C, J, readout = self.net.C, self.net.J, self.net.readout
+        w = readout.W.reshape((readout.W.shape[0], 2 * C, J))  # columns ordered (c, mu/Sigma, j)
+        m = (w.dimshuffle('x', 0, 1, 2) * g_t.dimshuffle(0, 'x', 'x', 1)).sum(axis=3)  # (n, F, 2C)
+        b = T.dot(g_t, readout.b.reshape((2 * C, J)).T)  # (n, 2C)
+        z = T.batched_dot(self.net.hidden(xt), m) + b.dimshuffle(0, 'x', 1)  # (n, H W, 2C)
+        z = z.reshape((n, H, W, C, 2)).dimshuffle(0, 3, 1, 2, 4)  # (n, C, H, W, 2)
         return z[:, :, :, :, 0], z[:, :, :, :, 1]

@@ -1,18 +1,26 @@
 """REPORT.md: one table over run directories, from the JSON files the runs wrote
-(results.json, and evaluation_test.json where evaluate.py has been run).
+(results.json, and evaluation_test.json where evaluate.py has been run); and the
+extrapolation of a run's K curve to the paper's figure.
 
     python report.py runs/<run_a> runs/<run_b> [--out REPORT.md]
+    python report.py --extrapolate runs/<run> [--target 1.489]
 
 Each row says where its numbers come from, on which machine and software they were made,
 and, for a paper-preset run, below the table, where the run is not the paper.
 """
+import util  # configures Theano before it is imported
+
 import json
 import os
 import shlex
 import sys
 
+import numpy as np
+import scipy.optimize
+
+import figures
+import presets
 import training
-import util
 
 COLUMNS = ('run', 'data set', 'preset', 'K', '+-', 'K - L_null', 'paper K', 'K - paper', 'paper K - L_null',
            'difference', 'unit', 'minibatches', 'training', 'source', 'environment')
@@ -147,11 +155,58 @@ def write_report(run_dirs, path):
     return text
 
 
+# ---------------------------------------------------------------- the K curve, extrapolated
+
+def saturating_power_law(n, K_inf, a, b):
+    """K(n) = K_inf - a n^-b: the held-out bound after n minibatches."""
+    return K_inf - a * np.power(n, -b)
+
+
+def extrapolate(evaluations, target, skip=0.1, n_draws=4000, seed=0):
+    """When the K curve reaches `target`, by a fit of saturating_power_law to the monitor's
+    evaluations (iteration, heldout_K_bits, heldout_stderr_bits; the first `skip` of them
+    left out as transients), weighted by the standard errors.
+
+    The uncertainty: parameters drawn from the fit's Gaussian (its covariance), and for
+    each draw the minibatches at which K(n) = target (none when K_inf <= target). Returns
+    the fit, the median and the 16-84% range of those minibatches over the draws that
+    reach the target, and the fraction of draws that never do.
+    """
+    points = [e for e in evaluations if e.get('iteration', 0) > 0]
+    points = points[int(skip * len(points)):]
+    if len(points) < 4:
+        raise ValueError('extrapolation needs at least 4 evaluations of the K curve, the run has {}'.format(len(points)))
+    n = np.array([e['iteration'] for e in points], float)
+    K = np.array([e['heldout_K_bits'] for e in points])
+    sigma = np.array([e['heldout_stderr_bits'] for e in points])
+    start = (K.max() + 0.5, max(K.max() - K.min(), 1e-3) * n.min() ** 0.5, 0.5)
+    popt, pcov = scipy.optimize.curve_fit(saturating_power_law, n, K, p0=start, sigma=sigma, absolute_sigma=True,
+                                          bounds=([-np.inf, 0, 1e-3], [np.inf, np.inf, 5]), maxfev=20000)
+    draws = np.random.default_rng(seed).multivariate_normal(popt, pcov, n_draws, check_valid='ignore')
+    K_inf, a, b = draws.T
+    reached = (K_inf > target) & (a > 0) & (b > 0)
+    n_star = (a[reached] / (K_inf[reached] - target)) ** (1 / b[reached])
+    out = {'fit': 'K(n) = K_inf - a n^-b', 'K_inf': popt[0], 'a': popt[1], 'b': popt[2],
+           'K_inf_stderr': float(np.sqrt(pcov[0, 0])), 'target': target, 'n_points': len(points),
+           'last_iteration': int(n[-1]), 'last_K': float(K[-1]),
+           'fraction_never_reached': float(1 - reached.mean())}
+    if n_star.size:
+        out.update(minibatches_median=float(np.median(n_star)),
+                   minibatches_16_84=[float(v) for v in np.percentile(n_star, [16, 84])])
+    return {k: float(v) if isinstance(v, np.floating) else v for k, v in out.items()}
+
+
 def main(argv=None):
     p = util.OneLineParser(description=__doc__.split('\n')[0])
-    p.add_argument('run_dirs', nargs='+', help='run directories holding results.json')
+    p.add_argument('run_dirs', nargs='+', help='run directories holding results.json (one with --extrapolate)')
     p.add_argument('--out', default='REPORT.md', help='the Markdown file to write (default REPORT.md)')
+    p.add_argument('--extrapolate', action='store_true',
+                   help='fit the K curve of one run and say when it would reach --target; writes '
+                        'RUN/extrapolation.json and extrapolation.png')
+    p.add_argument('--target', type=float, default=None, help='K to reach (default: the paper\'s, Table 1)')
     args = p.parse_args(argv)
+    if args.extrapolate:
+        return extrapolate_run(args.run_dirs, args.target)
     missing = [d for d in args.run_dirs if not os.path.exists(os.path.join(d, 'results.json'))]
     if missing:
         util.fail('no results.json in {} (is the run finished?)'.format(', '.join(missing)))
@@ -161,6 +216,32 @@ def main(argv=None):
         util.fail('cannot write the report: {}'.format(e))
     print(text)
     print('Written to {}'.format(args.out), file=sys.stderr)
+
+
+def extrapolate_run(run_dirs, target):
+    """The --extrapolate command: the K curve from the run's checkpoint."""
+    if len(run_dirs) != 1:
+        util.fail('--extrapolate takes one run directory')
+    run_dir = run_dirs[0]
+    try:
+        state = training.load_checkpoint(training.checkpoint_in(run_dir))
+    except ValueError as e:
+        util.fail(str(e))
+    dataset = state['config']['args']['dataset']
+    if target is None:
+        if dataset not in presets.TABLE_1:
+            util.fail('{} has no Table 1 figure; give --target'.format(dataset))
+        target = presets.TABLE_1[dataset][0]
+    evaluations = state['status']['evaluations']
+    try:
+        out = extrapolate(evaluations, target)
+    except (ValueError, RuntimeError) as e:
+        util.fail(str(e))
+    out['step_s'] = state['status']['wall_s'] / max(state['status']['iterations_done'], 1)
+    util.write_json(os.path.join(run_dir, 'extrapolation.json'), out)
+    figures.extrapolation_figure(evaluations, out, os.path.join(run_dir, 'extrapolation.png'))
+    print(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == '__main__':

@@ -34,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import experiments
+import parallel
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only back end)
@@ -136,28 +137,33 @@ def frame_times(T_steps, n_frames, skip_last_step=False):
 
 
 def sample_trajectory(diffusion, kernel, shape, rng, keep=(), condition=None, skip_last_step=False,
-                      batch_size=None, progress=False):
+                      batch_size=None, progress=False, comm=None):
     """x^0 (x^1 if skip_last_step) and the frames x^t for t in `keep`, model units.
 
     kernel: from compile_reverse_kernel. condition: an r(x) (Unconditioned by default).
     x^T ~ p(x^T) r(x^T), then x^{t-1} ~ p(x^{t-1} | x^t) r(x^{t-1}) (Eq. 23). The network
     is evaluated on minibatches of batch_size; noise for all shape[0] samples is drawn at
-    once per step, so the result does not depend on batch_size. Returns (x, {t: x^t}).
+    once per step, so the result does not depend on batch_size, nor on the processes
+    (comm, parallel.py): each evaluates the network on its contiguous share of the
+    samples, draws the noise of all of them, and the shares are gathered at the end.
+    Returns (x, {t: x^t}).
     """
+    comm = comm or parallel.SingleProcess()
     condition = condition or Unconditioned()
-    n = shape[0]
-    batch_size = batch_size or n
-    batches = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    a, b = comm.share(shape[0])
+    batches = [slice(i, min(i + (batch_size or shape[0]), b)) for i in range(a, b, batch_size or shape[0])]
     x = condition.clamp(diffusion.sample(condition.tilt(diffusion.prior_params(shape), slice(None)), rng))
     frames = {diffusion.T_steps: x} if diffusion.T_steps in keep else {}
     for t in tqdm(reverse_times(diffusion.T_steps, skip_last_step), desc='reverse steps',
                   disable=not progress, leave=False):
-        parts = [condition.tilt(kernel(x[b], np.full(b.stop - b.start, t, dtype='int64')), b) for b in batches]
-        params = tuple(np.concatenate(p) for p in zip(*parts))
-        x = condition.clamp(diffusion.sample(params, rng))
+        params = [p.copy() for p in diffusion.prior_params(shape)]  # rows of other processes: unused
+        for s in batches:
+            for whole, part in zip(params, condition.tilt(kernel(x[s], np.full(s.stop - s.start, t, 'int64')), s)):
+                whole[s] = part
+        x = condition.clamp(diffusion.sample(tuple(params), rng))
         if t - 1 in keep:
             frames[t - 1] = x
-    return x, frames
+    return comm.gather_rows(x[a:b]), {t: comm.gather_rows(f[a:b]) for t, f in frames.items()}
 
 
 # ---------------------------------------------------------------- data units, masks, observations
@@ -213,11 +219,12 @@ def make_mask(kind, example_shape):
 
 
 def run(exp, mode, n=49, seed=0, noise_std=1.0, mask='centre', n_frames=8, batch_size=None,
-        skip_last_step=None, progress=False, kernel=None):
+        skip_last_step=None, progress=False, kernel=None, comm=None):
     """Sample, inpaint or denoise with an Experiment; returns a dict of arrays in data units:
     samples, frames (K, n, ...), frame_times, and for inpaint/denoise original, observed,
     mask (True where known). noise_std: s of denoising, in model units (z-scored pixels
-    for images; the Swiss roll's own units). skip_last_step: None takes the model arg."""
+    for images; the Swiss roll's own units). skip_last_step: None takes the model arg.
+    comm: processes that share the work (sample_trajectory)."""
     if mode not in MODES:
         raise ValueError('unknown mode {!r}; choose from {}'.format(mode, ', '.join(MODES)))
     diffusion = exp.diffusion
@@ -242,7 +249,7 @@ def run(exp, mode, n=49, seed=0, noise_std=1.0, mask='centre', n_frames=8, batch
         out.update(original=original, observed=observed, mask=np.array(known))
     kernel = kernel or compile_reverse_kernel(diffusion, len(shape))
     times = frame_times(diffusion.T_steps, n_frames, skip_last_step)
-    x, frames = sample_trajectory(diffusion, kernel, shape, rng, keep=times, condition=condition,
+    x, frames = sample_trajectory(diffusion, kernel, shape, rng, keep=times, condition=condition, comm=comm,
                                   skip_last_step=skip_last_step, batch_size=batch_size, progress=progress)
     samples, frames = to_data_units(exp, x), np.stack([to_data_units(exp, frames[t]) for t in times])
     if mode == 'inpaint':  # bit-identical known pixels in data units
@@ -279,17 +286,43 @@ def display_observed(result):
     return result['observed']
 
 
-def image_figures(result, prefix, zoom=4, columns=DISPLAY_COLUMNS):
+def side_by_side(panels, gap=4):
+    """Tiled panels (arrays of equal height) next to each other, white gaps between."""
+    height = max(p.shape[0] for p in panels)
+    blank = np.ones((height, gap, panels[0].shape[2]), np.float32)
+    padded = [np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=1) for p in panels]
+    return np.concatenate(sum(([p, blank] for p in padded), [])[:-1], axis=1)
+
+
+def paper_layout(result, training_images, columns):
+    """The paper's layout: Figure 4 for samples (training images, left, beside samples,
+    right, in the same grid); Figure 5 for inpainting (the originals, the trajectory's
+    start x^T with the unknown region drawn from the prior, and the inpainted images, one
+    example per row)."""
+    if 'mask' not in result:
+        n = len(result['samples'])
+        return side_by_side([tile(training_images[:n], columns), tile(result['samples'], columns)])
+    k = min(4, len(result['samples']))
+    rows = np.stack([result['original'][:k], result['frames'][0, :k], result['samples'][:k]], axis=1)
+    return tile(rows.reshape((-1,) + rows.shape[2:]), 3)
+
+
+def image_figures(result, prefix, training_images, zoom=4, columns=DISPLAY_COLUMNS):
     """PREFIX_frames.png: one row per frame time (first row the observed inputs when
     there are any, last row the results), one column per sample (the first `columns`);
-    PREFIX_samples.png: every final sample. Values clipped to [0, 1] for display only."""
+    PREFIX_samples.png: every final sample; PREFIX_paper.png: paper_layout, for sampling
+    and inpainting. Values clipped to [0, 1] for display only. training_images: [0, 1]."""
     k = min(columns, len(result['samples']))
     rows = ([display_observed(result)[:k]] if 'observed' in result else []) + list(result['frames'][:, :k])
-    frames_path, samples_path = prefix + '_frames.png', prefix + '_samples.png'
-    save_tiles(tile(np.concatenate(rows), k), frames_path, zoom)
+    paths = [prefix + '_frames.png', prefix + '_samples.png']
+    save_tiles(tile(np.concatenate(rows), k), paths[0], zoom)
     n = len(result['samples'])
-    save_tiles(tile(result['samples'], int(np.ceil(np.sqrt(n)))), samples_path, zoom)
-    return [frames_path, samples_path]
+    side = int(np.ceil(np.sqrt(n)))
+    save_tiles(tile(result['samples'], side), paths[1], zoom)
+    if 'observed' not in result or result['mask'].any():
+        paths.append(prefix + '_paper.png')
+        save_tiles(paper_layout(result, training_images, side), paths[2], zoom)
+    return paths
 
 
 def vector_figure(result, path):
@@ -332,7 +365,8 @@ def save(result, exp, out_dir, mode, arrays=True):
         np.savez_compressed(prefix + '.npz', **result)
         paths.append(prefix + '.npz')
     if exp.pixels:
-        return paths + image_figures(result, prefix)
+        training = exp.train_x[:len(result['samples'])] / np.float32(255)
+        return paths + image_figures(result, prefix, training)
     return paths + vector_figure(result, prefix + '_frames.png')
 
 
@@ -367,19 +401,20 @@ def main(argv=None):
         util.fail('--noise-std must be positive')
     if args.mode == 'inpaint' and args.mask not in ('left', 'centre') and not os.path.isfile(args.mask):
         util.fail('--mask {!r} is neither left, centre nor a file'.format(args.mask))
-    try:
-        exp = experiments.from_checkpoint(args.checkpoint, args.data_path)
-    except ValueError as e:
-        util.fail(str(e))
-    skip = None if args.skip_last_step is None else args.skip_last_step == 'yes'
-    try:
-        result = run(exp, args.mode, args.n, args.seed, args.noise_std, args.mask, args.frames,
-                     args.batch_size, skip, progress=True)
-    except ValueError as e:
-        util.fail(str(e))
-    out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
-    for path in save(result, exp, out_dir, args.mode):
-        print(path)
+    with parallel.abort_on_error() as comm:  # under mpiexec the processes share the samples
+        try:
+            exp = experiments.from_checkpoint(args.checkpoint, args.data_path)
+        except ValueError as e:
+            util.fail(str(e))
+        skip = None if args.skip_last_step is None else args.skip_last_step == 'yes'
+        try:
+            result = run(exp, args.mode, args.n, args.seed, args.noise_std, args.mask, args.frames,
+                         args.batch_size, skip, progress=comm.is_writer, comm=comm)
+        except ValueError as e:
+            util.fail(str(e))
+        if comm.is_writer:
+            for path in save(result, exp, args.out or os.path.dirname(os.path.abspath(args.checkpoint)), args.mode):
+                print(path)
 
 
 if __name__ == '__main__':

@@ -25,9 +25,11 @@ import sys
 
 import bound
 import datasets
+import evaluate
 import experiments
 import extensions as E
 import figures
+import parallel
 import presets
 import streams
 import training
@@ -177,30 +179,42 @@ def lr_schedule(s, lr_start, iterations_done, n_train):
 
 # ---------------------------------------------------------------- the run
 
-def build_extensions(s, exp, run_dir, lr, resume_hint, plot_before_training):
+def build_extensions(s, exp, run_dir, lr, plot_before_training, comm):
+    """The extensions of a run: every process stops, schedules and evaluates (collectively);
+    the writer process alone prints and writes files."""
     every = s['ext_every_n']
     max_s = s['max_minutes'] * 60 if s['max_minutes'] else None
-    return [
-        E.FinishAfter(s['max_batches'], s['max_epochs'], max_s),
+    everywhere = [E.FinishAfter(s['max_batches'], s['max_epochs'], max_s),
+                  E.LearningRateSchedule(lr, **s['lr_schedule']),
+                  E.HeldOutBound(exp, every_n_batches=every, before_training=plot_before_training, comm=comm)]
+    if not comm.is_writer:
+        return everywhere
+    checkpoint = os.path.join(run_dir, 'checkpoint.npz')
+    return everywhere + [
         E.NonFiniteGuard(),
-        E.LearningRateSchedule(lr, **s['lr_schedule']),
-        E.HeldOutBound(exp, every_n_batches=every, before_training=plot_before_training),
         E.Plots(exp, run_dir, every_n_batches=every),
         E.SamplePlots(exp, run_dir, every_n_batches=every),
         E.Printing(every),
         E.JSONLog(os.path.join(run_dir, 'log.jsonl')),
-        E.Checkpoint(os.path.join(run_dir, 'checkpoint.npz'), every_n_batches=every, resume_hint=resume_hint),
+        E.Checkpoint(checkpoint, every_n_batches=every,
+                     resume_hint='python train.py --resume_file {}'.format(shlex.quote(checkpoint))),
     ]
 
 
 def final_evaluation(loop, exp, run_dir):
-    """The bound on the held-out set (exp.final_examples of it, exp.final_draws
-    stratified draws each; bound.heldout_bound, the factor T - 1), the experiment's
-    figures, and RUN_DIR/results.json, which lists where a paper-preset run is not the
-    paper (presets.non_paper_choices)."""
-    r = bound.heldout_bound(exp, exp.test_x[:exp.final_examples], n_t=exp.final_draws, seed=2)
+    """The bound on the held-out set (exp.final_examples of it, exp.final_draws stratified
+    draws each; bound.heldout_bound, the factor T - 1; for a network trained on crops also
+    on held-out crops), the experiment's figures, and RUN_DIR/results.json, which lists
+    where a paper-preset run is not the paper (presets.non_paper_choices). The bound is
+    computed by every process; the writer alone writes."""
+    x = exp.test_x[:exp.final_examples]
+    r = bound.heldout_bound(exp, x, n_t=exp.final_draws, seed=2, comm=loop.comm)
     if exp.diffusion.kl_factor != exp.diffusion.T_steps - 1:
         r['K_bits_code_factor'] = bound.with_kl_factor(r, exp.diffusion.kl_factor)
+    if exp.crop:  # whole images above; the crops the network trained on here
+        r['crops'] = evaluate.crops_bound(exp, x, exp.final_draws, seed=2, comm=loop.comm)
+    if not loop.comm.is_writer:
+        return None
     figures.experiment_figures(exp, run_dir, seed=loop.status['seed'])
     r.update(exp.reference_values())
     s = loop.status
@@ -214,14 +228,21 @@ def final_evaluation(loop, exp, run_dir):
     return out
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.convert_checkpoint:
-        try:
-            print(training.convert_checkpoint(args.convert_checkpoint))
-        except ValueError as e:
-            util.fail(str(e))
-        return None
+def print_results(results, run_dir):
+    print('Held-out bound: K = {K_bits:.3f} +- {stderr_bits:.3f} {unit}, K - L_null = '
+          '{K_minus_Lnull_bits:.3f} (n_eval {n_eval}, {n_t} stratified draws each)'.format(**results))
+    if 'crops' in results:
+        print('On held-out {crop}x{crop} crops: K = {K_bits:.3f} +- {stderr_bits:.3f}, K - L_null = '
+              '{K_minus_Lnull_bits:.3f}'.format(**results['crops']))
+    references = [('paper', 'paper_K_bits'), ('exact log likelihood', 'exact_ll_bits'),
+                  ('true log likelihood', 'true_ll_bits'), ('best factorised kernel', 'factorised_optimum_K_bits')]
+    print('Compare: ' + ', '.join('{} {:.3f}'.format(name, results[key]) for name, key in references if key in results))
+    print('Results written to {}'.format(os.path.join(run_dir, 'results.json')))
+
+
+def settings_and_experiment(args):
+    """(settings, checkpoint or None, overrides, experiment): everything checked, nothing
+    written; a user error is one line and exit 2."""
     given = {k: v for k, v in vars(args).items()
              if k not in ('resume_file', 'plot_before_training', 'convert_checkpoint')}
     checkpoint, overrides = None, []
@@ -240,25 +261,31 @@ def main(argv=None):
         exp = experiments.build(s['dataset'], config, s['seed'], s['data_path'])
     except (ValueError, KeyError) as e:  # a bad --model-args value, a missing data file
         util.fail(str(e).strip('"\''))
+    return s, checkpoint, overrides, exp
 
+
+def run_directory(s, args, checkpoint, overrides, comm):
+    """The run's directory: the checkpoint's for a resumed run; else made by the writer."""
     if checkpoint:
-        run_dir = os.path.dirname(os.path.abspath(args.resume_file))
         print('Resuming {} from {} ({} minibatches done).'.format(
             s['dataset'], args.resume_file, checkpoint['status']['iterations_done']))
         for o in overrides:
             print('{flag} {given} replaces the checkpoint\'s {checkpoint!r}'.format(**o))
-    else:
-        try:
-            os.makedirs(s['output_dir'], exist_ok=True)
-            run_dir = util.make_run_dir(s['output_dir'], 'diffusion', s['dataset'], s['suffix'])
-        except OSError as e:
-            util.fail('--output-dir {}: {}'.format(s['output_dir'], e.strerror or e))
-    print('Run directory: {}'.format(run_dir), flush=True)
+        return os.path.dirname(os.path.abspath(args.resume_file))
+    if not comm.is_writer:
+        return None
+    try:
+        os.makedirs(s['output_dir'], exist_ok=True)
+        return util.make_run_dir(s['output_dir'], 'diffusion', s['dataset'], s['suffix'])
+    except OSError as e:
+        util.fail('--output-dir {}: {}'.format(s['output_dir'], e.strerror or e))
 
-    step_rule = training.STEP_RULES[s['optimizer']](
-        s['lr'], **presets.STEP_RULE_ARGS[s['fidelity']].get(s['optimizer'], {}))
+
+def main_loop(s, exp, checkpoint, overrides, step_rule, comm):
+    """The main loop of the run, its state loaded from the checkpoint if there is one, and
+    the learning-rate schedule planned (lr_schedule)."""
     print('Compiling the training function (the first run takes a minute or two) ...', flush=True)
-    step, n_nonfinite = exp.compile_train(step_rule)
+    step, n_nonfinite = exp.compile_train(step_rule, comm)
     shared = {p.name: p for p in exp.params + step_rule.state}
     shared.update({'optimizer.lr': step_rule.lr, 'optimizer.n_nonfinite': n_nonfinite})
     stream = streams.DataStream(streams.ArrayDataset(features=exp.train_x),
@@ -267,36 +294,59 @@ def main(argv=None):
     done = checkpoint['status']['iterations_done'] if checkpoint else 0
     for o in overrides:
         o['iteration'] = done
-    session = {'from_iteration': done, 'environment': util.environment()}
-    config = {'args': s, 'model': config, 'overrides': previous.get('overrides', []) + overrides,
+    session = {'from_iteration': done, 'processes': comm.size, 'mpi': comm.library(),
+               'environment': util.environment()}
+    config = {'args': s, 'model': exp.args, 'overrides': previous.get('overrides', []) + overrides,
               'sessions': previous.get('sessions', []) + [session],
-              'results': {'dataset': s['dataset'], 'fidelity': s['fidelity'], 'T': config['T']}}
-    loop = training.MainLoop(step, stream, shared, [], s['seed'], config)
+              'results': {'dataset': s['dataset'], 'fidelity': s['fidelity'], 'T': exp.args['T']}}
+    loop = training.MainLoop(step, stream, shared, [], s['seed'], config, comm)
     if checkpoint:
         try:
             loop.load_state_dict(checkpoint)
         except ValueError as e:
-            util.fail('{}: {}'.format(args.resume_file, e))
+            util.fail('the checkpoint does not fit this model: {}'.format(e))
         loop.status['resumed_from'] = done
-    if 'lr' in (o['flag'][2:] for o in overrides):
+    flags = {o['flag'] for o in overrides}
+    if '--lr' in flags:
         step_rule.lr.set_value(step_rule.lr.dtype.type(s['lr']))
     if 'lr_schedule' not in s:  # a new run, or a checkpoint of the old format: the run's plan
         s['lr_schedule'] = lr_schedule(s, s['lr'], 0, len(exp.train_x))
-    elif 'lr-final' in (o['flag'][2:] for o in overrides):  # re-planned from here
+    elif '--lr-final' in flags:  # re-planned from here
         s['lr_schedule'] = lr_schedule(s, float(step_rule.lr.get_value()), done, len(exp.train_x))
-    hint = 'python train.py --resume_file {}'.format(shlex.quote(os.path.join(run_dir, 'checkpoint.npz')))
-    loop.extensions = build_extensions(s, exp, run_dir, step_rule.lr, hint, args.plot_before_training)
+    return loop
+
+
+def run(args, comm):
+    s, checkpoint, overrides, exp = settings_and_experiment(args)
+    run_dir = run_directory(s, args, checkpoint, overrides, comm)
+    if comm.size > 1:
+        print('{} processes; each takes its share of every minibatch of {}'.format(comm.size, s['batch_size']))
+    print('Run directory: {}'.format(run_dir), flush=True)
+    step_rule = training.STEP_RULES[s['optimizer']](
+        s['lr'], **presets.STEP_RULE_ARGS[s['fidelity']].get(s['optimizer'], {}))
+    loop = main_loop(s, exp, checkpoint, overrides, step_rule, comm)
+    loop.extensions = build_extensions(s, exp, run_dir, step_rule.lr, args.plot_before_training, comm)
     loop.run()
     if loop.interrupted:
-        sys.exit(130)
+        sys.exit(parallel.INTERRUPTED)
     results = final_evaluation(loop, exp, run_dir)
-    print('Held-out bound: K = {K_bits:.3f} +- {stderr_bits:.3f} {unit}, K - L_null = '
-          '{K_minus_Lnull_bits:.3f} (n_eval {n_eval}, {n_t} stratified draws each)'.format(**results))
-    references = [('paper', 'paper_K_bits'), ('exact log likelihood', 'exact_ll_bits'),
-                  ('true log likelihood', 'true_ll_bits'), ('best factorised kernel', 'factorised_optimum_K_bits')]
-    print('Compare: ' + ', '.join('{} {:.3f}'.format(name, results[key]) for name, key in references if key in results))
-    print('Results written to {}'.format(os.path.join(run_dir, 'results.json')))
+    if results:
+        print_results(results, run_dir)
     return results
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.convert_checkpoint:
+        try:
+            print(training.convert_checkpoint(args.convert_checkpoint))
+        except ValueError as e:
+            util.fail(str(e))
+        return None
+    with parallel.abort_on_error() as comm:
+        if not comm.is_writer:  # one writer: process 0 prints and writes
+            sys.stdout = open(os.devnull, 'w')
+        return run(args, comm)
 
 
 if __name__ == '__main__':

@@ -22,6 +22,8 @@ import numpy as np
 import theano
 import theano.tensor as T
 
+import parallel
+
 floatX = theano.config.floatX
 
 
@@ -90,12 +92,14 @@ STEP_RULES = {'rmsprop': RMSProp, 'adam': Adam}
 
 
 def descent_updates(cost, params, step_rule):
-    """Gradient-descent updates on `cost`; a step whose gradient is not finite is dropped.
+    """Gradient-descent updates on `cost` (gradient_updates of its gradients)."""
+    return gradient_updates(T.grad(cost, params), params, step_rule)
 
-    When any gradient entry is NaN or inf, no parameter and no optimiser state
-    changes, and the counter `n_nonfinite` (returned) goes up by one.
-    """
-    grads = T.grad(cost, params)
+
+def gradient_updates(grads, params, step_rule):
+    """Updates that take one step of `step_rule` along `grads`; a step whose gradient is not
+    finite is dropped: when any entry is NaN or inf, no parameter and no optimiser state
+    changes, and the counter `n_nonfinite` (returned) goes up by one."""
     norm2 = sum(T.sum(T.sqr(g)) for g in grads)
     finite = T.and_(T.neq(T.isnan(norm2), 1), T.neq(T.isinf(norm2), 1))
     steps, state_updates = step_rule.steps(params, grads)
@@ -104,6 +108,17 @@ def descent_updates(cost, params, step_rule):
     updates += [(v, T.switch(finite, new, v)) for v, new in state_updates]
     updates.append((n_nonfinite, n_nonfinite + T.switch(finite, 0, 1)))
     return updates, n_nonfinite
+
+
+def flat_gradient_step(params, step_rule):
+    """(fn, n_nonfinite): fn(g) takes one step along the flat float32 vector g, all
+    parameters' gradients one after the other (what data-parallel training adds up over
+    processes), and returns the counter of dropped steps."""
+    flat = T.vector('flat_gradient')
+    sizes = np.cumsum([0] + [p.get_value().size for p in params])
+    grads = [flat[a:b].reshape(p.shape) for p, a, b in zip(params, sizes[:-1], sizes[1:])]
+    updates, n_nonfinite = gradient_updates(grads, params, step_rule)
+    return theano.function([flat], n_nonfinite, updates=updates), n_nonfinite
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -254,13 +269,16 @@ class MainLoop:
     Extension events: 'before_training', 'batch', 'epoch', 'after_training', 'interrupt'.
     `record` is the newest minibatch's dict of values; extensions add theirs to it.
     SIGINT (Ctrl-C) and SIGTERM (what schedulers send before killing) finish the current
-    minibatch, then the 'interrupt' event writes a checkpoint.
+    minibatch, then the 'interrupt' event writes a checkpoint. comm (parallel.world()):
+    with several processes, a stop or an interrupt on any of them stops all after the
+    same minibatch.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, step, stream, shared, extensions, seed, config=None):
+    def __init__(self, step, stream, shared, extensions, seed, config=None, comm=None):
         self.step, self.stream, self.shared = step, stream, shared
+        self.comm = comm or parallel.SingleProcess()
         self.extensions = extensions
         self.config = config or {}
         self.status = {'iterations_done': 0, 'epochs_done': 0, 'batch_in_epoch': 0,
@@ -317,6 +335,9 @@ class MainLoop:
             self.record = dict(values, iteration=s['iterations_done'], epoch=s['epochs_done'],
                                step_s=step_s)
             self._notify('batch')
+            if self.comm.size > 1:  # every process stops after the same minibatch
+                self.stop_requested, self.interrupted = (
+                    self.comm.allreduce_sum(np.array([self.stop_requested, self.interrupted], np.int32)) > 0)
             if self.stop_requested or self.interrupted:
                 return
         if n_batches == 0 and s['batch_in_epoch'] == 0:
@@ -336,6 +357,7 @@ class MainLoop:
     def _on_signal(self, signum, frame):
         if self.interrupted:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
-        print('\n{}: finishing this minibatch and writing a checkpoint (Ctrl-C again to abort '
-              'without one).'.format(signal.Signals(signum).name), file=sys.stderr, flush=True)
+        if self.comm.is_writer:
+            print('\n{}: finishing this minibatch and writing a checkpoint (Ctrl-C again to abort '
+                  'without one).'.format(signal.Signals(signum).name), file=sys.stderr, flush=True)
         self.interrupted = True

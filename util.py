@@ -109,10 +109,39 @@ def silence_theano_warnings():
     logging.getLogger('theano.gof.compilelock').setLevel(logging.WARNING)
 
 
+def launched_processes():
+    """(processes in the job, processes on this node) as the launcher tells them in the
+    environment: MPICH's Hydra (mpiexec), Open MPI (mpirun), Slurm's srun; (1, 1) without."""
+    env = os.environ
+    for total, local in (('PMI_SIZE', 'MPI_LOCALNRANKS'), ('OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_LOCAL_SIZE'),
+                         ('SLURM_STEP_NUM_TASKS', 'SLURM_STEP_TASKS_PER_NODE')):
+        if total in env:
+            n = int(env[total])
+            # Slurm writes tasks per node as e.g. '4(x2),3': take the largest count
+            per_node = [int(part.split('(')[0]) for part in env.get(local, str(n)).split(',') if part]
+            return n, max(per_node or [n])
+    return 1, 1
+
+
+def default_threads():
+    """OMP_NUM_THREADS and OPENBLAS_NUM_THREADS for each of several processes on a node:
+    its cores (when the launcher bound it to some) or the node's cores shared out; the
+    user's own settings win. Read when the libraries load, so this runs before."""
+    n, local = launched_processes()
+    if n == 1:
+        return
+    cores = len(os.sched_getaffinity(0))
+    threads = cores if cores < (os.cpu_count() or cores) else max(1, cores // local)
+    for name in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
+        os.environ.setdefault(name, str(threads))
+
+
 def configure_theano():
-    """Set THEANO_FLAGS before the first `import theano`; returns the BLAS in use."""
+    """Set THEANO_FLAGS (and, under an MPI launcher, the thread counts) before the first
+    `import theano`; returns the BLAS in use."""
     if 'theano' in sys.modules:
         return os.environ.get('PROJECT_BLAS', 'unknown (theano imported first)')
+    default_threads()
     # a child process of ours inherits THEANO_FLAGS as set below; its user's are kept apart
     user_flags = os.environ.setdefault('PROJECT_USER_THEANO_FLAGS', os.environ.get('THEANO_FLAGS', ''))
     openblas = find_openblas()
@@ -242,7 +271,8 @@ def environment():
         'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),
         'OPENBLAS_NUM_THREADS': os.environ.get('OPENBLAS_NUM_THREADS'),
         'cpu': cpuinfo('model name') or platform.processor() or platform.machine(),
-        'cores': os.cpu_count(), 'platform': '{} {}'.format(platform.system(), platform.release()),
+        'cores': os.cpu_count(), 'processes': launched_processes()[0],
+        'platform': '{} {}'.format(platform.system(), platform.release()),
         'theano_flags': os.environ.get('THEANO_FLAGS'), 'project_version': package_version(PROJECT),
         'git_commit': commit, 'git_dirty': dirty,
         'command': ' '.join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv),

@@ -49,3 +49,13 @@ def test_readme_and_ci_run_the_same_commands(command):
     ci = open(os.path.join(ROOT, '.ci', 'run')).read()
     assert '\n    {}\n'.format(command) in readme
     assert '\n{}\n'.format(command) in ci
+
+
+def test_every_module_is_installed():
+    """setup.py's py_modules lists every module of the project (an editable install maps
+    only those: a module left out imports in the source folder but not from elsewhere)."""
+    tree = ast.parse(open(os.path.join(ROOT, 'setup.py')).read())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, 'id', '') == 'setup')
+    listed = set(next(ast.literal_eval(k.value) for k in call.keywords if k.arg == 'py_modules'))
+    modules = {name[:-3] for name in os.listdir(ROOT) if name.endswith('.py') and name != 'setup.py'}
+    assert listed == modules

@@ -36,7 +36,7 @@ RUNS = {
     'digits': ['--dataset', 'digits', '--seed', '3', '--max-batches', '20', '--ext-every-n', '10',
                '--batch-size', '50', '--model-args', 'T=20,n_temporal_basis=3,n_hidden_dense_lower=16,'
                'n_hidden_dense_lower_output=2,n_hidden_dense_upper=8,n_hidden_conv=6,n_layers_conv=2,'
-               'n_layers_dense_lower=2,n_layers_dense_upper=2'],
+               'n_layers_dense_lower=2,n_layers_dense_upper=2,conv_path=True'],
 }
 PINNED = {'OPENBLAS_CORETYPE': 'Haswell', 'OMP_NUM_THREADS': '2', 'OPENBLAS_NUM_THREADS': '2'}
 # environment entries that do not bear on the numbers

@@ -65,16 +65,24 @@ def test_training_step_graph_is_float32_on_blas(compiled, fidelity):
 
 def test_each_matrix_product_is_computed_once(compiled):
     """Forward, weight gradient and input gradient of each dense layer: 3 products per
-    layer, less the input gradient of the first (the data). Theano's Dot22Scalar rewrite
-    used to add a second copy of every product that a scalar multiplied (the learning
-    rate, the leaky ReLU's slopes), which util.BASE_FLAGS switches off."""
+    layer, less the input gradient of the first (the data); the first per-pixel layer takes
+    each lower path with its own rows of its weights, 3 products per path; the read-out
+    at each example's step is 3 batched products, and its bias 2 more (forward and
+    gradient). Theano's Dot22Scalar rewrite used to add a second copy of every product
+    that a scalar multiplied (the learning rate, the leaky ReLU's slopes), which
+    util.BASE_FLAGS switches off."""
     exp, functions = compiled('code')
     exp.compile_train(training.RMSProp())
     (fn,) = functions
     net = exp.diffusion.net.net
-    n_dense = len(net.dense_lower) + len(net.dense_upper) + 1  # + the read-out
-    products = [node for node in fn.maker.fgraph.apply_nodes if type(node.op).__name__ in BLAS_PRODUCTS]
-    assert len(products) == 3 * n_dense - 1
+    n_dense = len(net.dense_lower) + len(net.dense_upper)
+    n_paths = len(net.n_features)  # 2: convolutional and dense
+    names = [type(node.op).__name__ for node in fn.maker.fgraph.apply_nodes]
+    assert sum(name in BLAS_PRODUCTS for name in names) == 3 * n_dense - 1 + 3 * (n_paths - 1) + 2
+    assert names.count('BatchedDot') == 3
+    joins = [node for node in fn.maker.fgraph.apply_nodes if type(node.op).__name__ in ('Join', 'Split')
+             and any(getattr(v, 'ndim', 0) > 1 for v in node.inputs)]
+    assert joins == []  # the lower paths' channels are never concatenated (shape vectors may be)
 
 
 def test_temporal_basis_has_no_denormals():

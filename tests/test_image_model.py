@@ -27,26 +27,28 @@ def test_temporal_readout_hand_computed():
     np.testing.assert_allclose(z[1, 0, 0, 0], [1.0, 0.0])
 
 
-class FixedNet:
-    """A stand-in network: the same coefficients y for every input."""
-
-    def __init__(self, y):
-        self.y, self.params = T.constant(y), []
-
-    def __call__(self, xt):
-        return T.alloc(self.y, xt.shape[0], *self.y.shape)
-
-
-def test_temporal_readout_uses_each_examples_step():
-    J, T_steps = 3, 5
+@pytest.mark.parametrize('dense_path, n_layers_dense_upper', [(True, 2), (False, 3), (True, 1)])
+def test_temporal_readout_is_the_network_output_read_at_each_examples_step(dense_path, n_layers_dense_upper):
+    """TemporalReadout folds the basis into the read-out weights; it must equal the
+    network's y (n, C, H, W, 2, J) contracted with g(t) of each example's own step."""
+    J, T_steps = 3, 6
     basis = M.temporal_basis(T_steps, J, 'code')
-    y = np.arange(1 * 2 * 2 * 2 * J, dtype=floatX).reshape(1, 2, 2, 2, J)
-    readout = R.TemporalReadout(FixedNet(y), basis)
+    net = R.ImageNetwork((2, 4, 4), np.random.default_rng(0), n_temporal_basis=J, n_hidden_dense_lower=8,
+                         n_hidden_dense_upper=5, n_hidden_conv=3, n_layers_conv=2, n_scales=2,
+                         dense_path=dense_path, n_layers_dense_upper=n_layers_dense_upper)
+    for p in net.params:  # biases away from 0, so that they are tested too
+        p.set_value(p.get_value() + np.float32(0.1))
+    readout = R.TemporalReadout(net, basis)
     xs, ts = T.tensor4('x'), T.lvector('t')
-    z_mu, z_sigma = theano.function([xs, ts], list(readout(xs, ts)))(np.zeros((2, 1, 2, 2), floatX), [1, 4])
-    for i, t in enumerate([1, 4]):
-        np.testing.assert_allclose(z_mu[i], y[..., 0, :] @ basis[:, t - 1], rtol=1e-5)
-        np.testing.assert_allclose(z_sigma[i], y[..., 1, :] @ basis[:, t - 1], rtol=1e-5)
+    fast = theano.function([xs, ts], list(readout(xs, ts)))
+    full = theano.function([xs], net(xs))
+    x = np.random.default_rng(1).standard_normal((3, 2, 4, 4)).astype(floatX)
+    steps = [1, 4, 6]
+    z_mu, z_sigma = fast(x, steps)
+    y = full(x)
+    for i, t in enumerate(steps):
+        np.testing.assert_allclose(z_mu[i], y[i, :, :, :, 0] @ basis[:, t - 1], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(z_sigma[i], y[i, :, :, :, 1] @ basis[:, t - 1], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('code,sigma,mu', [(False, 0.15482809896025468, 1.0606547109357707),
@@ -92,7 +94,7 @@ def tiny_experiment(fidelity, images, **overrides):
 
 def test_bits_per_pixel_count_all_channels(fake_images):
     exp = tiny_experiment('paper', fake_images)
-    assert exp.unit == 'bits/pixel' and exp.n_pixels == 16
+    assert exp.unit == 'bits/pixel' and exp.n_pixels(fake_images['test']) == 16
     assert exp.null_bits == pytest.approx(3 * -0.5 * np.log2(2 * np.pi * np.e))  # -6.14
     per_dim_nats = -1.0
     fn = lambda x0, t, noise: (np.zeros(len(x0)), np.full(len(x0), per_dim_nats * 48))  # noqa: E731

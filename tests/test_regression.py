@@ -7,6 +7,7 @@ import theano.tensor as T
 
 import experiments
 import presets
+import multiscale
 import regression as R
 
 floatX = theano.config.floatX
@@ -185,13 +186,37 @@ def test_nonlinearity_switches_keep_parameters_and_change_outputs(key):
 
 
 def test_paper_nonlinearities_are_softplus_and_tanh_code_leaky_relu():
-    v = np.array([-2.0, 0.5], dtype=floatX)
-    xs = T.vector('v')
+    v = np.array([[-2.0, 0.5]], dtype=floatX)
+    xs = T.matrix('v')
     paper, code = R.NONLINEARITIES['paper'], R.NONLINEARITIES['code']
-    np.testing.assert_allclose(theano.function([xs], paper['conv'](xs))(v), np.log1p(np.exp(v)), rtol=1e-5)
-    np.testing.assert_allclose(theano.function([xs], paper['dense'](xs))(v), np.tanh(v), rtol=1e-5)
-    for f in (code['conv'], code['dense']):
-        np.testing.assert_allclose(theano.function([xs], f(xs))(v), [-0.1, 0.5], rtol=1e-5)
+    zero = np.zeros(2, floatX)
+
+    def apply(name):
+        return theano.function([xs], multiscale.bias_activation(xs, zero, name))(v)[0]
+    np.testing.assert_allclose(apply(paper['conv']), np.log1p(np.exp(v[0])), rtol=1e-5)
+    np.testing.assert_allclose(apply(paper['dense']), np.tanh(v[0]), rtol=1e-5)
+    for name in (code['conv'], code['dense']):
+        np.testing.assert_allclose(apply(name), [-0.1, 0.5], rtol=1e-5)
+
+
+@pytest.mark.parametrize('placement', ['after_sum', 'per_scale'])
+def test_multiscale_layer_is_its_reference_formula(placement):
+    """The C passes (multiscale.py) compute the layer of Appendix D.2.1 as written with
+    mean_pool, upsample_nearest and Theano's own nonlinearities."""
+    rng = np.random.default_rng(2)
+    layer = R.MultiScaleConv('m', 2, 3, 3, rng, 'softplus', placement)
+    for b in layer.b:
+        b.set_value(rng.normal(size=3).astype(floatX))
+    xs = T.tensor4('x')
+    conv = [T.nnet.conv2d(R.mean_pool(xs, 2 ** s), layer.W[s], border_mode='half', filter_flip=False)
+            + layer.b[s].dimshuffle('x', 0, 'x', 'x') for s in range(3)]
+    if placement == 'after_sum':
+        reference = T.nnet.softplus(sum(R.upsample_nearest(c, 2 ** s) for s, c in enumerate(conv)))
+    else:
+        reference = sum(R.upsample_nearest(T.nnet.softplus(c), 2 ** s) for s, c in enumerate(conv)) / 3
+    x = rng.normal(size=(2, 2, 8, 12)).astype(floatX)
+    fast, slow = (theano.function([xs], e)(x) for e in (layer(xs), reference))
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
 
 
 def test_presets_differ_in_named_image_keys_only_and_spare_the_toy_sets():

@@ -70,3 +70,22 @@ def test_run_without_recorded_commands_gets_one_from_its_checkpoint(tmp_path):
     training.save_checkpoint(str(run / 'checkpoint.npz'), {'shared': {}, 'status': {}, 'config': {'args': args}})
     assert report.run_row(str(run))['commands'] == [
         'python train.py --dataset swissroll --fidelity paper --seed 0 --max-batches 100']
+
+
+def test_extrapolation_recovers_a_known_curve():
+    """A curve K(n) = 2 - 5 n^-0.5 measured at n = 100..10000 with noise 0.01 reaches 1.97
+    at n = (5 / 0.03)^2 = 27778, beyond the last point; the fit's range holds it, and a
+    target above K_inf is never reached."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    n = np.linspace(100, 10000, 40)
+    evaluations = [{'iteration': int(i), 'heldout_K_bits': 2 - 5 * i ** -0.5 + 0.01 * rng.standard_normal(),
+                    'heldout_stderr_bits': 0.01} for i in n]
+    fit = report.extrapolate(evaluations, 1.97)
+    assert abs(fit['K_inf'] - 2) < 3 * fit['K_inf_stderr'] and fit['K_inf_stderr'] < 0.3
+    lo, hi = fit['minibatches_16_84']
+    assert lo / 2 < 27778 < 2 * hi and lo < fit['minibatches_median'] < hi
+    assert fit['last_iteration'] == 10000 and fit['n_points'] == 36  # the first tenth left out
+    assert report.extrapolate(evaluations, 3.0)['fraction_never_reached'] > 0.99
+    with pytest.raises(ValueError, match='at least 4'):
+        report.extrapolate(evaluations[:3], 1.9)

@@ -288,9 +288,26 @@ def test_training_extension_plots_samples_and_inpainting_and_skips_when_slow(ima
     class Loop:
         status = {'seed': 0}
     extensions.SamplePlots(image_exp, str(tmp_path), every_n_batches=1, n=4)(Loop(), 'batch')
-    assert sorted(os.listdir(str(tmp_path))) == ['inpaint_frames.png', 'inpaint_samples.png',
-                                                 'sample_frames.png', 'sample_samples.png']
+    assert sorted(os.listdir(str(tmp_path))) == ['inpaint_frames.png', 'inpaint_paper.png', 'inpaint_samples.png',
+                                                 'sample_frames.png', 'sample_paper.png', 'sample_samples.png']
     slow = tmp_path / 'slow'
     slow.mkdir()
     extensions.SamplePlots(image_exp, str(slow), every_n_batches=1, n=4, max_s=0.0)(Loop(), 'batch')
     assert os.listdir(str(slow)) == []
+
+
+def test_paper_layouts_figure_4_and_5(image_exp):
+    """Figure 4: training images beside samples in grids of the same size; Figure 5: per
+    example the original, the start x^T (unknown region from the prior) and the result."""
+    sample = sampler.run(image_exp, 'sample', n=4, n_frames=2)
+    training = image_exp.train_x[:4] / np.float32(255)
+    fig4 = sampler.paper_layout(sample, training, 2)
+    grid = sampler.tile(training, 2)
+    assert fig4.shape == (grid.shape[0], 2 * grid.shape[1] + 4, 3)
+    np.testing.assert_array_equal(fig4[:, :grid.shape[1]], grid)
+    inpaint = sampler.run(image_exp, 'inpaint', n=5, n_frames=3, mask='centre')
+    fig5 = sampler.paper_layout(inpaint, training, 2)
+    H, W = image_exp.test_x.shape[2:]
+    assert fig5.shape == (4 * (H + 1) - 1, 3 * (W + 1) - 1, 3)  # 4 examples x 3 columns
+    np.testing.assert_array_equal(fig5[:H, :W], inpaint['original'][0].transpose(1, 2, 0))
+    np.testing.assert_array_equal(fig5[:H, 2 * (W + 1):], inpaint['samples'][0].transpose(1, 2, 0))

@@ -1,0 +1,143 @@
+"""Data parallelism over MPI (parallel.py): mpiexec -n 2 gives one process's numbers, a
+checkpoint does not depend on the number of processes, a failing process ends the job,
+and each process gets its share of the node's cores."""
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import training
+import util
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or shutil.which('mpiexec')
+TINY_DIGITS = ['--dataset', 'digits', '--seed', '5', '--max-batches', '20', '--ext-every-n', '10', '--batch-size', '50',
+               '--model-args', 'T=20,n_temporal_basis=3,n_hidden_dense_lower=16,n_hidden_dense_lower_output=2,'
+               'n_hidden_dense_upper=8,n_hidden_conv=6,n_layers_conv=2,n_layers_dense_lower=2,n_layers_dense_upper=2,'
+               'conv_path=True']
+TINY_HEARTBEAT = ['--dataset', 'heartbeat', '--seed', '7', '--max-batches', '300', '--ext-every-n', '100',
+                  '--model-args', 'n_train=2000,n_eval=400,n_final_eval=50,n_hidden=20']
+
+
+def train(args, processes, out, timeout=600):
+    prefix = [MPIEXEC, '-n', str(processes)] if processes > 1 else []
+    r = subprocess.run(prefix + [sys.executable, os.path.join(ROOT, 'train.py')] + args + ['--output-dir', str(out)],
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    run_dir, = glob.glob(str(out / 'diffusion_*'))
+    return run_dir
+
+
+def test_the_install_brings_mpiexec():
+    assert MPIEXEC, 'mpiexec not found: the install (requirements.lock) brings MPICH'
+
+
+@pytest.fixture(scope='module')
+def digits_runs(tmp_path_factory):
+    one = train(TINY_DIGITS, 1, tmp_path_factory.mktemp('one'))
+    two = train(TINY_DIGITS, 2, tmp_path_factory.mktemp('two'))
+    return one, two
+
+
+def test_two_processes_train_the_same_parameters_as_one(digits_runs):
+    one, two = (training.load_checkpoint(os.path.join(d, 'checkpoint.npz')) for d in digits_runs)
+    assert one['status']['iterations_done'] == two['status']['iterations_done'] == 20
+    assert sorted(one['shared']) == sorted(two['shared'])
+    for name, a in one['shared'].items():
+        b = two['shared'][name]
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * max(1e-8, np.abs(a).max()), err_msg=name)
+    assert two['config']['sessions'][0]['processes'] == 2
+
+
+def test_two_processes_report_one_processs_bound(digits_runs):
+    one, two = (json.load(open(os.path.join(d, 'results.json'))) for d in digits_runs)
+    assert abs(one['K_bits'] - two['K_bits']) < 1e-4 and one['n_eval'] == two['n_eval']
+    assert abs(one['stderr_bits'] - two['stderr_bits']) < 1e-4
+
+
+def test_sampling_on_two_processes_gives_one_processs_samples(digits_runs, tmp_path):
+    ckpt = os.path.join(digits_runs[0], 'checkpoint.npz')
+    out = {}
+    for n in (1, 2):
+        prefix = [MPIEXEC, '-n', '2'] if n == 2 else []
+        r = subprocess.run(prefix + [sys.executable, os.path.join(ROOT, 'sampler.py'), ckpt, '--n', '7', '--frames', '3',
+                                     '--batch-size', '3', '--out', str(tmp_path / str(n))],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        with np.load(str(tmp_path / str(n) / 'sample.npz')) as f:
+            out[n] = f['samples'], f['frames']
+    np.testing.assert_allclose(out[2][0], out[1][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[2][1], out[1][1], rtol=1e-5, atol=1e-6)
+
+
+def test_interrupted_two_process_run_resumes_on_one(tmp_path):
+    uninterrupted = json.load(open(os.path.join(train(TINY_HEARTBEAT, 1, tmp_path / 'a'), 'results.json')))
+    cmd = [MPIEXEC, '-n', '2', sys.executable, os.path.join(ROOT, 'train.py')] + TINY_HEARTBEAT + [
+        '--output-dir', str(tmp_path / 'b')]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith('iter 100'):
+            break
+    proc.send_signal(signal.SIGINT)  # mpiexec passes it on to every process
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    run_dir, = glob.glob(str(tmp_path / 'b' / 'diffusion_*'))
+    ckpt = os.path.join(run_dir, 'checkpoint.npz')
+    assert 100 <= training.load_checkpoint(ckpt)['status']['iterations_done'] < 300
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--resume_file', ckpt],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    resumed = json.load(open(os.path.join(run_dir, 'results.json')))
+    assert abs(resumed['K_bits'] - uninterrupted['K_bits']) < 1e-4
+
+
+def test_a_failing_process_ends_the_job_within_seconds(tmp_path):
+    """Process 1 finds a corrupt data file, process 0 a good one: process 0 would wait for
+    process 1 in the first Allreduce; the job ends with process 1's message instead."""
+    import datasets
+    good, bad = tmp_path / 'good', tmp_path / 'bad'
+    good.mkdir()
+    bad.mkdir()
+    rng = np.random.default_rng(0)
+    datasets.write_images(str(good / 'mnist.hdf5'), {s: rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
+                                                    for s, n in (('train', 60), ('test', 10))})
+    (bad / 'mnist.hdf5').write_bytes(b'not an hdf5 file')
+    args = [sys.executable, os.path.join(ROOT, 'train.py'), '--dataset', 'mnist', '--max-batches', '5',
+            '--model-args', 'T=10,n_hidden_dense_lower=8', '--output-dir', str(tmp_path / 'runs')]
+    start = time.time()
+    r = subprocess.run([MPIEXEC, '-n', '1'] + args + ['--data-path', str(good), ':', '-n', '1'] + args
+                       + ['--data-path', str(bad)], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert 'not a readable HDF5 file' in r.stderr and 'process 1 of 2 stopped' in r.stderr
+    assert time.time() - start < 120
+
+
+@pytest.mark.parametrize('env, expected', [
+    ({}, (1, 1)),
+    ({'PMI_SIZE': '4', 'MPI_LOCALNRANKS': '2'}, (4, 2)),  # MPICH's mpiexec
+    ({'OMPI_COMM_WORLD_SIZE': '8', 'OMPI_COMM_WORLD_LOCAL_SIZE': '4'}, (8, 4)),  # Open MPI
+    ({'SLURM_STEP_NUM_TASKS': '7', 'SLURM_STEP_TASKS_PER_NODE': '2(x3),1'}, (7, 2)),  # srun
+])
+def test_processes_and_threads_from_the_launcher(monkeypatch, env, expected):
+    for name in ('PMI_SIZE', 'MPI_LOCALNRANKS', 'OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_LOCAL_SIZE',
+                 'SLURM_STEP_NUM_TASKS', 'SLURM_STEP_TASKS_PER_NODE', 'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(16)))
+    monkeypatch.setattr(os, 'cpu_count', lambda: 16)
+    assert util.launched_processes() == expected
+    util.default_threads()
+    threads = os.environ.get('OMP_NUM_THREADS')
+    assert threads == (None if expected[0] == 1 else str(16 // expected[1]))
+    assert os.environ.get('OPENBLAS_NUM_THREADS') == threads
+    monkeypatch.setenv('OMP_NUM_THREADS', '3')  # an explicit setting wins
+    util.default_threads()
+    assert os.environ['OMP_NUM_THREADS'] == '3'
