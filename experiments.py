@@ -19,6 +19,7 @@ import training
 
 floatX = theano.config.floatX
 L_NULL_BITS_PER_DIM = -0.5 * np.log2(2 * np.pi * np.e)  # N(0, 1) on unit-variance data
+IMAGE_T_MIX = 0.5  # images: half the held-out bound's draws from the harmonic proposal (bound.py)
 IMAGE_NET_KEYS = ('n_temporal_basis', 'n_hidden_dense_lower', 'n_hidden_dense_lower_output',
                   'n_hidden_dense_upper', 'n_hidden_conv', 'n_layers_conv', 'n_layers_dense_lower',
                   'n_layers_dense_upper', 'n_scales', 'conv_path', 'dense_path', 'nonlinearity',
@@ -90,17 +91,18 @@ class Experiment:
     training monitor's examples and the evaluation minibatch; monitor_draws: the
     monitor's draws per example; final_examples, final_draws: the held-out examples
     (None: all) and draws per example of train.py's final bound; crop: train on random
-    crops of this side (a fully convolutional image network), evaluate on whole images.
+    crops of this side (a fully convolutional image network), evaluate on whole images;
+    t_mix: how much the held-out bound's steps favour the first ones (bound.py).
     """
 
     def __init__(self, dataset, args, seed, train_x, test_x, diffusion, unit, null_bits,
                  pixels=None, truth=None, n_monitor=5000, monitor_draws=1, eval_batch_size=2000,
-                 final_examples=None, final_draws=1, crop=None):
+                 final_examples=None, final_draws=1, crop=None, t_mix=0.0):
         self.dataset, self.args, self.seed = dataset, args, seed
         self.train_x, self.test_x, self.diffusion, self.pixels = train_x, test_x, diffusion, pixels
         self.unit, self.null_bits, self.truth = unit, null_bits, truth
         self.n_monitor, self.monitor_draws, self.eval_batch_size = n_monitor, monitor_draws, eval_batch_size
-        self.crop = crop
+        self.crop, self.t_mix = crop, t_mix
         self.final_examples, self.final_draws = final_examples, final_draws
         self.x0 = T.TensorType(floatX, (False,) * train_x.ndim)('x0')
         self.t = T.lvector('t')
@@ -266,7 +268,7 @@ def image_experiment(dataset, args, seed, train_x, test_x):
     n_monitor = min(500, len(test_x))
     return Experiment(dataset, args, seed, train_x, test_x, diffusion, 'bits/pixel', C * L_NULL_BITS_PER_DIM,
                       pixels=pixels, n_monitor=n_monitor, monitor_draws=min(10, max(1, 2000 // n_monitor)),
-                      eval_batch_size=100, crop=args['crop'])
+                      eval_batch_size=100, crop=args['crop'], t_mix=IMAGE_T_MIX)
 
 
 def check_crop(args, H, W):

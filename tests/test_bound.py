@@ -23,18 +23,48 @@ def roll():
 
 
 def test_stratified_steps_balance_the_set_and_spread_each_example():
-    steps, offsets = bound.stratified_steps(37, 5, 8, np.random.default_rng(0))
+    steps, weights, offsets = bound.stratified_steps(37, 5, 8, np.random.default_rng(0))
+    assert (weights == 1).all()
     assert steps.shape == (5, 37) and steps.min() == 2 and steps.max() == 8
     counts = np.bincount(steps.ravel(), minlength=9)[2:]
     assert counts.max() - counts.min() <= 1  # every t equally often over the set, to within one
     for row in steps:  # and within every draw
         row_counts = np.bincount(row, minlength=9)[2:]
         assert row_counts.max() - row_counts.min() <= 1
-    every, _ = bound.stratified_steps(10, 7, 8, np.random.default_rng(1))
+    every = bound.stratified_steps(10, 7, 8, np.random.default_rng(1))[0]
     assert all(sorted(every[:, j]) == list(range(2, 9)) for j in range(10))  # n_t = T - 1: each t once
     # each draw is uniform on 2..T over the randomness of the offsets
     first = np.concatenate([bound.stratified_steps(3, 2, 8, np.random.default_rng(s))[0][:, 0] for s in range(700)])
     assert np.bincount(first, minlength=9)[2:].min() > 150  # 200 expected per step
+
+
+def test_proposal_draws_follow_q_and_weights_undo_it():
+    """t_mix > 0: the steps come from q (the first ones more often) and the weights
+    1 / ((T - 1) q(t)) make any sum over t come out as with uniform draws."""
+    steps, weights, _ = bound.stratified_steps(50000, 1, 100, np.random.default_rng(0), t_mix=0.5)
+    q = bound.t_proposal(100, 0.5)
+    assert q.sum() == pytest.approx(1) and q[0] > 10 * q[-1]
+    freq = np.bincount(steps[0], minlength=101)[2:] / 50000
+    np.testing.assert_allclose(freq, q, atol=0.002)
+    cost = 1000.0 / np.arange(1, 100) ** 1.5  # steeply falling, like the per-step KL of images
+    assert np.mean(weights[0] * cost[steps[0] - 2]) == pytest.approx(cost.mean(), rel=0.01)
+    # each example's draws still spread over the whole range of quantiles
+    spread, _, _ = bound.stratified_steps(200, 4, 100, np.random.default_rng(1), t_mix=0.5)
+    assert (spread.max(axis=0) > 10).all()
+
+
+def test_proposal_shrinks_the_bound_error_of_a_steep_cost():
+    """A per-step cost like an image network's in training: the proposal's estimates of the
+    sum over t spread far less than uniform draws' do."""
+    cost = 1000.0 / np.arange(1, 1000) ** 1.3
+    estimates = {}
+    for mix in (0.0, 0.5):
+        values = []
+        for s in range(30):
+            steps, weights, _ = bound.stratified_steps(300, 1, 1000, np.random.default_rng(s), t_mix=mix)
+            values.append(np.mean(weights[0] * cost[steps[0] - 2] * np.random.default_rng(s).lognormal(0, 0.5, 300)))
+        estimates[mix] = np.std(values)
+    assert estimates[0.5] < estimates[0.0] / 3
 
 
 def plain_bound(exp, fn, x, n_draws, seed):
