@@ -18,6 +18,17 @@ Measured in one process, after one warm-up call of each function:
   the C code is the same for all of them) and cached (a second compile in this process).
 The images are random uint8 stand-ins of the right shape, so no data files are needed.
 Other jobs on the machine slow every figure down: run it on an idle machine.
+
+GFLOP/s always counts a direct convolution's multiply-adds (9 per input channel, output
+channel and pixel), whatever conv_impl computes: Winograd's fewer multiplies show as a
+higher fraction of the peak. --verbose adds the time of each kind of Theano op in a
+profiled training step.
+
+Under MPI (`mpiexec -n N python bench.py ...`) the step is train.py's data-parallel one:
+the figures are the whole job's (global minibatch, images per second, the peak summed
+over the processes), printed by process 0. `--processes 1,2` runs the configuration once
+per count (each under mpiexec, the machine's cores shared out as train.py does) and
+prints the speed-up against the first.
 """
 import util  # configures Theano before it is imported
 
@@ -38,6 +49,7 @@ import theano.tensor as T
 
 import bound
 import experiments
+import parallel
 import presets
 import sampler
 import training
@@ -82,7 +94,7 @@ def network_flops(exp):
     H W for the per-pixel layers and the read-out). Element-wise work (biases,
     nonlinearities, pooling, the temporal read-out, the bound) is not counted."""
     net = exp.diffusion.net.net  # TemporalReadout -> ImageNetwork
-    _, H, W = net.image_shape
+    _, H, W = exp.train_x.shape[1:]
     rows = []
     for layer in net.conv:
         for s, w in enumerate(layer.W):
@@ -106,28 +118,61 @@ def stand_in_images(shape, n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n,) + shape, dtype=np.uint8)
 
 
-def timed(fn, *args):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    out = fn(*args)
+    out = fn(*args, **kwargs)
     return out, time.perf_counter() - start
 
 
-def build(name):
-    """(Experiment on stand-in images, batch size, its build time in seconds)."""
+def build(name, conv_impl=None, batch=None):
+    """(Experiment on stand-in images, batch size, its build time in seconds); conv_impl
+    and batch None: the data set's defaults."""
     dataset, overrides = CONFIGS[name]
-    batch = presets.RUN_DEFAULTS[dataset]['batch_size']
-    args = presets.model_args(dataset, FIDELITY, overrides)
+    batch = batch or presets.RUN_DEFAULTS[dataset]['batch_size']
+    args = presets.model_args(dataset, FIDELITY, dict(overrides, **({'conv_impl': conv_impl} if conv_impl else {})))
     train, test = (stand_in_images(IMAGE_SHAPES[dataset], n, seed) for seed, n in enumerate((max(batch, N_SAMPLES), N_BOUND)))
     exp, build_s = timed(experiments.from_arrays, dataset, args, 0, train, test)
     return exp, batch, build_s
 
 
-def compile_step(exp):
+def compile_step(exp, comm=None):
     """(train.py's step function, seconds to compile it)."""
     dataset = exp.dataset
     rule = training.RMSProp(presets.RUN_DEFAULTS[dataset]['lr'], **presets.STEP_RULE_ARGS[FIDELITY]['rmsprop'])
-    (step, _), compile_s = timed(exp.compile_train, rule)
+    (step, _), compile_s = timed(exp.compile_train, rule, comm)
     return step, compile_s
+
+
+def op_group(op):
+    """A readable name for a kind of Theano op: its class, the scalar op of an element-wise
+    one, the accumulator of a sum."""
+    name = type(op).__name__
+    if hasattr(op, 'scalar_op') and name == 'Elemwise':
+        return 'Elemwise{{{}}}'.format(type(op.scalar_op).__name__)
+    if getattr(op, 'acc_dtype', None):
+        return '{}{{acc {}}}'.format(name, op.acc_dtype)
+    return name
+
+
+def op_times(exp, batch, n_steps=2):
+    """{op group: seconds per step} from Theano's profiler over n_steps training steps (one
+    process), the first not counted."""
+    theano.config.profile = True
+    try:
+        step, _ = compile_step(exp)
+        profile = theano.compile.profiling._atexit_print_list[-1]
+    finally:
+        theano.config.profile = False
+    rng = np.random.default_rng(0)
+    for i in range(n_steps + 1):
+        if i == 1:
+            profile.apply_time.clear()
+        step({'features': exp.train_x[rng.choice(len(exp.train_x), batch, replace=False)]},
+             np.random.default_rng([0, i]))
+    groups = {}
+    for node, seconds in profile.apply_time.items():
+        groups[op_group(node.op)] = groups.get(op_group(node.op), 0.0) + seconds / n_steps
+    return groups
 
 
 def print_cold_compile(name):
@@ -156,11 +201,12 @@ def measure_cold_compile(name):
             'process_cold_s': wall_s}  # process: Theano's import and its own modules included
 
 
-def bench_config(name, n_steps, peak, log):
-    exp, batch, build_s = build(name)
+def bench_config(name, n_steps, peak, log, conv_impl=None, comm=None, batch=None):
+    comm = comm or parallel.SingleProcess()
+    exp, batch, build_s = build(name, conv_impl, batch)
     log('{}: built in {:.1f} s, compiling the training step ...'.format(name, build_s))
-    _, compile_first_s = compile_step(exp)
-    step, compile_cached_s = compile_step(exp)  # the same graph again: every C module cached
+    _, compile_first_s = compile_step(exp, comm)
+    step, compile_cached_s = compile_step(exp, comm)  # the same graph again: every C module cached
     log('{}: compiled in {:.1f} s (again, cached: {:.1f} s)'.format(name, compile_first_s, compile_cached_s))
     rng = np.random.default_rng(0)
     step_s = []
@@ -182,11 +228,12 @@ def bench_config(name, n_steps, peak, log):
     reverse_s = float(np.median([timed(kernel, xt, t)[1] for _ in range(3)]))
     bound_fn = bound.compile_terms(exp)
     bound_fn(*exp.draw_inputs(rng, exp.test_x[:exp.eval_batch_size], evaluation=True))
-    _, bound_s = timed(bound.heldout_bound, exp, exp.test_x[:N_BOUND], 1, 0, bound_fn)
+    _, bound_s = timed(bound.heldout_bound, exp, exp.test_x[:N_BOUND], 1, 0, bound_fn, comm=comm)
     log('{}: reverse step ({} images) {:.3f} s, bound on {} images {:.1f} s'.format(
         name, N_SAMPLES, reverse_s, N_BOUND, bound_s))
     result = {
         'dataset': exp.dataset, 'fidelity': FIDELITY, 'model_args': CONFIGS[name][1],
+        'conv_impl': exp.args['conv_impl'], 'processes': comm.size,
         'image_shape': list(exp.train_x.shape[1:]), 'batch_size': batch,
         'n_params': int(sum(p.get_value().size for p in exp.params)),
         'steps_timed': n_steps, 'step_s': step_s, 'step_s_median': median,
@@ -199,7 +246,7 @@ def bench_config(name, n_steps, peak, log):
         # the process's high-water mark: configurations run smallest first
         'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
-    return result, flops
+    return result, flops, exp
 
 
 # ---------------------------------------------------------------- report
@@ -213,6 +260,53 @@ def print_flops(name, flops, batch):
         'total', total / 1e6, batch, 3 * total * batch / 1e9))
 
 
+def print_op_times(name, groups):
+    total = sum(groups.values())
+    print('\n{}: time per profiled training step by kind of op (profiling adds overhead)'.format(name))
+    for group, seconds in sorted(groups.items(), key=lambda kv: -kv[1])[:15]:
+        print('  {:<40} {:8.3f} s {:5.1f}%'.format(group, seconds, 100 * seconds / total))
+    print('  {:<40} {:8.3f} s'.format('total', total))
+
+
+def run_processes(counts, args):
+    """{count: this script's JSON report} from one child job per process count, one after
+    the other (count 1 runs without a launcher)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    launcher = shutil.which('mpiexec', path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
+    reports = {}
+    for n in counts:
+        command = [sys.executable, os.path.join(here, 'bench.py'), '--config', args.config,
+                   '--steps', str(args.steps), '--cold-compile', 'none', '--json']
+        command += ['--conv-impl', args.conv_impl] if args.conv_impl else []
+        command += ['--batch-size', str(args.batch_size)] if args.batch_size else []
+        if n > 1:
+            if launcher is None:
+                raise SystemExit('bench.py: --processes needs mpiexec (pip install mpich, or a system MPI)')
+            command = [launcher, '-n', str(n)] + command
+        env = {k: v for k, v in os.environ.items() if k not in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS')}
+        print('running {} process{} ...'.format(n, 'es' if n > 1 else ''), file=sys.stderr, flush=True)
+        out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=here)
+        if out.returncode:
+            raise SystemExit('bench.py with {} processes failed:\n{}'.format(n, out.stderr[-2000:]))
+        reports[n] = json.loads(out.stdout)
+    return reports
+
+
+def print_scaling(reports, names):
+    first = min(reports)
+    print('Processes on this machine ({} cores), each process with cores / processes threads'.format(os.cpu_count()))
+    print('{:<8} {:>9} {:>8} {:>9} {:>10} {:>6} {:>9}'.format(
+        'config', 'processes', 'threads', 'step s', 'images/s', 'peak', 'speed-up'))
+    for name in names:
+        for n, report in sorted(reports.items()):
+            r = report[name]
+            print('{:<8} {:>9} {:>8} {:>9.3f} {:>10.1f} {:>5.0f}% {:>8.2f}x'.format(
+                name, n, report['machine']['openblas_threads'], r['step_s_median'], r['images_per_s'],
+                100 * r['peak_fraction'], r['images_per_s'] / reports[first][name]['images_per_s']))
+    print('(speed-up: images per second against {} process{} on the same cores; the peak is '
+          'summed over the processes)'.format(first, 'es' if first > 1 else ''))
+
+
 def print_report(report):
     m = report['machine']
     print('Machine: {} ({} cores; load average {:.1f} at the start)'.format(
@@ -222,16 +316,17 @@ def print_report(report):
         m['openmp'], m['floatX']))
     print('Peak: {:.1f} GFLOP/s (float32 {}^3 product, {}, best of {})'.format(
         report['peak_gflops'], PEAK_SIZE, '/'.join(report['peak_ops']), PEAK_REPEATS))
-    print('Networks: --fidelity {} (the released code\'s), random stand-in images'.format(FIDELITY))
-    header = '{:<8} {:>6} {:>10} {:>9} {:>10} {:>8} {:>6} {:>11} {:>11} {:>8} {:>9}'
-    print('\n' + header.format('config', 'batch', 'params', 'step s', 'images/s', 'GFLOP/s', 'peak',
+    print('Networks: --fidelity {} (the released code\'s), random stand-in images; {} process{}'.format(
+        FIDELITY, report['processes'], 'es' if report['processes'] > 1 else ''))
+    header = '{:<8} {:>9} {:>6} {:>10} {:>9} {:>10} {:>8} {:>6} {:>11} {:>11} {:>8} {:>9}'
+    print('\n' + header.format('config', 'conv', 'batch', 'params', 'step s', 'images/s', 'GFLOP/s', 'peak',
                                'reverse49 s', 'bound1k s', 'RSS MB', 'compile s'))
     for name in CONFIGS:
         if name in report:
             r = report[name]
-            print('{:<8} {:>6} {:>10,} {:>9.3f} {:>10.1f} {:>8.1f} {:>5.0f}% {:>11.3f} {:>11.1f} '
+            print('{:<8} {:>9} {:>6} {:>10,} {:>9.3f} {:>10.1f} {:>8.1f} {:>5.0f}% {:>11.3f} {:>11.1f} '
                   '{:>8.0f} {:>9.1f}'.format(
-                      name, r['batch_size'], r['n_params'], r['step_s_median'], r['images_per_s'],
+                      name, r['conv_impl'], r['batch_size'], r['n_params'], r['step_s_median'], r['images_per_s'],
                       r['gflops_per_s'], 100 * r['peak_fraction'], r['reverse_step_49_s'],
                       r['bound_per_1000_s'], r['peak_rss_mb'], r['compile_cached_s']))
     print('(step s: median of {} steps after a warm-up; RSS: the process\'s peak so far; '
@@ -250,28 +345,62 @@ def main(argv=None):
     p.add_argument('--cold-compile', default='mnist', choices=sorted(CONFIGS) + ['none'],
                    help='configuration whose compile time from an empty cache is measured')
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the report')
-    p.add_argument('--verbose', action='store_true', help='per-step progress and FLOPs per layer')
+    p.add_argument('--verbose', action='store_true',
+                   help='per-step progress, FLOPs per layer and time per kind of op')
+    p.add_argument('--conv-impl', choices=('auto', 'corrmm', 'winograd', 'im2col'),
+                   help='the convolution (--model-args conv_impl); default: the data sets\' default')
+    p.add_argument('--batch-size', type=int, help='the global minibatch (default: the data set\'s)')
+    p.add_argument('--processes', help='comma-separated process counts, e.g. 1,2: one job each, compared')
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error('--steps must be at least 1')
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error('--batch-size must be at least 1')
+    names = list(CONFIGS) if args.config == 'all' else [args.config]
+    if args.processes:
+        try:
+            counts = sorted({int(n) for n in args.processes.split(',')})
+        except ValueError:
+            p.error('--processes takes comma-separated counts, e.g. 1,2')
+        if counts[0] < 1:
+            p.error('--processes: counts must be at least 1')
+        reports = run_processes(counts, args)
+        if args.json:
+            print(json.dumps({str(n): r for n, r in reports.items()}, indent=2))
+        else:
+            print_scaling(reports, names)
+        return reports
+    with parallel.abort_on_error() as comm:
+        return measure(args, names, comm)
 
+
+def measure(args, names, comm):
+    """The report of the configurations `names`, printed by the writer."""
     def log(message):
-        if args.verbose:
+        if args.verbose and comm.is_writer:
             print(message, file=sys.stderr, flush=True)
 
-    names = list(CONFIGS) if args.config == 'all' else [args.config]
-    report = {'machine': machine(), 'fidelity': FIDELITY, 'steps': args.steps}
-    report['peak_gflops'], report['peak_ops'] = peak_gflops()
+    report = {'machine': machine(), 'fidelity': FIDELITY, 'steps': args.steps, 'processes': comm.size}
+    peak, report['peak_ops'] = peak_gflops()
+    report['peak_gflops'] = float(comm.allreduce_sum(np.array([peak]))[0])  # the processes' cores together
     report['machine'].update(util.openblas_info())  # now that Theano has loaded the library
     log('peak {:.1f} GFLOP/s'.format(report['peak_gflops']))
-    if args.cold_compile != 'none':
+    if args.cold_compile != 'none' and comm.is_writer:
         log('cold compile of {} in a child process ...'.format(args.cold_compile))
         report['cold_compile'] = measure_cold_compile(args.cold_compile)
     for name in names:
-        report[name], flops = bench_config(name, args.steps, report['peak_gflops'], log)
-        if args.verbose and not args.json:
+        report[name], flops, exp = bench_config(name, args.steps, report['peak_gflops'], log, args.conv_impl,
+                                                comm, args.batch_size)
+        if args.verbose and comm.size == 1:
+            report[name]['op_s_per_step'] = op_times(exp, report[name]['batch_size'])
+        if args.verbose and not args.json and comm.is_writer:
             print_flops(name, flops, report[name]['batch_size'])
+            if 'op_s_per_step' in report[name]:
+                print_op_times(name, report[name]['op_s_per_step'])
+        del exp
         gc.collect()
+    if not comm.is_writer:
+        return report
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -148,18 +148,25 @@ class Printing(Extension):
 
 
 class Checkpoint(Extension):
-    """Writes the loop's state to `path` (atomically), periodically and at the end.
+    """Writes the loop's state to `path` (atomically), periodically and at the end, and to
+    `best_path` too whenever the held-out monitor has just given its highest K so far (the
+    run's best parameters, for a network that starts to overfit a small training set).
 
     On Ctrl-C or SIGTERM it writes one and says how to resume.
     """
 
-    def __init__(self, path, every_n_batches=None, resume_hint=None):
+    def __init__(self, path, every_n_batches=None, resume_hint=None, best_path=None):
         super().__init__(every_n_batches=every_n_batches, after_training=True, on_interrupt=True)
-        self.path = path
+        self.path, self.best_path = path, best_path
         self.resume_hint = resume_hint or 'python train.py --resume_file ' + path
 
     def __call__(self, loop, event):
-        training.save_checkpoint(self.path, loop.state_dict())
+        state = loop.state_dict()
+        training.save_checkpoint(self.path, state)
+        evaluations = loop.status['evaluations']
+        if (self.best_path and evaluations and evaluations[-1]['iteration'] == loop.status['iterations_done']
+                and evaluations[-1]['heldout_K_bits'] >= max(e['heldout_K_bits'] for e in evaluations)):
+            training.save_checkpoint(self.best_path, state)
         if event == 'interrupt':
             print('Checkpoint written to {} after {} minibatches. Resume with:\n  {}'.format(
                 self.path, loop.status['iterations_done'], self.resume_hint), file=sys.stderr, flush=True)

@@ -53,10 +53,15 @@ MODEL_ARGS = {
 }
 # Images: the released code's network defaults (its MNIST run) under its own names, T and
 # the temporal basis; b_1 = 1e-3 for the learned schedule of the paper preset (OUR_CHOICES).
+# conv_impl: the 3x3 convolution; 'auto' takes Winograd F(2x2, 3x3) of conv3x3.py at the
+# full-resolution scale of layers with 32 or more input channels and Theano's CorrMM (the
+# released code's) elsewhere, the faster on each (regression.WINOGRAD_MIN_CHANNELS,
+# README "Performance"); 'corrmm', 'winograd', 'im2col' force one.
 IMAGE_DEFAULTS = dict(T=1000, n_temporal_basis=10, beta_init='harmonic', beta_1=1e-3,
                       n_hidden_dense_lower=500, n_hidden_dense_lower_output=2,
                       n_hidden_dense_upper=20, n_hidden_conv=20, n_layers_conv=4,
-                      n_layers_dense_lower=4, n_layers_dense_upper=2, n_scales=1, crop=None)
+                      n_layers_dense_lower=4, n_layers_dense_upper=2, n_scales=1, crop=None,
+                      conv_impl='auto')
 MODEL_ARGS.update({
     'MNIST': dict(IMAGE_DEFAULTS),
     # the CIFAR-10 configuration of the released code's README (about 12.7M parameters)
@@ -81,12 +86,13 @@ RUN_DEFAULTS = {
     'MNIST': dict(batch_size=512, lr=1e-3, lr_final=None, max_batches=100000, ext_every_n=1000),
     'CIFAR10': dict(batch_size=200, lr=1e-3, lr_final=None, max_batches=100000, ext_every_n=1000),
     'bark': dict(batch_size=128, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
-    'deadleaves': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=50),
+    'deadleaves': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=250),
     'digits': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
 }
 # Model keys added after runs had been made, with the value that reproduces those runs:
 # a checkpoint without the key loads as it was trained.
-ADDED_KEYS = {'swissroll': {'beta_min': M.BETA_MIN}, 'heartbeat': {'init_gain': 1.0}}
+ADDED_KEYS = dict({'swissroll': {'beta_min': M.BETA_MIN}, 'heartbeat': {'init_gain': 1.0}},
+                  **{name: {'conv_impl': 'corrmm'} for name in IMAGES})
 
 # Table 1 of the paper (SPEC section 7): K and K - L_null, bits per data vector (toys) or
 # per pixel (images). MNIST was reported as a Parzen estimate instead (Table 2).
@@ -95,6 +101,15 @@ TABLE_1 = {'swissroll': (2.35, 6.45), 'heartbeat': (-2.414, 12.024), 'bark': (-0
 
 # Where a "paper" run is not the paper: our choice for each key, with the reason. The
 # paper gives no value where it says "not given". (key: (paper, reason))
+# The paper's dead-leaves and bark network (Figure D.1) gives the structure, not the sizes.
+FULLY_CONVOLUTIONAL_CHOICES = {
+    'crop': ('not given', '32x32 random crops: four times cheaper steps; the network is fully convolutional'),
+    'n_scales': ('not given', '4 scales: from 32x32 down to 4x4 on a crop'),
+    'n_hidden_conv': ('not given', '32 channels: the widest that trains at about 2 steps per second here'),
+    'n_layers_conv': ('not given', 'the released code\'s 4'),
+    'n_hidden_dense_upper': ('not given', '64 units per pixel: the per-pixel layers are cheap'),
+    'n_layers_dense_upper': ('not given', '3: two hidden per-pixel layers before the read-out'),
+}
 OUR_CHOICES = {
     'swissroll': {
         'n_hidden': ('16 RBF units', 'on this thin roll 16 units stay about 1 bit lower'),
@@ -119,11 +134,13 @@ OUR_CHOICES = {
         'p': ('0.5 in the equation table', '0.2 is what the paper\'s L_null (14.439 bits) implies'),
     },
     'images': {
-        'beta_1': ('a small constant, not given', 'the harmonic base\'s own b_1 at T = 1000'),
+        'beta_1': ('a small constant, not given', 'the harmonic base\'s own b_1 at T = 1000 (bark, T = 500, '
+                   'keeps it)'),
     },
-    'deadleaves': {'image_size': ('not given (about 256 pixels in Figure 4)', 'a network that trains on '
-                                  'two cores at a few steps per second')},
-    'bark': {'patch': ('not given', '64x64 patches of the textures')},
+    'deadleaves': dict(FULLY_CONVOLUTIONAL_CHOICES, image_size=(
+        'not given (about 256 pixels in Figure 4)', '64x64: room for 4 scales and for a whole-image bound on '
+        'four times the training crop; 256x256 costs 16 times more per image on two cores')),
+    'bark': dict(FULLY_CONVOLUTIONAL_CHOICES, patch=('not given', '64x64 patches of the textures')),
 }
 OPTIMIZER_NOTE = ('optimizer', 'SFO', 'RMSProp (decay 0.9, max_scaling 1e5) as in the released code but '
                   'its max_scaling 1e10: SFO no longer installs')
@@ -222,6 +239,7 @@ ARG_RULES = {
     'n_hidden_dense_upper': Int(1), 'n_hidden_conv': Int(1), 'n_layers_conv': Int(1),
     'n_layers_dense_lower': Int(1), 'n_layers_dense_upper': Int(1), 'n_scales': Int(1),
     'folder': Folder(), 'patch': Int(2), 'image_size': Int(2), 'crop': OptionalInt(2),
+    'conv_impl': OneOf('auto', 'corrmm', 'winograd', 'im2col'),
 }
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import theano
 import theano.tensor as T
 
+import conv3x3
 import multiscale
 
 floatX = theano.config.floatX
@@ -227,6 +228,12 @@ def upsample_nearest(x, factor):
     return T.repeat(T.repeat(x, factor, axis=2), factor, axis=3)
 
 
+# conv_impl='auto': Winograd at the full-resolution scale of layers with at least this many
+# input channels, CorrMM elsewhere (measured: CorrMM wins at 1, 3 and 20 channels and on
+# the pooled scales' 16x16 and smaller images)
+WINOGRAD_MIN_CHANNELS = 32
+
+
 class MultiScaleConv(Layer):
     """One multi-scale convolution layer (Appendix D.2.1): at scales s = 0..n_scales-1 the
     input is mean-pooled by 2^s, convolved 3x3 ('same', its own filters and biases per
@@ -237,7 +244,9 @@ class MultiScaleConv(Layer):
     f: an activation of multiscale.py ('softplus', 'leaky_relu'). Weights
     N(0, (sqrt(1 / n_filters) / filter_size^2)^2) with n_filters the number of output
     channels, biases 0 (released code). The convolution is a cross-correlation (what
-    CorrMM computes with filter_flip=False); conv_impl picks CorrMM or conv3x3.py.
+    CorrMM computes with filter_flip=False); conv_impl: 'corrmm' (Theano's), 'winograd' or
+    'im2col' (conv3x3.py), or 'auto' (WINOGRAD_MIN_CHANNELS: the faster of the two on this
+    project's layers, README "Performance").
     The pooling, upsampling, sums, biases and f run in the C passes of multiscale.py.
     """
 
@@ -245,14 +254,25 @@ class MultiScaleConv(Layer):
         super().__init__(name)
         if placement not in ('after_sum', 'per_scale'):
             raise ValueError('placement must be after_sum or per_scale, not {!r}'.format(placement))
+        if conv_impl not in ('auto', 'corrmm') and filter_size != 3:
+            raise ValueError('conv_impl={!r} computes 3x3 filters only; use corrmm'.format(conv_impl))
+        if conv_impl == 'auto':
+            winograd = n_in >= WINOGRAD_MIN_CHANNELS and filter_size == 3
+            self.conv_impls = ['winograd' if winograd and s == 0 else 'corrmm' for s in range(n_scales)]
+        else:
+            self.conv_impls = [conv_impl] * n_scales
         std = np.sqrt(1.0 / n_filters) / filter_size ** 2
         shape = (n_filters, n_in, filter_size, filter_size)
         self.W = [self.param('W{}'.format(s), gaussian_init(rng, shape, std)) for s in range(n_scales)]
         self.b = [self.param('b{}'.format(s), constant_init(n_filters)) for s in range(n_scales)]
-        self.f, self.placement, self.conv_impl = f, placement, conv_impl
+        self.f, self.placement = f, placement
 
     def conv(self, x, s, bias=None, activation=None):
-        """f(W_s * x + bias), the cross-correlation by conv_impl; bias and f optional."""
+        """f(W_s * x + bias), the cross-correlation of scale s by its conv_impl; bias and f
+        optional. conv3x3's ops add the bias and apply f in their output pass; after CorrMM
+        a C pass of multiscale.py does."""
+        if self.conv_impls[s] != 'corrmm':
+            return conv3x3.conv3x3(x, self.W[s], bias, activation, impl=self.conv_impls[s])
         y = T.nnet.conv2d(x, self.W[s], border_mode='half', filter_flip=False)
         return y if bias is None and activation is None else multiscale.upsample_sum([y], bias, activation)
 
@@ -264,7 +284,7 @@ class MultiScaleConv(Layer):
             return multiscale.upsample_sum([self.conv(v, s) for s, v in enumerate(levels)],
                                            bias=sum(self.b), activation=self.f)
         parts = [self.conv(v, s, self.b[s], self.f) for s, v in enumerate(levels)]
-        return multiscale.upsample_sum(parts, factor=1.0 / n_scales)
+        return parts[0] if n_scales == 1 else multiscale.upsample_sum(parts, factor=1.0 / n_scales)
 
 
 class ImageNetwork(Layer):
@@ -285,7 +305,7 @@ class ImageNetwork(Layer):
                  n_hidden_dense_lower_output=2, n_hidden_dense_upper=20, n_hidden_conv=20,
                  n_layers_conv=4, n_layers_dense_lower=4, n_layers_dense_upper=2, n_scales=1,
                  conv_path=True, dense_path=True, nonlinearity='code', scale_nonlinearity='per_scale',
-                 dense_depth_from_conv=True, conv_impl='corrmm'):
+                 dense_depth_from_conv=True, conv_impl='auto'):
         super().__init__('image_net')
         C, H, W = image_shape
         if H % 2 ** (n_scales - 1) or W % 2 ** (n_scales - 1):

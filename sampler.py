@@ -307,11 +307,13 @@ def paper_layout(result, training_images, columns):
     return tile(rows.reshape((-1,) + rows.shape[2:]), 3)
 
 
-def image_figures(result, prefix, training_images, zoom=4, columns=DISPLAY_COLUMNS):
+def image_figures(result, prefix, training_images, zoom=None, columns=DISPLAY_COLUMNS):
     """PREFIX_frames.png: one row per frame time (first row the observed inputs when
     there are any, last row the results), one column per sample (the first `columns`);
     PREFIX_samples.png: every final sample; PREFIX_paper.png: paper_layout, for sampling
-    and inpainting. Values clipped to [0, 1] for display only. training_images: [0, 1]."""
+    and inpainting. Values clipped to [0, 1] for display only. training_images: [0, 1].
+    zoom: pixels per image pixel, by default about 64 pixels per image side (1 to 8)."""
+    zoom = zoom or int(np.clip(64 // result['samples'].shape[-1], 1, 8))
     k = min(columns, len(result['samples']))
     rows = ([display_observed(result)[:k]] if 'observed' in result else []) + list(result['frames'][:, :k])
     paths = [prefix + '_frames.png', prefix + '_samples.png']

@@ -196,7 +196,7 @@ def build_extensions(s, exp, run_dir, lr, plot_before_training, comm):
         E.SamplePlots(exp, run_dir, every_n_batches=every),
         E.Printing(every),
         E.JSONLog(os.path.join(run_dir, 'log.jsonl')),
-        E.Checkpoint(checkpoint, every_n_batches=every,
+        E.Checkpoint(checkpoint, every_n_batches=every, best_path=os.path.join(run_dir, 'best.npz'),
                      resume_hint='python train.py --resume_file {}'.format(shlex.quote(checkpoint))),
     ]
 
@@ -236,7 +236,9 @@ def print_results(results, run_dir):
               '{K_minus_Lnull_bits:.3f}'.format(**results['crops']))
     references = [('paper', 'paper_K_bits'), ('exact log likelihood', 'exact_ll_bits'),
                   ('true log likelihood', 'true_ll_bits'), ('best factorised kernel', 'factorised_optimum_K_bits')]
-    print('Compare: ' + ', '.join('{} {:.3f}'.format(name, results[key]) for name, key in references if key in results))
+    known = ['{} {:.3f}'.format(name, results[key]) for name, key in references if key in results]
+    if known:
+        print('Compare: ' + ', '.join(known))
     print('Results written to {}'.format(os.path.join(run_dir, 'results.json')))
 
 

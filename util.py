@@ -136,12 +136,21 @@ def default_threads():
         os.environ.setdefault(name, str(threads))
 
 
+# Idle threads sleep at once instead of spinning (libgomp spins for a while by default,
+# OpenBLAS up to 2^28 cycles): Theano's OpenMP loops, conv3x3's transforms and OpenBLAS's
+# products take turns on the same cores, and a spinning pool slowed the CIFAR-10 step
+# from 4.1 s to 4.5-6.9 s and more (README "Performance"). The user's settings win.
+THREAD_WAIT = {'OMP_WAIT_POLICY': 'PASSIVE', 'OPENBLAS_THREAD_TIMEOUT': '4'}
+
+
 def configure_theano():
     """Set THEANO_FLAGS (and, under an MPI launcher, the thread counts) before the first
     `import theano`; returns the BLAS in use."""
     if 'theano' in sys.modules:
         return os.environ.get('PROJECT_BLAS', 'unknown (theano imported first)')
     default_threads()
+    for name, value in THREAD_WAIT.items():
+        os.environ.setdefault(name, value)  # read when the libraries load
     # a child process of ours inherits THEANO_FLAGS as set below; its user's are kept apart
     user_flags = os.environ.setdefault('PROJECT_USER_THEANO_FLAGS', os.environ.get('THEANO_FLAGS', ''))
     openblas = find_openblas()

@@ -55,13 +55,14 @@ def np_multiscale(x, weights, biases, f, placement):
     return sum(f(o) for o in outs) / len(outs)
 
 
+@pytest.mark.parametrize('conv_impl', ['corrmm', 'winograd', 'im2col'])
 @pytest.mark.parametrize('n_scales', [1, 2, 3])
 @pytest.mark.parametrize('placement,nonlinearity', [('after_sum', 'paper'), ('per_scale', 'code'),
                                                     ('after_sum', 'code'), ('per_scale', 'paper')])
-def test_multiscale_conv_matches_numpy(n_scales, placement, nonlinearity):
+def test_multiscale_conv_matches_numpy(n_scales, placement, nonlinearity, conv_impl):
     rng = np.random.default_rng(n_scales)
     f = R.NONLINEARITIES[nonlinearity]['conv']
-    layer = R.MultiScaleConv('ms', 2, 3, n_scales, rng, f, placement)
+    layer = R.MultiScaleConv('ms', 2, 3, n_scales, rng, f, placement, conv_impl=conv_impl)
     # larger weights and non-zero biases than the initialisation, so every term matters
     for p in layer.params:
         p.set_value(rng.normal(size=p.get_value().shape).astype(floatX))
@@ -72,6 +73,30 @@ def test_multiscale_conv_matches_numpy(n_scales, placement, nonlinearity):
     want = np_multiscale(x.astype(np.float64), [w.get_value() for w in layer.W],
                          [b.get_value() for b in layer.b], np_f, placement)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('n_in,expected', [(3, ['corrmm'] * 3), (20, ['corrmm'] * 3),
+                                           (32, ['winograd', 'corrmm', 'corrmm'])])
+def test_auto_convolution_takes_winograd_at_full_resolution_from_32_channels(n_in, expected):
+    layer = R.MultiScaleConv('ms', n_in, 4, 3, np.random.default_rng(0), 'softplus', 'after_sum', conv_impl='auto')
+    assert layer.conv_impls == expected
+
+
+@pytest.mark.parametrize('placement', ['after_sum', 'per_scale'])
+def test_network_gradients_agree_between_convolutions(placement):
+    """The same network (same initial parameters) through CorrMM and through Winograd:
+    output and the gradient of every parameter equal within float32 tolerance."""
+    shape, xs = (3, 8, 8), T.tensor4('x')
+    x = np.random.default_rng(1).normal(size=(4,) + shape).astype(floatX)
+    results = []
+    for impl in ('corrmm', 'winograd'):
+        net = R.ImageNetwork(shape, np.random.default_rng(0), scale_nonlinearity=placement,
+                             conv_impl=impl, **dict(SMALL, n_hidden_conv=33))
+        y = net(xs)
+        cost = (y ** 2).sum()
+        results.append(theano.function([xs], [y] + T.grad(cost, net.params))(x))
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-4 * np.abs(want).max())
 
 
 def test_multiscale_conv_initialisation():

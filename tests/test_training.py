@@ -298,3 +298,17 @@ def test_signal_writes_checkpoint_and_stops(tmp_path, signum):
     assert saved['status']['iterations_done'] == 7
     np.testing.assert_array_equal(saved['shared']['w'], m.w.get_value())
     assert signal.getsignal(signum) is not loop._on_signal  # handlers restored
+
+
+def test_best_checkpoint_follows_the_highest_monitored_bound(tmp_path):
+    """best.npz is written when the newest evaluation is the highest so far, and only then."""
+    loop, m = make_loop(tmp_path, 0)
+    ext = E.Checkpoint(str(tmp_path / 'last.npz'), best_path=str(tmp_path / 'best.npz'))
+    for iteration, K in ((4, -2.0), (8, -1.0), (12, -1.5)):
+        loop.status['iterations_done'] = iteration
+        loop.status['evaluations'].append({'iteration': iteration, 'heldout_K_bits': K})
+        m.w.set_value(np.full(3, iteration, 'float32'))
+        ext(loop, 'batch')
+    assert training.load_checkpoint(str(tmp_path / 'last.npz'))['status']['iterations_done'] == 12
+    best = training.load_checkpoint(str(tmp_path / 'best.npz'))
+    assert best['status']['iterations_done'] == 8 and (best['shared']['w'] == 8).all()
