@@ -272,7 +272,7 @@ def run_processes(counts, args):
     """{count: this script's JSON report} from one child job per process count, one after
     the other (count 1 runs without a launcher)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    launcher = shutil.which('mpiexec', path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
+    launcher = parallel.mpiexec()
     reports = {}
     for n in counts:
         command = [sys.executable, os.path.join(here, 'bench.py'), '--config', args.config,

@@ -66,6 +66,19 @@ def crops_bound(exp, x, n_t, seed, comm=None):
     return dict({k: r[k] for k in ('K_bits', 'K_minus_Lnull_bits', 'stderr_bits', 'n_eval', 'n_t')}, crop=exp.crop)
 
 
+def heldout_report(exp, x, n_t, seed, comm=None, **options):
+    """bound.heldout_bound on x (options: its batch_size, partial_path, progress), with K
+    under the model's own KL factor beside it when that is not T - 1, and for a network
+    trained on crops the bound on held-out crops too (crops_bound): what train.py's final
+    evaluation and evaluate.py report."""
+    r = bound.heldout_bound(exp, x, n_t, seed, comm=comm, **options)
+    if exp.diffusion.kl_factor != exp.diffusion.T_steps - 1:
+        r['K_bits_code_factor'] = bound.with_kl_factor(r, exp.diffusion.kl_factor)
+    if exp.crop:  # whole images above; the crops the network trained on here
+        r['crops'] = crops_bound(exp, x, n_t, seed, comm)
+    return r
+
+
 # ---------------------------------------------------------------- discrete bits per dimension
 
 def discrete_nll_bits_per_dim(K_bits_per_pixel, channels, width, spacing):
@@ -248,12 +261,8 @@ def evaluate(exp, checkpoint, out_dir, split='test', n_t=10, seed=0, n_examples=
     x = x[:n_examples] if n_examples else x
     prefix = os.path.join(out_dir, 'evaluation_{}'.format(split))
     start = time.time()
-    r = bound.heldout_bound(exp, x, n_t, seed, batch_size=batch_size, partial_path=prefix + '_partial.npz',
-                            progress=progress, comm=comm)
-    if exp.diffusion.kl_factor != exp.diffusion.T_steps - 1:
-        r['K_bits_code_factor'] = bound.with_kl_factor(r, exp.diffusion.kl_factor)
-    if exp.crop:
-        r['crops'] = crops_bound(exp, x, n_t, seed, comm)
+    r = heldout_report(exp, x, n_t, seed, comm, batch_size=batch_size, partial_path=prefix + '_partial.npz',
+                       progress=progress)
     out = {'dataset': exp.dataset, 'split': split, 'seed': seed, 'T': exp.diffusion.T_steps,
            'iterations': checkpoint['status']['iterations_done'], 'bound': r,
            'environment': util.environment()}

@@ -181,9 +181,9 @@ def heldout_figure(evaluations, path, unit):
 def extrapolation_figure(evaluations, fit, path):
     """The monitored K curve, the fitted K(n) = K_inf - a n^-b extended to the minibatches
     that would reach the target (report.extrapolate), and the target."""
-    n = np.array([e['iteration'] for e in evaluations if e.get('iteration', 0) > 0], float)
-    k = np.array([e['heldout_K_bits'] for e in evaluations if e.get('iteration', 0) > 0])
-    se = np.array([e['heldout_stderr_bits'] for e in evaluations if e.get('iteration', 0) > 0])
+    points = [e for e in evaluations if e.get('iteration', 0) > 0]
+    n, k, se = (np.array([e[key] for e in points], float)
+                for key in ('iteration', 'heldout_K_bits', 'heldout_stderr_bits'))
     end = max(fit.get('minibatches_16_84', [0, 0])[1], n.max()) * 2
     grid = np.logspace(np.log10(n.min()), np.log10(end), 200)
     fig, ax = plt.subplots(figsize=(7, 4))

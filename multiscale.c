@@ -308,38 +308,8 @@ static void ms_widen(const float *c, npy_intp count, float *dup)
         dup[2 * m] = dup[2 * m + 1] = c[m];
 }
 
-/* c (h, w) = wk src + up_2(coarser) for one level (src NULL: no part at this level; coarser
-   NULL: the coarsest level). dup: h w / 2 floats of scratch. */
-static void ms_level_plane(const float *src, float wk, const float *coarser, npy_intp h, npy_intp w,
-                           float *dup, float *c)
-{
-    if (!coarser) {
-        #pragma omp simd
-        for (npy_intp m = 0; m < h * w; m++)
-            c[m] = wk * src[m];
-        return;
-    }
-    ms_widen(coarser, h * w / 4, dup);
-    for (npy_intp i = 0; i < h; i += 2) {  /* rows i and i + 1 share the coarser row i / 2 */
-        const float *u = dup + (i / 2) * w;
-        float *c0 = c + i * w, *c1 = c0 + w;
-        if (src) {
-            const float *s0 = src + i * w, *s1 = s0 + w;
-            #pragma omp simd
-            for (npy_intp j = 0; j < w; j++) {
-                c0[j] = wk * s0[j] + u[j];
-                c1[j] = wk * s1[j] + u[j];
-            }
-        } else {
-            #pragma omp simd
-            for (npy_intp j = 0; j < w; j++)
-                c0[j] = c1[j] = u[j];
-        }
-    }
-}
-
 /* y (H, W) = f(w0 p0 + up_2(c1) + bias): p0 (H, W) or NULL, c1 (H/2, W/2) or NULL (not both).
-   dup: H W / 2 floats of scratch. */
+   dup: H W / 2 floats of scratch. With f linear and no bias: one level's partial sum. */
 template <int ACT>
 static void ms_output_plane(const float *p0, float w0, const float *c1, float bias, npy_intp H,
                             npy_intp W, float *dup, float *y)
@@ -382,7 +352,7 @@ static void ms_upsample_plane(const ms_levels *L, const float *const *level, con
     for (int k = K; k >= 1; k--) {
         npy_intp h = H >> k, w = W >> k;
         const float *src = level[k] ? level[k] + p * h * w : NULL;
-        ms_level_plane(src, wk[k], coarser, h, w, dup, c);
+        ms_output_plane<MS_LINEAR>(src, wk[k], coarser, 0.f, h, w, dup, c);
         coarser = c;
         c += h * w;
     }

@@ -12,6 +12,8 @@ locally, so every caller is written once. What the processes share and split:
 The per-example randomness never depends on the rank, so N processes give one
 process's numbers up to the order of floating-point sums.
 """
+import os
+import shutil
 import sys
 import traceback
 from contextlib import contextmanager
@@ -91,6 +93,12 @@ class MPIWorld(SingleProcess):
     def _max(self):
         from mpi4py import MPI
         return MPI.MAX
+
+
+def mpiexec():
+    """The launcher to start processes with: the virtual environment's own mpiexec (the
+    MPICH wheel's) first, else the first on PATH; None without one."""
+    return shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or shutil.which('mpiexec')
 
 
 def world():

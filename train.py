@@ -23,7 +23,6 @@ import os
 import shlex
 import sys
 
-import bound
 import datasets
 import evaluate
 import experiments
@@ -203,16 +202,12 @@ def build_extensions(s, exp, run_dir, lr, plot_before_training, comm):
 
 def final_evaluation(loop, exp, run_dir):
     """The bound on the held-out set (exp.final_examples of it, exp.final_draws stratified
-    draws each; bound.heldout_bound, the factor T - 1; for a network trained on crops also
-    on held-out crops), the experiment's figures, and RUN_DIR/results.json, which lists
+    draws each; evaluate.heldout_report: the factor T - 1, and for a network trained on
+    crops also held-out crops), the experiment's figures, and RUN_DIR/results.json, which lists
     where a paper-preset run is not the paper (presets.non_paper_choices). The bound is
     computed by every process; the writer alone writes."""
     x = exp.test_x[:exp.final_examples]
-    r = bound.heldout_bound(exp, x, n_t=exp.final_draws, seed=2, comm=loop.comm)
-    if exp.diffusion.kl_factor != exp.diffusion.T_steps - 1:
-        r['K_bits_code_factor'] = bound.with_kl_factor(r, exp.diffusion.kl_factor)
-    if exp.crop:  # whole images above; the crops the network trained on here
-        r['crops'] = evaluate.crops_bound(exp, x, exp.final_draws, seed=2, comm=loop.comm)
+    r = evaluate.heldout_report(exp, x, exp.final_draws, seed=2, comm=loop.comm)
     if not loop.comm.is_writer:
         return None
     figures.experiment_figures(exp, run_dir, seed=loop.status['seed'])

@@ -4,7 +4,6 @@ and each process gets its share of the node's cores."""
 import glob
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,11 +12,12 @@ import time
 import numpy as np
 import pytest
 
+import parallel
 import training
 import util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or shutil.which('mpiexec')
+MPIEXEC = parallel.mpiexec()
 TINY_DIGITS = ['--dataset', 'digits', '--seed', '5', '--max-batches', '20', '--ext-every-n', '10', '--batch-size', '50',
                '--model-args', 'T=20,n_temporal_basis=3,n_hidden_dense_lower=16,n_hidden_dense_lower_output=2,'
                'n_hidden_dense_upper=8,n_hidden_conv=6,n_layers_conv=2,n_layers_dense_lower=2,n_layers_dense_upper=2,'
