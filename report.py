@@ -45,13 +45,15 @@ def train_command(args):
 
 
 def environment_summary(env):
-    """CPU, BLAS kernel and threads, numpy and Theano, commit: one short cell."""
+    """CPU and its instruction set (and what the C code was compiled for), BLAS kernel and
+    threads, numpy and Theano, commit: one short cell."""
     if not env:
         return 'not recorded'
     threads = env.get('openblas_threads') or env.get('OPENBLAS_NUM_THREADS') or '?'
     commit = (env.get('git_commit') or '')[:7] + ('+' if env.get('git_dirty') else '')
-    return '{}; OpenBLAS {} x{}; numpy {}, Theano {}; {}'.format(
-        env.get('cpu'), env.get('openblas_core', '?'), threads, env.get('numpy'), env.get('theano'),
+    isa = '{}, C code {}'.format(env['isa'], env.get('c_march')) if env.get('isa') else 'instruction set not recorded'
+    return '{} ({}); OpenBLAS {} x{}; numpy {}, Theano {}; {}'.format(
+        env.get('cpu'), isa, env.get('openblas_core', '?'), threads, env.get('numpy'), env.get('theano'),
         commit or 'no commit')
 
 

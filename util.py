@@ -1,7 +1,8 @@
 """Small helpers shared by several scripts: Theano set-up, logit, run directories.
 
 Importing this module configures Theano (SPEC section 10) before Theano itself is
-imported, so every script imports util before theano.
+imported, so every script imports util before theano; and, with DIFFUSION_ISA=avx2, pins
+the instruction set before numpy is imported (pin_isa).
 """
 import argparse
 import ctypes
@@ -19,7 +20,87 @@ import sys
 import time
 import warnings
 
-import numpy as np
+# ---------------------------------------------------------------- the instruction set
+#
+# Three parts of a run choose their code by the CPU they run on: the C code of Theano and
+# of the project's ops (Theano compiles it with the flags of -march=native), OpenBLAS
+# (its kernel family) and numpy (its ufuncs dispatch to AVX-512 at run time). So the same
+# run gives other last digits on an AVX-512 machine than on an AVX2 one. DIFFUSION_ISA=avx2
+# pins all three to the x86-64-v3 baseline (AVX2 with FMA), which every such machine runs:
+# the same bits on both kinds (the golden runs), and AVX2 speed measured on an AVX-512
+# machine. Unset (or 'native'), each part takes the best the machine has.
+
+ISA_ENV = 'DIFFUSION_ISA'
+PINNED_ISA = {'march': 'x86-64-v3', 'openblas_core': 'Haswell'}
+# numpy 1.23's AVX-512 dispatch targets and the /proc/cpuinfo flags each needs (beyond
+# AVX512F); numpy refuses to disable a target the machine lacks, so only present ones are.
+NUMPY_AVX512 = {'AVX512F': (), 'AVX512CD': ('avx512cd',), 'AVX512_KNL': ('avx512er', 'avx512pf'),
+                'AVX512_KNM': ('avx5124fmaps', 'avx5124vnniw', 'avx512_vpopcntdq'),
+                'AVX512_SKX': ('avx512cd', 'avx512bw', 'avx512dq', 'avx512vl'),
+                'AVX512_CLX': ('avx512bw', 'avx512dq', 'avx512vl', 'avx512_vnni'),
+                'AVX512_CNL': ('avx512bw', 'avx512dq', 'avx512vl', 'avx512ifma', 'avx512vbmi'),
+                'AVX512_ICL': ('avx512bw', 'avx512dq', 'avx512vl', 'avx512ifma', 'avx512vbmi', 'avx512_vbmi2',
+                               'avx512_bitalg', 'avx512_vpopcntdq')}
+
+
+def cpuinfo(field):
+    """The value of the first `field` line of /proc/cpuinfo (Linux), or None."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.split(':', 1)[0].strip() == field:
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_flags():
+    """The CPU feature flags of this machine (Linux), or an empty set."""
+    return set((cpuinfo('flags') or '').split())
+
+
+def machine_isa(flags):
+    """The widest vector instruction set of the CPU: 'AVX-512', 'AVX2' (with FMA) or 'below AVX2'."""
+    if 'avx512f' in flags:
+        return 'AVX-512'
+    return 'AVX2' if 'avx2' in flags and 'fma' in flags else 'below AVX2'
+
+
+def numpy_avx512_targets(flags):
+    """numpy's AVX-512 dispatch targets that this CPU runs (what NPY_DISABLE_CPU_FEATURES
+    must name to keep numpy on AVX2)."""
+    if 'avx512f' not in flags:
+        return []
+    return [name for name, needs in NUMPY_AVX512.items() if all(f in flags for f in needs)]
+
+
+def pinned_isa():
+    """True when DIFFUSION_ISA asks for the x86-64-v3 baseline; another value than avx2 or
+    native is a user error (one line, exit code 2)."""
+    value = os.environ.get(ISA_ENV, 'native').lower()
+    if value not in ('native', 'avx2'):
+        print('error: {}={!r}: must be avx2 (the x86-64-v3 baseline on any machine) or native'.format(
+            ISA_ENV, os.environ[ISA_ENV]), file=sys.stderr)
+        sys.exit(2)
+    return value == 'avx2'
+
+
+def pin_isa():
+    """With DIFFUSION_ISA=avx2: OpenBLAS's Haswell kernel and numpy without AVX-512 (both
+    read when the libraries load, so this runs before numpy is imported; they replace what
+    the environment says, which a parent process may have set for itself); the C code's
+    -march is set in theano_flags."""
+    if not pinned_isa():
+        return
+    os.environ['OPENBLAS_CORETYPE'] = PINNED_ISA['openblas_core']
+    if 'numpy' not in sys.modules:
+        os.environ['NPY_DISABLE_CPU_FEATURES'] = ' '.join(numpy_avx512_targets(cpu_flags()))
+
+
+pin_isa()
+
+import numpy as np  # noqa: E402  (after pin_isa)
 
 # The project's Theano defaults; a user's own THEANO_FLAGS are appended and win.
 # local_dot22_to_dot22scalar folds a scalar factor (a learning rate, the leaky ReLU's
@@ -51,23 +132,6 @@ def blas_ldflags(path):
     return '-L{0} -l:{1} -Wl,-rpath,{0}'.format(folder, name)
 
 
-def cpuinfo(field):
-    """The value of the first `field` line of /proc/cpuinfo (Linux), or None."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.split(':', 1)[0].strip() == field:
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_flags():
-    """The CPU feature flags of this machine (Linux), or an empty set."""
-    return set((cpuinfo('flags') or '').split())
-
-
 def openblas_coretype(flags):
     """The OpenBLAS kernel to ask for, or None to let OpenBLAS decide.
 
@@ -90,6 +154,8 @@ def theano_flags(user_flags, openblas):
     that BLAS called from OpenMP threads aborts the process (SPEC section 10).
     """
     flags = dict(BASE_FLAGS)
+    if pinned_isa():  # Theano adds no -march=native flags when one is given
+        flags['gcc.cxxflags'] = '-march=' + PINNED_ISA['march']
     if 'blas.ldflags' not in user_flags:
         flags['blas.ldflags'] = blas_ldflags(openblas) if openblas else ''
         if openblas:
@@ -267,10 +333,39 @@ def package_version(name):
         return None
 
 
+def numpy_simd():
+    """The widest instruction set numpy's ufuncs dispatch to in this process (for example
+    'AVX512_ICL', or 'AVX2' under DIFFUSION_ISA=avx2)."""
+    from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    enabled = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    return enabled[-1] if enabled else 'baseline'
+
+
+def compiler():
+    """The C++ compiler Theano calls, with its version ('g++ 12.2.0'), or None."""
+    import theano
+    try:
+        out = subprocess.run([theano.config.cxx, '-dumpfullversion'], capture_output=True, text=True, timeout=10)
+        return '{} {}'.format(os.path.basename(theano.config.cxx), out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def isa_record():
+    """The instruction sets a run used: the CPU's widest (isa), what the C code is compiled
+    for (c_march: the x86-64-v3 baseline or 'native'), numpy's dispatch (numpy_simd) and the
+    compiler (cxx); OpenBLAS's kernel is openblas_info's."""
+    import theano
+    march = [f for f in theano.config.gcc.cxxflags.split() if f.startswith('-march=')]
+    return {'isa': machine_isa(cpu_flags()), 'isa_pinned': pinned_isa(),
+            'c_march': march[-1][len('-march='):] if march else 'native', 'numpy_simd': numpy_simd(),
+            'cxx': compiler(), 'NPY_DISABLE_CPU_FEATURES': os.environ.get('NPY_DISABLE_CPU_FEATURES')}
+
+
 def environment():
-    """What a result depends on besides the code's inputs: versions, BLAS kernel and
-    threads, CPU, Theano flags, the project's version and commit, the command line.
-    Stored in every results.json and checkpoint, shown in REPORT.md."""
+    """What a result depends on besides the code's inputs: versions, the instruction sets
+    (isa_record), BLAS kernel and threads, CPU, Theano flags, the project's version and
+    commit, the command line. Stored in every results.json and checkpoint, shown in REPORT.md."""
     import theano  # here, not at the top: this module sets THEANO_FLAGS before Theano is imported
     commit, dirty = git_commit()
     return dict({
@@ -285,7 +380,7 @@ def environment():
         'theano_flags': os.environ.get('THEANO_FLAGS'), 'project_version': package_version(PROJECT),
         'git_commit': commit, 'git_dirty': dirty,
         'command': ' '.join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv),
-    }, **openblas_info())
+    }, **openblas_info(), **isa_record())
 
 
 configure_theano()

@@ -1,20 +1,25 @@
 """Golden numbers: short fixed-seed runs of train.py give exactly the stored K and
-parameters (a hash of their bytes), on any machine with the locked environment.
+parameters (a hash of their bytes), on any x86-64 machine with AVX2 and the locked
+environment.
 
 The project's runs are deterministic to the last digit in a given environment: minibatch
 order and noise derive from the seed and the iteration. What changes the last digits
-(measured here: K by about 1e-8 relative after 300 minibatches): the OpenBLAS kernel
-family (SkylakeX against Haswell) and the number of threads (1 against 2), and, by their
-nature, other versions of numpy, scipy, Theano or OpenBLAS, other THEANO_FLAGS, another
-compiler, and any change of the model code or its defaults. So the golden runs pin the
-kernel family every x86-64 machine with AVX2 runs (Haswell) and two threads. When a
-figure differs, the message names the parts of the recorded environment that differ.
+(measured: K by about 1e-8 to 1e-10 relative): the instruction set the code runs with
+(Theano's and the project's C code compiled for the machine, -march=native; OpenBLAS's
+kernel family, SkylakeX against Haswell; numpy's AVX-512 ufuncs) and the number of
+threads (1 against 2); and, by their nature, other versions of numpy, scipy, Theano or
+OpenBLAS, other THEANO_FLAGS, another compiler, and any change of the model code or its
+defaults. So the golden runs pin the x86-64-v3 baseline (AVX2 with FMA) for all three
+(DIFFUSION_ISA=avx2, util.pin_isa), which AVX2 and AVX-512 machines both run, and two
+threads. When a figure differs, the message names the parts of the recorded environment
+that differ, the instruction sets first.
 
     python tests/test_golden.py --update    # record the figures anew (after a deliberate change)
 """
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -38,9 +43,13 @@ RUNS = {
                'n_hidden_dense_lower_output=2,n_hidden_dense_upper=8,n_hidden_conv=6,n_layers_conv=2,'
                'n_layers_dense_lower=2,n_layers_dense_upper=2,conv_path=True'],
 }
-PINNED = {'OPENBLAS_CORETYPE': 'Haswell', 'OMP_NUM_THREADS': '2', 'OPENBLAS_NUM_THREADS': '2'}
-# environment entries that do not bear on the numbers
-NOT_NUMERIC = ('command', 'git_commit', 'git_dirty', 'project_version', 'cores', 'platform', 'cpu')
+PINNED = {'DIFFUSION_ISA': 'avx2', 'OMP_NUM_THREADS': '2', 'OPENBLAS_NUM_THREADS': '2'}
+# environment entries that do not bear on the numbers; 'isa' (the machine's) is shown only
+# beside a difference of the pinned ones
+NOT_NUMERIC = ('command', 'git_commit', 'git_dirty', 'project_version', 'cores', 'platform', 'cpu', 'isa',
+               'NPY_DISABLE_CPU_FEATURES')
+# what the instruction set changes (util.isa_record), named first when a figure differs
+ISA_KEYS = ('isa_pinned', 'c_march', 'openblas_core', 'numpy_simd', 'cxx')
 
 
 def run(name, output_dir):
@@ -57,10 +66,28 @@ def run(name, output_dir):
     return results['K_bits'], digest.hexdigest(), results['sessions'][-1]['environment']
 
 
+def comparable(env):
+    """The environment's numeric parts, without the install paths: the BLAS by its file name,
+    THEANO_FLAGS without the blas.ldflags that name its folder."""
+    env = {k: v for k, v in env.items() if k not in NOT_NUMERIC}
+    if env.get('blas'):
+        env['blas'] = os.path.basename(env['blas'])
+    if env.get('theano_flags'):
+        env['theano_flags'] = re.sub(r'"?blas\.ldflags=[^"]*"?', 'blas.ldflags=<BLAS>', env['theano_flags'])
+    return env
+
+
 def environment_changes(recorded, now):
-    return ['{}: {!r} then, {!r} now'.format(k, recorded.get(k), now.get(k))
-            for k in sorted(set(recorded) | set(now))
-            if k not in NOT_NUMERIC and recorded.get(k) != now.get(k)]
+    """'key: then, now' for every numeric part of the environment that differs, the
+    instruction sets first (with the machine's beside them)."""
+    before, after = comparable(recorded), comparable(now)
+    keys = [k for k in ISA_KEYS if before.get(k) != after.get(k)]
+    changes = ['{}: {!r} then, {!r} now'.format(k, before.get(k), after.get(k)) for k in keys]
+    if changes:
+        changes.insert(0, 'instruction set (machine {} then, {} now)'.format(recorded.get('isa'), now.get('isa')))
+    return changes + ['{}: {!r} then, {!r} now'.format(k, before.get(k), after.get(k))
+                      for k in sorted(set(before) | set(after))
+                      if k not in ISA_KEYS and before.get(k) != after.get(k)]
 
 
 @pytest.mark.parametrize('name', sorted(RUNS))

@@ -31,7 +31,10 @@ def test_report_row_commands_environment_and_non_paper_keys(tmp_path):
     text = report.write_report([str(run)], str(tmp_path / 'REPORT.md'))
     row = [line for line in text.splitlines() if line.startswith('| diffusion_swissroll_x')][0]
     assert '| 1.500 | 0.020 | 5.594 | 2.350 | -0.850 | 6.450 | -0.856 |' in row
-    assert '1.5 min' in row and 'AMD EPYC; OpenBLAS Haswell x2; numpy 1.23.5, Theano 1.0.5; 0123456' in row
+    assert '1.5 min' in row and ('AMD EPYC (instruction set not recorded); OpenBLAS Haswell x2; numpy 1.23.5, '
+                                 'Theano 1.0.5; 0123456') in row
+    isa = dict(ENV, isa='AVX-512', c_march='x86-64-v3')
+    assert report.environment_summary(isa).startswith('AMD EPYC (AVX-512, C code x86-64-v3); OpenBLAS Haswell')
     assert '`python train.py --dataset swissroll --max-batches 100`; `python train.py --resume_file c`' in text
     assert '`n_hidden` = 64 (paper: 16 RBF units): thin roll' in text
     assert open(tmp_path / 'REPORT.md').read() == text
