@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 import parallel
 
+floatX = theano.config.floatX
 LOG2 = np.log(2.0)
 
 
@@ -172,3 +173,110 @@ def save_npz(path, arrays):
     tmp = path + '.tmp.npz'
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- steps of the training estimate
+#
+# Training minimises -K estimated from one step t per example (Eq. 14). Drawing t from a
+# proposal q(t) instead of uniformly, and weighting the KL of step t by
+# w(t) = 1 / ((T - 1) q(t)), keeps the estimate of K and of its gradient unbiased while
+# drawing the costly first steps more often: their KL is hundreds of times the later
+# steps' for a network in training, so with uniform steps they dominate the variance.
+
+def importance_weights(q, t):
+    """w(t) = 1 / ((T - 1) q(t)) for steps t (array, 2..T) under q over 2..T."""
+    return 1.0 / (len(q) * q[np.asarray(t) - 2])
+
+
+class UniformSteps:
+    """t uniform on 2..T, weight 1: the paper's and the released code's training estimate
+    (the diffusion's own draw_t, so runs of the presets keep their numbers)."""
+
+    weighted = False
+    state = ()
+
+    def __init__(self, diffusion):
+        self.diffusion = diffusion
+
+    def draw(self, rng, n, per_minibatch=False):
+        """(t, weights) for n examples; one t for all if per_minibatch (released code)."""
+        return self.diffusion.draw_t(rng, n, per_minibatch), np.ones(n, floatX)
+
+    def record(self, t, losses):
+        """Nothing to learn from the losses."""
+
+
+class ProposalSteps(UniformSteps):
+    """t from a fixed proposal q over 2..T, with importance weights w(t)."""
+
+    weighted = True
+
+    def __init__(self, diffusion, q):
+        super().__init__(diffusion)
+        self.q = q
+
+    def proposal(self):
+        return self.q
+
+    def draw(self, rng, n, per_minibatch=False):
+        q = self.proposal()
+        t = 2 + rng.choice(len(q), size=1 if per_minibatch else n, p=q)
+        t = np.repeat(t, n) if per_minibatch else t
+        return t.astype('int64'), importance_weights(q, t).astype(floatX)
+
+
+class HarmonicSteps(ProposalSteps):
+    """q(t) = (1 - u) / (T - 1) + u (1 / (t - 1)) / H_{T-1}: the held-out bound's proposal
+    (t_proposal), a share u uniform."""
+
+    def __init__(self, diffusion, uniform_share):
+        super().__init__(diffusion, t_proposal(diffusion.T_steps, 1 - uniform_share))
+
+
+class AdaptiveSteps(ProposalSteps):
+    """q(t) proportional to the root mean square of the last `history` losses (the summed
+    KL of Eq. 14 at step t) recorded at each t, mixed with a uniform share u; uniform until
+    every t has its `history` losses. The variance of the weighted estimate is smallest
+    for q(t) proportional to sqrt(E[KL_t^2]); the recent losses estimate it as training
+    moves. (After improved-diffusion's loss-second-moment sampler, Nichol & Dhariwal 2021.)
+
+    Its state, the losses and their counts, lives in shared variables so that checkpoints
+    carry it and a resumed run draws the same steps.
+    """
+
+    def __init__(self, diffusion, uniform_share, history):
+        n_steps = diffusion.T_steps - 1
+        super().__init__(diffusion, np.full(n_steps, 1.0 / n_steps))
+        self.uniform_share, self.history = uniform_share, history
+        self.losses = theano.shared(np.zeros((n_steps, history)), name='train_t.losses')
+        self.count = theano.shared(np.zeros(n_steps, 'int64'), name='train_t.count')
+        self.state = (self.losses, self.count)
+
+    def proposal(self):
+        count = self.count.get_value()
+        if count.min() < self.history:
+            return self.q
+        rms = np.sqrt(np.mean(np.square(self.losses.get_value()), axis=1))
+        return (1 - self.uniform_share) * rms / rms.sum() + self.uniform_share * self.q
+
+    def record(self, t, losses):
+        """Keep each example's loss in the ring of its step, in minibatch order."""
+        table, count = self.losses.get_value(), self.count.get_value()
+        for step, loss in zip(np.asarray(t) - 2, np.asarray(losses, np.float64)):
+            table[step, count[step] % self.history] = loss
+            count[step] += 1
+        self.losses.set_value(table)
+        self.count.set_value(count)
+
+
+TRAIN_T = ('uniform', 'harmonic', 'adaptive')
+
+
+def training_steps(diffusion, train_t='uniform', uniform_share=0.5, history=10):
+    """The step sampler of a training run: --model-args train_t (and train_t_uniform,
+    train_t_history)."""
+    if train_t == 'uniform':
+        return UniformSteps(diffusion)
+    if train_t == 'harmonic':
+        return HarmonicSteps(diffusion, uniform_share)
+    return AdaptiveSteps(diffusion, uniform_share, history)

@@ -37,14 +37,15 @@ LOG2 = np.log(2.0)
 PARZEN_SIGMAS = np.logspace(-2, 0, 21)  # kernel widths tried on the validation set, in [0, 1] pixel units
 
 
-def load_experiment(path, data_path=None):
+def load_experiment(path, data_path=None, ema=True):
     """(Experiment with the checkpoint's parameters, checkpoint dict, run directory) from a
-    checkpoint file or a run directory holding checkpoint.npz.
+    checkpoint file or a run directory holding checkpoint.npz; the parameters' average
+    where the run kept one and `ema` (experiments.from_checkpoint).
 
     Raises ValueError (one line) when the path is not a checkpoint of this project.
     """
     ckpt_path = training.checkpoint_in(path)
-    exp = experiments.from_checkpoint(ckpt_path, data_path)
+    exp = experiments.from_checkpoint(ckpt_path, data_path, ema)
     checkpoint = training.load_checkpoint(ckpt_path)
     return exp, checkpoint, os.path.dirname(os.path.abspath(ckpt_path))
 
@@ -252,19 +253,23 @@ def entropy_bounds(exp, x, seed=0, progress=True):
 # ---------------------------------------------------------------- one evaluation
 
 def evaluate(exp, checkpoint, out_dir, split='test', n_t=10, seed=0, n_examples=None, batch_size=None,
-             iw_k=(), iw_n=100, parzen_samples=0, entropy_n=0, progress=True, comm=None):
+             iw_k=(), iw_n=100, parzen_samples=0, entropy_n=0, progress=True, comm=None, averaged=None):
     """Everything asked for, written to OUT_DIR/evaluation_<split>.json (+ figures); returns it.
     comm: processes that share the bound, the importance weights and the Parzen samples;
-    the writer alone computes the entropies and writes (the others return None)."""
+    the writer alone computes the entropies and writes (the others return None).
+    averaged: whether exp holds the run's average of the parameters (None: the run kept
+    none); False writes evaluation_<split>_last.json, the last parameters'."""
     comm = comm or parallel.SingleProcess()
     x = exp.test_x if split == 'test' else exp.train_x
     x = x[:n_examples] if n_examples else x
-    prefix = os.path.join(out_dir, 'evaluation_{}'.format(split))
+    prefix = os.path.join(out_dir, 'evaluation_{}{}'.format(split, '_last' if averaged is False else ''))
     start = time.time()
     r = heldout_report(exp, x, n_t, seed, comm, batch_size=batch_size, partial_path=prefix + '_partial.npz',
                        progress=progress)
     out = {'dataset': exp.dataset, 'split': split, 'seed': seed, 'T': exp.diffusion.T_steps,
            'iterations': checkpoint['status']['iterations_done'], 'bound': r,
+           'parameters': {None: 'last', True: 'average (ema {})'.format(exp.args.get('ema')),
+                          False: 'last (the run also keeps an average)'}[averaged],
            'environment': util.environment()}
     out.update(exp.reference_values())
     if exp.pixels:
@@ -306,6 +311,8 @@ def build_parser():
     p.add_argument('--entropy-n', type=int, default=0, help='entropy bounds (Eq. 24) over this many examples')
     p.add_argument('--out-dir', default=None, help='default: the run directory')
     p.add_argument('--data-path', default=None)
+    p.add_argument('--no-ema', dest='ema', action='store_false',
+                   help='evaluate the last parameters, not their average (runs with --model-args ema=...)')
     p.add_argument('--json', action='store_true', help='print the results as JSON on stdout, and nothing else')
     return p
 
@@ -340,7 +347,7 @@ def main(argv=None):
 
 def evaluate_command(args, ks, comm):
     try:
-        exp, checkpoint, run_dir = load_experiment(args.path, args.data_path)
+        exp, checkpoint, run_dir = load_experiment(args.path, args.data_path, args.ema)
     except ValueError as e:  # not a checkpoint, or a missing data file
         util.fail(str(e))
     if args.parzen_samples and not exp.pixels:
@@ -352,8 +359,10 @@ def evaluate_command(args, ks, comm):
             util.fail('--entropy-n: {}'.format(e))
     out_dir = args.out_dir or run_dir
     os.makedirs(out_dir, exist_ok=True)
+    averaged = args.ema if exp.args.get('ema') else None
     out = evaluate(exp, checkpoint, out_dir, args.split, args.n_t, args.seed, args.n_examples, args.batch_size,
-                   ks, args.iw_n, args.parzen_samples, args.entropy_n, progress=comm.is_writer, comm=comm)
+                   ks, args.iw_n, args.parzen_samples, args.entropy_n, progress=comm.is_writer, comm=comm,
+                   averaged=averaged)
     if out is None:  # a process other than the writer
         return None
     human = sys.stderr if args.json else sys.stdout  # --json: the JSON alone on stdout
@@ -362,7 +371,8 @@ def evaluate_command(args, ks, comm):
           '({n_eval} examples, {n_t} stratified draws each)'.format(**b), file=human)
     if out.get('discrete', {}).get('nll_bits_per_dim') is not None:
         print('discrete NLL <= {:.4f} bits/dim'.format(out['discrete']['nll_bits_per_dim']), file=human)
-    print('Written to {}'.format(os.path.join(out_dir, 'evaluation_{}.json'.format(args.split))), file=human)
+    print('Parameters: {}. Written to {}'.format(out['parameters'], os.path.join(
+        out_dir, 'evaluation_{}{}.json'.format(args.split, '_last' if averaged is False else ''))), file=human)
     if args.json:
         print(json.dumps(out, indent=2, default=float))
     return out

@@ -10,6 +10,7 @@ import numpy as np
 import theano
 import theano.tensor as T
 
+import bound
 import datasets
 import model as M
 import parallel
@@ -20,6 +21,9 @@ import training
 floatX = theano.config.floatX
 L_NULL_BITS_PER_DIM = -0.5 * np.log2(2 * np.pi * np.e)  # N(0, 1) on unit-variance data
 IMAGE_T_MIX = 0.5  # images: half the held-out bound's draws from the harmonic proposal (bound.py)
+# train_t (bound.training_steps): a share of uniform steps mixed into the proposal, and the
+# losses kept per step by the adaptive one (measured, README "K per hour")
+TRAIN_T_UNIFORM, TRAIN_T_HISTORY = 0.5, 10
 IMAGE_NET_KEYS = ('n_temporal_basis', 'n_hidden_dense_lower', 'n_hidden_dense_lower_output',
                   'n_hidden_dense_upper', 'n_hidden_conv', 'n_layers_conv', 'n_layers_dense_lower',
                   'n_layers_dense_upper', 'n_scales', 'conv_path', 'dense_path', 'nonlinearity',
@@ -93,6 +97,8 @@ class Experiment:
     (None: all) and draws per example of train.py's final bound; crop: train on random
     crops of this side (a fully convolutional image network), evaluate on whole images;
     t_mix: how much the held-out bound's steps favour the first ones (bound.py).
+    steps: how training draws its steps t (bound.training_steps: args train_t,
+    train_t_uniform, train_t_history).
     """
 
     def __init__(self, dataset, args, seed, train_x, test_x, diffusion, unit, null_bits,
@@ -108,6 +114,9 @@ class Experiment:
         self.t = T.lvector('t')
         self.noise = T.TensorType(floatX, (False,) * train_x.ndim)('noise')
         self.K_nats = diffusion.bound_K(self.x0, self.t, self.noise)
+        self.steps = bound.training_steps(diffusion, args.get('train_t', 'uniform'),
+                                          args.get('train_t_uniform', TRAIN_T_UNIFORM),
+                                          args.get('train_t_history', TRAIN_T_HISTORY))
 
     @property
     def params(self):
@@ -119,60 +128,97 @@ class Experiment:
         return x.shape[2] * x.shape[3] if self.pixels else 1
 
     def draw_inputs(self, rng, x0, evaluation=False, t=None):
-        """Numpy inputs (x0, t, noise) of the compiled functions for a minibatch: training
+        """Numpy inputs (x0, t, noise) of the bound's functions for a minibatch: training
         images are cropped (if crop), images are z-scored and dequantised (SPEC section 4),
         then t and the noise are drawn.
 
         evaluation=True: whole images, and one t per example even where training draws one
         per minibatch (code preset), so that held-out examples are independent draws and
-        stderr holds. t: the steps to use instead of drawing them.
+        stderr holds. t: the steps to use instead of drawing them uniformly.
         """
+        return self.draw_training_inputs(rng, x0, evaluation, t)[:3]
+
+    def draw_training_inputs(self, rng, x0, evaluation=False, t=None):
+        """draw_inputs, the steps drawn by the training sampler (self.steps), and their
+        importance weights last: [x0, t, noise, weights]."""
         if self.crop and not evaluation:
             x0 = random_crops(x0, self.crop, rng)
         if self.pixels is not None:
             x0 = self.pixels.dequantise(x0, rng)
-        per_mb = self.args.get('t_per_minibatch', False) and not evaluation
-        t = self.diffusion.draw_t(rng, len(x0), per_mb) if t is None else t
-        return [x0.astype(floatX), t, self.diffusion.draw_noise(rng, x0)]
+        weights = np.ones(len(x0), floatX)
+        if t is None:
+            per_mb = self.args.get('t_per_minibatch', False) and not evaluation
+            steps = bound.UniformSteps(self.diffusion) if evaluation else self.steps
+            t, weights = steps.draw(rng, len(x0), per_mb)
+        return [x0.astype(floatX), t, self.diffusion.draw_noise(rng, x0), weights]
 
-    def compile_train(self, step_rule, comm=None):
+    def training_terms(self):
+        """(symbolic inputs, K per example in nats, KL per example): the training estimate of
+        Eq. 14, importance-weighted when the steps come from a proposal (bound.py)."""
+        inputs = [self.x0, self.t, self.noise]
+        if not self.steps.weighted:
+            return inputs, self.K_nats, None
+        weight = T.vector('t_weight')
+        kl = self.diffusion.kl_term(self.x0, self.t, self.noise)
+        K = -self.diffusion.kl_factor * weight * kl + self.diffusion.edge_entropies(self.x0)
+        return inputs + [weight], K, kl
+
+    def compile_train(self, step_rule, comm=None, average=None):
         """(step function for the main loop, counter of dropped non-finite steps); the cost
-        is -K in bits per dimension, averaged over the minibatch.
+        is -K in bits per dimension, averaged over the minibatch. average: a
+        training.ParameterAverage that follows the parameters (or None). The step sampler
+        (self.steps) gets each example's KL after the step (an adaptive proposal learns
+        from them).
 
         One process: one compiled function computes the cost, its gradient and the update.
         Several (comm, parallel.py): every process draws the inputs of the whole global
         minibatch from the iteration's generator, so the randomness does not depend on the
         rank; computes the gradient of its contiguous share of the minibatch's summed cost;
-        the gradients (and the cost) are added over the processes in one Allreduce of a
-        flat float32 buffer; and every process takes the same step (a non-finite sum is
-        dropped everywhere).
+        the gradients, the cost and the examples' KL are added over the processes in one
+        Allreduce of a flat float32 buffer; and every process takes the same step (a
+        non-finite sum is dropped everywhere) and records the same KL.
         """
         comm = comm or parallel.SingleProcess()
         n_dims = self.train_x.shape[1] * self.crop ** 2 if self.crop else np.prod(self.train_x.shape[1:])
-        inputs = [self.x0, self.t, self.noise]
+        inputs, K_nats, kl = self.training_terms()
+        weighted = self.steps.weighted
         if comm.size == 1:
-            cost = -self.K_nats.mean() / (n_dims * M.LOG2).astype(floatX)  # bits per dimension
-            updates, n_nonfinite = training.descent_updates(cost, self.params, step_rule)
-            fn = theano.function(inputs, [cost, n_nonfinite], updates=updates)
+            cost = -K_nats.mean() / (n_dims * M.LOG2).astype(floatX)  # bits per dimension
+            updates, n_nonfinite = training.descent_updates(cost, self.params, step_rule, average)
+            fn = theano.function(inputs, [cost, n_nonfinite] + ([kl] if weighted else []), updates=updates)
 
             def step(batch, rng):
-                cost_value, dropped = fn(*self.draw_inputs(rng, batch['features']))
-                return {'cost_bits_per_dim': float(cost_value), 'n_nonfinite': int(dropped)}
+                x0, t, noise, weights = self.draw_training_inputs(rng, batch['features'])
+                out = fn(x0, t, noise, *([weights] if weighted else []))
+                if weighted:
+                    self.steps.record(t, out[2])
+                return {'cost_bits_per_dim': float(out[0]), 'n_nonfinite': int(out[1])}
             return step, n_nonfinite
         scale = T.scalar('scale')  # 1 / (global minibatch x dimensions x ln 2)
-        cost_part = -self.K_nats.sum() * scale
-        flat = [cost_part.reshape((1,))] + [g.flatten() for g in T.grad(cost_part, self.params)]
-        gradient = theano.function(inputs + [scale], T.concatenate(flat))  # (1 + parameters,)
-        take_step, n_nonfinite = training.flat_gradient_step(self.params, step_rule)
-        size = 1 + sum(p.get_value().size for p in self.params)
+        cost_part = -K_nats.sum() * scale
+        flat = [cost_part.reshape((1,))] + ([T.cast(kl, floatX)] if weighted else [])
+        flat += [g.flatten() for g in T.grad(cost_part, self.params)]
+        gradient = theano.function(inputs + [scale], T.concatenate(flat))  # (1 [+ n] + parameters,)
+        take_step, n_nonfinite = training.flat_gradient_step(self.params, step_rule, average)
+        n_params = sum(p.get_value().size for p in self.params)
 
         def parallel_step(batch, rng):
-            x0, t, noise = self.draw_inputs(rng, batch['features'])
-            a, b = comm.share(len(x0))
-            to_bits = np.float32(1 / (len(x0) * n_dims * M.LOG2))
-            part = gradient(x0[a:b], t[a:b], noise[a:b], to_bits) if b > a else np.zeros(size, floatX)
+            x0, t, noise, weights = self.draw_training_inputs(rng, batch['features'])
+            n = len(x0)
+            a, b = comm.share(n)
+            to_bits = np.float32(1 / (n * n_dims * M.LOG2))
+            extra = [weights[a:b]] if weighted else []
+            n_kl = n if weighted else 0
+            part = np.zeros(1 + n_kl + n_params, floatX)
+            if b > a:
+                local = gradient(x0[a:b], t[a:b], noise[a:b], *extra, to_bits)
+                part[:1], part[1 + n_kl:] = local[:1], local[1 + b - a:]
+                if weighted:
+                    part[1 + a:1 + b] = local[1:1 + b - a]
             total = comm.allreduce_sum(part)
-            return {'cost_bits_per_dim': float(total[0]), 'n_nonfinite': int(take_step(total[1:]))}
+            if weighted:
+                self.steps.record(t, total[1:1 + n])
+            return {'cost_bits_per_dim': float(total[0]), 'n_nonfinite': int(take_step(total[1 + n_kl:]))}
         return parallel_step, n_nonfinite
 
     def params_checksum(self):
@@ -316,18 +362,21 @@ def build(dataset, args, seed, data_path=None):
     return from_arrays(dataset, args, seed, *load_data(dataset, args, seed, data_path))
 
 
-def from_checkpoint(path, data_path=None):
+def from_checkpoint(path, data_path=None, ema=True):
     """The Experiment of a checkpoint written by train.py, its parameters loaded (by
-    shared-variable name). data_path: else the run's --data-path. Raises ValueError
-    (one line) when the file is not a checkpoint or does not fit the model it describes."""
+    shared-variable name): the average of the parameters where the run kept one
+    (training.ParameterAverage) and `ema`, else the last parameters. data_path: else the
+    run's --data-path. Raises ValueError (one line) when the file is not a checkpoint or
+    does not fit the model it describes."""
     state = training.load_checkpoint(path)
     run_args = state['config']['args']
     exp = build(run_args['dataset'], presets.checkpoint_model_config(state), run_args['seed'],
                 data_path or run_args.get('data_path'))
     for p in exp.params:
-        if p.name not in state['shared']:
-            raise ValueError('{} lacks parameter {}'.format(path, p.name))
-        value = state['shared'][p.name]
+        name = training.AVERAGE_PREFIX + p.name if ema and exp.args.get('ema') else p.name
+        if name not in state['shared']:
+            raise ValueError('{} lacks parameter {}'.format(path, name))
+        value = state['shared'][name]
         if np.shape(value) != np.shape(p.get_value()):
             raise ValueError('{}: parameter {} is {}, the model has {}'.format(
                 path, p.name, np.shape(value), np.shape(p.get_value())))

@@ -193,19 +193,24 @@ class NonFiniteGuard(Extension):
             loop.stop_requested = True
 
 
+MONITOR_SEED = 1  # the monitor's draws at iteration i come from seed MONITOR_SEED + i
+
+
 class HeldOutBound(Extension):
     """Adds the bound K on (part of) the held-out set to the log, with its standard error,
     and keeps each evaluation in status['evaluations'] (the K curve, which the checkpoint
     carries across resumes).
 
-    The same examples and noise every time, so successive values are comparable. With
-    several processes (comm) they share the work, after checking that they all hold the
-    same parameters.
+    The same examples every time, with fresh steps and noise at each evaluation (drawn
+    from the iteration), so that the points of the K curve have independent sampling
+    errors; what they share is the choice of examples. With an average of the parameters
+    (training.ParameterAverage) the bound is the average's. With several processes (comm)
+    they share the work, after checking that they all hold the same parameters.
     """
 
-    def __init__(self, experiment, every_n_batches, before_training=False, comm=None):
+    def __init__(self, experiment, every_n_batches, before_training=False, comm=None, average=None):
         super().__init__(every_n_batches=every_n_batches, before_training=before_training)
-        self.exp, self.comm = experiment, comm or parallel.SingleProcess()
+        self.exp, self.comm, self.average = experiment, comm or parallel.SingleProcess(), average
         self.x = experiment.test_x[:experiment.n_monitor]
         self.fn = None
 
@@ -215,7 +220,9 @@ class HeldOutBound(Extension):
         if not self.comm.same_everywhere(self.exp.params_checksum()):
             raise RuntimeError('after {} minibatches the processes hold different parameters; stopping '
                                '(the last checkpoint is good)'.format(loop.status['iterations_done']))
-        r = bound.heldout_bound(self.exp, self.x, n_t=self.exp.monitor_draws, seed=1, fn=self.fn, comm=self.comm)
+        with training.averaged(self.average):
+            r = bound.heldout_bound(self.exp, self.x, n_t=self.exp.monitor_draws, fn=self.fn, comm=self.comm,
+                                    seed=MONITOR_SEED + loop.status['iterations_done'])
         s = loop.status
         if event == 'before_training':  # a record of its own, before the next minibatch
             loop.record = {'iteration': s['iterations_done'], 'epoch': s['epochs_done']}
@@ -229,13 +236,14 @@ class Plots(Extension):
     schedule b_t, the image read-out over t, the held-out bound so far) after each
     evaluation and at the end."""
 
-    def __init__(self, experiment, run_dir, every_n_batches):
+    def __init__(self, experiment, run_dir, every_n_batches, average=None):
         super().__init__(every_n_batches=every_n_batches, after_training=True)
-        self.exp, self.run_dir = experiment, run_dir
+        self.exp, self.run_dir, self.average = experiment, run_dir, average
         self.compiled = {}  # functions compiled once, reused at every call
 
     def __call__(self, loop, event):
-        figures.training_figures(self.exp, loop.status['evaluations'], self.run_dir, self.compiled)
+        with training.averaged(self.average):
+            figures.training_figures(self.exp, loop.status['evaluations'], self.run_dir, self.compiled)
 
 
 class SamplePlots(Extension):
@@ -250,13 +258,17 @@ class SamplePlots(Extension):
     over the default budget, so skipped: raise max_s or use sampler.py on the checkpoint).
     """
 
-    def __init__(self, experiment, run_dir, every_n_batches, n=16, max_s=10.0):
+    def __init__(self, experiment, run_dir, every_n_batches, n=16, max_s=10.0, average=None):
         super().__init__(every_n_batches=every_n_batches, after_training=True)
-        self.exp, self.run_dir, self.n, self.max_s = experiment, run_dir, n, max_s
+        self.exp, self.run_dir, self.n, self.max_s, self.average = experiment, run_dir, n, max_s, average
         self.kernel = None
         self.affordable = None
 
     def __call__(self, loop, event):
+        with training.averaged(self.average):
+            self.plot(loop)
+
+    def plot(self, loop):
         if self.kernel is None:
             self.kernel = sampler.compile_reverse_kernel(self.exp.diffusion, self.exp.train_x.ndim)
             x = sampler.to_model_units(self.exp, sampler.originals(self.exp, self.n))

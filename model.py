@@ -218,10 +218,13 @@ class GaussianDiffusion:
         n_dims = T.cast(T.prod(x0.shape[1:]), floatX)  # an int64 count would make K float64
         return T.alloc(n_dims * per_dim, x0.shape[0])
 
-    def bound_K(self, x0, t, noise):
+    def bound_K(self, x0, t, noise, weight=None):
         """Monte Carlo estimate of K (Eq. 14) per example, nats: one t ~ U{2..T} per example,
-        the KL sample multiplied by (T - 1) (paper) or T (released code)."""
-        return -self.kl_factor * self.kl_term(x0, t, noise) + self.edge_entropies(x0)
+        the KL sample multiplied by (T - 1) (paper) or T (released code); with `weight`
+        (n,), t was drawn from a proposal q and each KL is also multiplied by
+        1 / ((T - 1) q(t)) (bound.ProposalSteps)."""
+        kl = self.kl_term(x0, t, noise) if weight is None else weight * self.kl_term(x0, t, noise)
+        return -self.kl_factor * kl + self.edge_entropies(x0)
 
     def draw_t(self, rng, n, per_minibatch=False):
         """Steps t uniform in 2..T; one for the whole minibatch if `per_minibatch` (code)."""
@@ -378,9 +381,11 @@ class BinomialDiffusion:
         keep, drift = np.asarray([1 - b_1, self.p * b_1], dtype=floatX)  # float64 scalars would make K float64
         return -per_example(bernoulli_entropy(x0 * keep + drift))
 
-    def bound_K(self, x0, t, uniform):
-        """K per example, nats (Eq. 14 with Bernoulli terms): -(T-1) E[KL] + edge entropies."""
-        return -self.kl_factor * self.kl_term(x0, t, uniform) + self.edge_entropies(x0)
+    def bound_K(self, x0, t, uniform, weight=None):
+        """K per example, nats (Eq. 14 with Bernoulli terms): -(T-1) E[KL] + edge entropies;
+        `weight` as in GaussianDiffusion.bound_K."""
+        kl = self.kl_term(x0, t, uniform) if weight is None else weight * self.kl_term(x0, t, uniform)
+        return -self.kl_factor * kl + self.edge_entropies(x0)
 
     def factorised_optimum_bits(self, patterns, n=1000, seed=0):
         """K (bits per sequence) of the best reverse kernel that is Bernoulli independently

@@ -23,6 +23,20 @@ PRESETS = {
                  dense_depth_from_conv=True, dequantisation='code', norm_from_minibatch=True,
                  skip_last_step=True),  # the released sampler stops at x^1
 }
+# 'fast': the paper preset's model and bound, trained the fastest way measured here (the
+# README's "K per hour" ablation); each change is ours, not the paper's (FAST_CHOICES), and
+# is listed with the paper's own non-paper choices in results.json and REPORT.md.
+FAST = dict(train_t='adaptive', train_t_uniform=0.1, ema=0.999)
+PRESETS['fast'] = dict(PRESETS['paper'], **FAST)
+# run settings of the fast preset (train.py), where the data set's defaults differ
+FAST_RUN_SETTINGS = {'optimizer': 'adam'}
+FAST_CHOICES = {
+    'train_t': ('t uniform on 2..T', 'to be measured'),
+    'train_t_uniform': ('-', 'to be measured'),
+    'ema': ('no average', 'to be measured'),
+}
+FAST_OPTIMIZER = ('optimizer', 'SFO', 'to be measured')
+
 # Preset keys that only the image sets have (SPEC section 9, items 4-6 and 10).
 IMAGE_PRESET_KEYS = ('nonlinearity', 'scale_nonlinearity', 'conv_path', 'dense_path', 'dense_depth_from_conv',
                      'dequantisation', 'norm_from_minibatch')
@@ -33,23 +47,29 @@ IMAGE_PRESET_KEYS = ('nonlinearity', 'scale_nonlinearity', 'conv_path', 'dense_p
 # network was dense-only, as is ours for the 8x8 digits (Appendix D.2.1).
 FULLY_CONVOLUTIONAL = dict(dense_path=False, crop=32, n_scales=4, n_hidden_conv=32, n_layers_conv=4,
                            n_hidden_dense_upper=64, n_layers_dense_upper=3)
-DATASET_PRESETS = {('MNIST', 'paper'): dict(conv_path=False),
-                   ('digits', 'paper'): dict(conv_path=False),
-                   ('deadleaves', 'paper'): dict(FULLY_CONVOLUTIONAL, image_size=64),
-                   ('bark', 'paper'): dict(FULLY_CONVOLUTIONAL),
-                   ('swissroll', 'paper'): dict(code_mu=True)}
+PAPER_DATASET_PRESETS = {'MNIST': dict(conv_path=False), 'digits': dict(conv_path=False),
+                         'deadleaves': dict(FULLY_CONVOLUTIONAL, image_size=64),
+                         'bark': dict(FULLY_CONVOLUTIONAL), 'swissroll': dict(code_mu=True)}
+DATASET_PRESETS = {(name, fidelity): v for name, v in PAPER_DATASET_PRESETS.items() for fidelity in ('paper', 'fast')}
 
 # Step-rule arguments of each preset: the released training passed max_scaling=1e10 to
 # RMSProp; training.RMSProp's default 1e5 is ours (the paper trained with SFO).
-STEP_RULE_ARGS = {'paper': {}, 'code': {'rmsprop': {'max_scaling': 1e10}}}
+STEP_RULE_ARGS = {'paper': {}, 'fast': {}, 'code': {'rmsprop': {'max_scaling': 1e10}}}
+
+# How training estimates K, for every data set (bound.training_steps, training.ParameterAverage):
+# the steps t uniform (the paper's and the released code's) or from a proposal with
+# importance weights, and an average of the parameters for evaluation and sampling (None:
+# none). The 'fast' preset changes them (FAST).
+TRAINING_ESTIMATE = dict(train_t='uniform', train_t_uniform=0.5, train_t_history=10, ema=None)
 
 # Model arguments of each data set (keys of --model-args).
 MODEL_ARGS = {
     'swissroll': dict(T=40, n_hidden=64, expert='quadratic', n_basis=10, beta_init='logit', beta_1=1e-7,
-                      beta_min=1e-7, noise=datasets.SWISSROLL_NOISE, n_train=200000, n_eval=20000),
+                      beta_min=1e-7, noise=datasets.SWISSROLL_NOISE, n_train=200000, n_eval=20000,
+                      **TRAINING_ESTIMATE),
     'heartbeat': dict(T=2000, n_hidden=100, n_layers=3, readout='basis', n_basis=20,
                       basis_warp='logit', init_gain=4.0, p=0.2, n_train=100000, n_eval=20000,
-                      n_final_eval=1000),
+                      n_final_eval=1000, **TRAINING_ESTIMATE),
 }
 # Images: the released code's network defaults (its MNIST run) under its own names, T and
 # the temporal basis; b_1 = 1e-3 for the learned schedule of the paper preset (OUR_CHOICES).
@@ -61,7 +81,7 @@ IMAGE_DEFAULTS = dict(T=1000, n_temporal_basis=10, beta_init='harmonic', beta_1=
                       n_hidden_dense_lower=500, n_hidden_dense_lower_output=2,
                       n_hidden_dense_upper=20, n_hidden_conv=20, n_layers_conv=4,
                       n_layers_dense_lower=4, n_layers_dense_upper=2, n_scales=1, crop=None,
-                      conv_impl='auto')
+                      conv_impl='auto', **TRAINING_ESTIMATE)
 MODEL_ARGS.update({
     'MNIST': dict(IMAGE_DEFAULTS),
     # the CIFAR-10 configuration of the released code's README (about 12.7M parameters)
@@ -91,8 +111,10 @@ RUN_DEFAULTS = {
 }
 # Model keys added after runs had been made, with the value that reproduces those runs:
 # a checkpoint without the key loads as it was trained.
-ADDED_KEYS = dict({'swissroll': {'beta_min': M.BETA_MIN}, 'heartbeat': {'init_gain': 1.0}},
-                  **{name: {'conv_impl': 'corrmm'} for name in IMAGES})
+ADDED_KEYS = dict({'swissroll': dict(TRAINING_ESTIMATE, beta_min=M.BETA_MIN),
+                   'heartbeat': dict(TRAINING_ESTIMATE, init_gain=1.0)},
+                  **{name: dict(TRAINING_ESTIMATE, conv_impl='corrmm') for name in IMAGES})
+
 
 # Table 1 of the paper (SPEC section 7): K and K - L_null, bits per data vector (toys) or
 # per pixel (images). MNIST was reported as a Parzen estimate instead (Table 2).
@@ -146,16 +168,21 @@ OPTIMIZER_NOTE = ('optimizer', 'SFO', 'RMSProp (decay 0.9, max_scaling 1e5) as i
                   'its max_scaling 1e10: SFO no longer installs')
 
 
-def non_paper_choices(dataset, args):
-    """[{'key', 'value', 'paper', 'reason'}] for each key of `args` (a paper-preset
+def non_paper_choices(dataset, args, fidelity='paper', optimizer='rmsprop'):
+    """[{'key', 'value', 'paper', 'reason'}] for each key of `args` (a paper- or fast-preset
     configuration) where the value is ours, not the paper's; and the optimiser (the paper
-    trained every model but CIFAR-10 with SFO)."""
+    trained every model but CIFAR-10 with SFO). The fast preset adds its own (FAST_CHOICES)."""
     table = dict(OUR_CHOICES.get('images', {}) if dataset in IMAGES else {}, **OUR_CHOICES.get(dataset, {}))
+    if fidelity == 'fast':
+        table.update(FAST_CHOICES)
     out = [{'key': key, 'value': args[key], 'paper': paper, 'reason': reason}
            for key, (paper, reason) in sorted(table.items()) if key in args]
-    if dataset != 'CIFAR10':
+    if fidelity == 'fast':
+        key, paper, reason = FAST_OPTIMIZER
+        out.append({'key': key, 'value': optimizer, 'paper': paper, 'reason': reason})
+    elif dataset != 'CIFAR10':
         key, paper, reason = OPTIMIZER_NOTE
-        out.append({'key': key, 'value': 'rmsprop', 'paper': paper, 'reason': reason})
+        out.append({'key': key, 'value': optimizer, 'paper': paper, 'reason': reason})
     return out
 
 
@@ -200,6 +227,14 @@ class Real:
         return 'a number in {}{}, {})'.format('[' if self.closed_lo else '(', self.lo, self.hi)
 
 
+class OptionalReal(Real):
+    def accepts(self, v):
+        return v is None or super().accepts(v)
+
+    def __str__(self):
+        return super().__str__() + ' or None'
+
+
 class OneOf:
     def __init__(self, *choices):
         self.choices = choices
@@ -240,6 +275,9 @@ ARG_RULES = {
     'n_layers_dense_lower': Int(1), 'n_layers_dense_upper': Int(1), 'n_scales': Int(1),
     'folder': Folder(), 'patch': Int(2), 'image_size': Int(2), 'crop': OptionalInt(2),
     'conv_impl': OneOf('auto', 'corrmm', 'winograd', 'im2col'),
+    # how training estimates K (TRAINING_ESTIMATE)
+    'train_t': OneOf('uniform', 'harmonic', 'adaptive'), 'train_t_uniform': Real(0, 1, closed_lo=True),
+    'train_t_history': Int(1), 'ema': OptionalReal(0, 1),
 }
 
 
@@ -265,6 +303,8 @@ def model_args(dataset, fidelity, overrides):
         preset = dict(PRESETS[fidelity], **DATASET_PRESETS.get((dataset, fidelity), {}))
         args.update({k: v for k, v in preset.items()
                      if dataset in IMAGES or k not in IMAGE_PRESET_KEYS})
+    elif fidelity == 'fast':  # binomial diffusion: only the training estimate differs
+        args.update(FAST)
     unknown = set(overrides) - set(args)
     if unknown:
         raise KeyError('unknown --model-args key(s) {} for {}; valid: {}'.format(

@@ -390,6 +390,8 @@ def build_parser():
     p.add_argument('--out', default=None, help='output folder (default: the checkpoint\'s folder)')
     p.add_argument('--batch-size', type=int, default=100, help='examples per network evaluation')
     p.add_argument('--data-path', default=None, help='folder of data files (else $FUEL_DATA_PATH)')
+    p.add_argument('--no-ema', dest='ema', action='store_false',
+                   help='sample with the last parameters, not their average (runs with --model-args ema=...)')
     p.add_argument('--skip-last-step', default=None, choices=('yes', 'no'),
                    help='stop at x^1 like the released code (default: the model arg skip_last_step)')
     return p
@@ -405,7 +407,7 @@ def main(argv=None):
         util.fail('--mask {!r} is neither left, centre nor a file'.format(args.mask))
     with parallel.abort_on_error() as comm:  # under mpiexec the processes share the samples
         try:
-            exp = experiments.from_checkpoint(args.checkpoint, args.data_path)
+            exp = experiments.from_checkpoint(args.checkpoint, args.data_path, args.ema)
         except ValueError as e:
             util.fail(str(e))
         skip = None if args.skip_last_step is None else args.skip_last_step == 'yes'

@@ -23,6 +23,7 @@ import os
 import shlex
 import sys
 
+import bound
 import datasets
 import evaluate
 import experiments
@@ -71,7 +72,8 @@ def build_parser():
     p = util.OneLineParser(description=__doc__.split('\n')[0])
     p.add_argument('--dataset', help='one of: ' + ', '.join(presets.MODEL_ARGS) + ' (any case)')
     p.add_argument('--fidelity', choices=sorted(presets.PRESETS),
-                   help='paper (default): the paper\'s choices; code: the released code\'s (SPEC section 9)')
+                   help='paper (default): the paper\'s choices; code: the released code\'s (SPEC section 9); '
+                        'fast: the paper\'s model and bound, trained the fastest way measured here')
     p.add_argument('--model-args', type=model_args_type, help='key=value,... overriding model defaults')
     p.add_argument('--batch-size', type=int)
     p.add_argument('--lr', type=float, help='initial learning rate')
@@ -106,6 +108,8 @@ def new_run_settings(given):
     except ValueError as e:
         util.fail(str(e).replace('data set', '--dataset'))
     defaults = dict(DEFAULTS, **presets.RUN_DEFAULTS[dataset])
+    if given.get('fidelity') == 'fast':
+        defaults.update(presets.FAST_RUN_SETTINGS)
     if given.get('max_epochs') is not None and given.get('max_batches') is None:
         defaults['max_batches'] = None
     settings = {k: v if v is not None else defaults.get(k) for k, v in given.items()}
@@ -178,21 +182,23 @@ def lr_schedule(s, lr_start, iterations_done, n_train):
 
 # ---------------------------------------------------------------- the run
 
-def build_extensions(s, exp, run_dir, lr, plot_before_training, comm):
+def build_extensions(s, exp, run_dir, lr, plot_before_training, comm, average=None):
     """The extensions of a run: every process stops, schedules and evaluates (collectively);
-    the writer process alone prints and writes files."""
+    the writer process alone prints and writes files. With an average of the parameters,
+    the monitor, the figures and the samples are the average's."""
     every = s['ext_every_n']
     max_s = s['max_minutes'] * 60 if s['max_minutes'] else None
     everywhere = [E.FinishAfter(s['max_batches'], s['max_epochs'], max_s),
                   E.LearningRateSchedule(lr, **s['lr_schedule']),
-                  E.HeldOutBound(exp, every_n_batches=every, before_training=plot_before_training, comm=comm)]
+                  E.HeldOutBound(exp, every_n_batches=every, before_training=plot_before_training, comm=comm,
+                                 average=average)]
     if not comm.is_writer:
         return everywhere
     checkpoint = os.path.join(run_dir, 'checkpoint.npz')
     return everywhere + [
         E.NonFiniteGuard(),
-        E.Plots(exp, run_dir, every_n_batches=every),
-        E.SamplePlots(exp, run_dir, every_n_batches=every),
+        E.Plots(exp, run_dir, every_n_batches=every, average=average),
+        E.SamplePlots(exp, run_dir, every_n_batches=every, average=average),
         E.Printing(every),
         E.JSONLog(os.path.join(run_dir, 'log.jsonl')),
         E.Checkpoint(checkpoint, every_n_batches=every, best_path=os.path.join(run_dir, 'best.npz'),
@@ -200,24 +206,33 @@ def build_extensions(s, exp, run_dir, lr, plot_before_training, comm):
     ]
 
 
-def final_evaluation(loop, exp, run_dir):
+def final_evaluation(loop, exp, run_dir, average=None):
     """The bound on the held-out set (exp.final_examples of it, exp.final_draws stratified
     draws each; evaluate.heldout_report: the factor T - 1, and for a network trained on
     crops also held-out crops), the experiment's figures, and RUN_DIR/results.json, which lists
-    where a paper-preset run is not the paper (presets.non_paper_choices). The bound is
+    where a paper-preset run is not the paper (presets.non_paper_choices). With an average
+    of the parameters, all of it is the average's, and the bound of the last parameters
+    themselves, on the monitor's examples, is beside it (without_ema). The bound is
     computed by every process; the writer alone writes."""
     x = exp.test_x[:exp.final_examples]
-    r = evaluate.heldout_report(exp, x, exp.final_draws, seed=2, comm=loop.comm)
+    with training.averaged(average):
+        r = evaluate.heldout_report(exp, x, exp.final_draws, seed=2, comm=loop.comm)
+    if average is not None:
+        raw = bound.heldout_bound(exp, exp.test_x[:exp.n_monitor], exp.monitor_draws, seed=2, comm=loop.comm)
+        r['ema'] = average.rate
+        r['without_ema'] = {k: raw[k] for k in ('K_bits', 'K_minus_Lnull_bits', 'stderr_bits', 'n_eval', 'n_t')}
     if not loop.comm.is_writer:
         return None
-    figures.experiment_figures(exp, run_dir, seed=loop.status['seed'])
+    with training.averaged(average):
+        figures.experiment_figures(exp, run_dir, seed=loop.status['seed'])
     r.update(exp.reference_values())
     s = loop.status
     out = {'seed': s['seed'], 'iterations': s['iterations_done'], 'epochs': s['epochs_done'],
            'wall_s': round(s['wall_s'], 2), 'resumed_from': s['resumed_from']}
     out.update(loop.config['results'], **r)
-    if out['fidelity'] == 'paper':
-        out['not_the_paper'] = presets.non_paper_choices(exp.dataset, exp.args)
+    if out['fidelity'] in ('paper', 'fast'):
+        out['not_the_paper'] = presets.non_paper_choices(exp.dataset, exp.args, out['fidelity'],
+                                                         loop.config['args']['optimizer'])
     out['sessions'] = loop.config['sessions']
     util.write_json(os.path.join(run_dir, 'results.json'), out)
     return out
@@ -229,6 +244,9 @@ def print_results(results, run_dir):
     if 'crops' in results:
         print('On held-out {crop}x{crop} crops: K = {K_bits:.3f} +- {stderr_bits:.3f}, K - L_null = '
               '{K_minus_Lnull_bits:.3f}'.format(**results['crops']))
+    if 'without_ema' in results:
+        print('Those are the parameters\' average (ema {}); the last parameters themselves give K = {K_bits:.3f} '
+              '+- {stderr_bits:.3f} (n_eval {n_eval}, {n_t} draws each)'.format(results['ema'], **results['without_ema']))
     references = [('paper', 'paper_K_bits'), ('exact log likelihood', 'exact_ll_bits'),
                   ('true log likelihood', 'true_ll_bits'), ('best factorised kernel', 'factorised_optimum_K_bits')]
     known = ['{} {:.3f}'.format(name, results[key]) for name, key in references if key in results]
@@ -278,12 +296,14 @@ def run_directory(s, args, checkpoint, overrides, comm):
         util.fail('--output-dir {}: {}'.format(s['output_dir'], e.strerror or e))
 
 
-def main_loop(s, exp, checkpoint, overrides, step_rule, comm):
+def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
     """The main loop of the run, its state loaded from the checkpoint if there is one, and
-    the learning-rate schedule planned (lr_schedule)."""
+    the learning-rate schedule planned (lr_schedule). The checkpoint holds the parameters,
+    the optimiser's state, the step sampler's (an adaptive proposal) and the average's."""
     print('Compiling the training function (the first run takes a minute or two) ...', flush=True)
-    step, n_nonfinite = exp.compile_train(step_rule, comm)
-    shared = {p.name: p for p in exp.params + step_rule.state}
+    step, n_nonfinite = exp.compile_train(step_rule, comm, average)
+    state = exp.params + step_rule.state + list(exp.steps.state) + (average.state if average else [])
+    shared = {p.name: p for p in state}
     shared.update({'optimizer.lr': step_rule.lr, 'optimizer.n_nonfinite': n_nonfinite})
     stream = streams.DataStream(streams.ArrayDataset(features=exp.train_x),
                                 streams.ShuffledScheme(len(exp.train_x), s['batch_size'], s['seed']))
@@ -321,12 +341,13 @@ def run(args, comm):
     print('Run directory: {}'.format(run_dir), flush=True)
     step_rule = training.STEP_RULES[s['optimizer']](
         s['lr'], **presets.STEP_RULE_ARGS[s['fidelity']].get(s['optimizer'], {}))
-    loop = main_loop(s, exp, checkpoint, overrides, step_rule, comm)
-    loop.extensions = build_extensions(s, exp, run_dir, step_rule.lr, args.plot_before_training, comm)
+    average = training.ParameterAverage(exp.params, exp.args['ema']) if exp.args.get('ema') else None
+    loop = main_loop(s, exp, checkpoint, overrides, step_rule, comm, average)
+    loop.extensions = build_extensions(s, exp, run_dir, step_rule.lr, args.plot_before_training, comm, average)
     loop.run()
     if loop.interrupted:
         sys.exit(parallel.INTERRUPTED)
-    results = final_evaluation(loop, exp, run_dir)
+    results = final_evaluation(loop, exp, run_dir, average)
     if results:
         print_results(results, run_dir)
     return results

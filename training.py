@@ -7,6 +7,7 @@ uninterrupted one exactly.
 """
 import util  # configures Theano before it is imported
 
+import contextlib
 import glob
 import json
 import os
@@ -91,34 +92,86 @@ class Adam:
 STEP_RULES = {'rmsprop': RMSProp, 'adam': Adam}
 
 
-def descent_updates(cost, params, step_rule):
+def descent_updates(cost, params, step_rule, average=None):
     """Gradient-descent updates on `cost` (gradient_updates of its gradients)."""
-    return gradient_updates(T.grad(cost, params), params, step_rule)
+    return gradient_updates(T.grad(cost, params), params, step_rule, average)
 
 
-def gradient_updates(grads, params, step_rule):
+def gradient_updates(grads, params, step_rule, average=None):
     """Updates that take one step of `step_rule` along `grads`; a step whose gradient is not
     finite is dropped: when any entry is NaN or inf, no parameter and no optimiser state
-    changes, and the counter `n_nonfinite` (returned) goes up by one."""
+    changes, and the counter `n_nonfinite` (returned) goes up by one. With `average`
+    (ParameterAverage), its averages follow the new parameters."""
     norm2 = sum(T.sum(T.sqr(g)) for g in grads)
     finite = T.and_(T.neq(T.isnan(norm2), 1), T.neq(T.isinf(norm2), 1))
     steps, state_updates = step_rule.steps(params, grads)
     n_nonfinite = shared_scalar(0, 'optimizer.n_nonfinite', 'int64')
     updates = [(p, T.switch(finite, p - s, p)) for p, s in zip(params, steps)]
+    if average is not None:
+        updates += average.updates([new for _, new in updates], finite)
     updates += [(v, T.switch(finite, new, v)) for v, new in state_updates]
     updates.append((n_nonfinite, n_nonfinite + T.switch(finite, 0, 1)))
     return updates, n_nonfinite
 
 
-def flat_gradient_step(params, step_rule):
+def flat_gradient_step(params, step_rule, average=None):
     """(fn, n_nonfinite): fn(g) takes one step along the flat float32 vector g, all
     parameters' gradients one after the other (what data-parallel training adds up over
     processes), and returns the counter of dropped steps."""
     flat = T.vector('flat_gradient')
     sizes = np.cumsum([0] + [p.get_value().size for p in params])
     grads = [flat[a:b].reshape(p.shape) for p, a, b in zip(params, sizes[:-1], sizes[1:])]
-    updates, n_nonfinite = gradient_updates(grads, params, step_rule)
+    updates, n_nonfinite = gradient_updates(grads, params, step_rule, average)
     return theano.function([flat], n_nonfinite, updates=updates), n_nonfinite
+
+
+AVERAGE_PREFIX = 'ema/'  # the average of parameter <name> is the shared variable 'ema/<name>'
+
+
+class ParameterAverage:
+    """An exponential moving average of the parameters, for evaluation and sampling (not
+    in the paper or the released code; Polyak averaging as diffusion models use it):
+    a <- r_n a + (1 - r_n) p after each step taken, with r_n = min(rate, (1 + n) / (10 + n))
+    at the n-th step, so that early on the average follows the parameters instead of
+    remembering their initial values for 1 / (1 - rate) steps.
+
+    Its values ('ema/<name>') and count ('ema.n') are shared variables that checkpoints
+    carry; `swapped()` puts them in the parameters' place for a while.
+    """
+
+    def __init__(self, params, rate):
+        self.params, self.rate = params, rate
+        self.averages = [theano.shared(p.get_value(), name=AVERAGE_PREFIX + p.name) for p in params]
+        self.n = shared_scalar(0, 'ema.n', 'int64')
+        self.state = self.averages + [self.n]
+
+    def updates(self, new_params, finite):
+        n = T.cast(self.n, floatX)
+        r = T.minimum(np.float32(self.rate), (1 + n) / (10 + n))
+        out = [(a, T.switch(finite, r * a + (1 - r) * p, a)) for a, p in zip(self.averages, new_params)]
+        return out + [(self.n, self.n + T.switch(finite, 1, 0))]
+
+    @contextlib.contextmanager
+    def swapped(self):
+        """The averages in the parameters' place inside the `with` block."""
+        current = [p.get_value() for p in self.params]
+        for p, a in zip(self.params, self.averages):
+            p.set_value(a.get_value())
+        try:
+            yield
+        finally:
+            for p, value in zip(self.params, current):
+                p.set_value(value)
+
+
+@contextlib.contextmanager
+def averaged(average):
+    """ParameterAverage.swapped(), or nothing when there is no average."""
+    if average is None:
+        yield
+    else:
+        with average.swapped():
+            yield
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -1,0 +1,135 @@
+"""How training estimates K (bound.training_steps, training.ParameterAverage): steps drawn
+from a proposal with importance weights give the same expected cost as uniform steps, the
+adaptive proposal follows the recorded losses, the parameters' average follows its formula,
+and runs with both resume to the last digit."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import theano
+import theano.tensor as T
+
+import bound
+import experiments
+import presets
+import training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def roll(**overrides):
+    args = presets.model_args('swissroll', 'paper', dict(dict(
+        T=12, n_hidden=4, n_train=400, n_eval=200, noise=0.05, beta_1=1e-4, beta_init='geometric',
+        beta_min=1e-6), **overrides))
+    return experiments.build('swissroll', args, seed=0)
+
+
+def test_importance_weights_undo_the_proposal():
+    q = bound.t_proposal(50, 0.7)
+    t = np.arange(2, 51)
+    cost = 1.0 / (t - 1.0) ** 2
+    assert np.sum(q * bound.importance_weights(q, t) * cost) == pytest.approx(cost.mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize('train_t', ['harmonic', 'adaptive'])
+def test_weighted_training_cost_has_the_uniform_mean_on_a_fixed_network(train_t):
+    """The mean of the training estimate of K over many draws is the same whether t is
+    uniform or drawn from a proposal and weighted (what keeps the gradient unbiased). The
+    adaptive sampler is given a steep loss history first, so that its proposal is far from
+    uniform."""
+    uniform, weighted = roll(), roll(train_t=train_t, train_t_uniform=0.1, train_t_history=2)
+    if train_t == 'adaptive':
+        steps = np.repeat(np.arange(2, 13), 2)
+        weighted.steps.record(steps, 100.0 / (steps - 1.0) ** 2)
+        assert weighted.steps.proposal()[0] > 20 * weighted.steps.proposal()[-1]
+    means = []
+    for exp in (uniform, weighted):
+        inputs, K_nats, _ = exp.training_terms()
+        fn = theano.function(inputs, K_nats)
+        x = np.repeat(exp.test_x[:200], 50, axis=0)  # 10,000 draws
+        x0, t, noise, w = exp.draw_training_inputs(np.random.default_rng(4), x)
+        K = fn(x0, t, noise, *([w] if exp.steps.weighted else [])).astype(np.float64)
+        means.append((K.mean(), K.std() / np.sqrt(len(K))))
+    (mu_u, se_u), (mu_w, se_w) = means
+    assert abs(mu_u - mu_w) < 4 * np.hypot(se_u, se_w)
+    assert se_u < 0.05 * abs(mu_u)  # the comparison has power
+
+
+def test_uniform_training_draws_what_the_diffusion_draws():
+    """train_t='uniform' consumes the generator as before (the presets' numbers hold)."""
+    exp = roll()
+    x0, t, noise, w = exp.draw_training_inputs(np.random.default_rng(1), exp.train_x[:64])
+    rng = np.random.default_rng(1)
+    np.testing.assert_array_equal(t, exp.diffusion.draw_t(rng, 64))
+    np.testing.assert_array_equal(noise, exp.diffusion.draw_noise(rng, exp.train_x[:64]))
+    assert (w == 1).all() and not exp.steps.weighted and exp.training_terms()[2] is None
+
+
+def test_adaptive_proposal_is_uniform_until_every_step_has_its_history_then_follows_rms():
+    steps = roll(train_t='adaptive', train_t_uniform=0.2, train_t_history=3).steps
+    n = 11  # steps 2..12
+    steps.record(np.arange(2, 13).repeat(2), np.ones(2 * n))
+    np.testing.assert_allclose(steps.proposal(), 1.0 / n)  # two losses each: not yet
+    losses = np.arange(1.0, n + 1)
+    for k in range(4):  # a ring of 3: the 4th round overwrites the first
+        steps.record(np.arange(2, 13), losses * (10 if k == 0 else 1))
+    expected = 0.8 * losses / losses.sum() + 0.2 / n
+    np.testing.assert_allclose(steps.proposal(), expected)
+    t, w = steps.draw(np.random.default_rng(0), 20000)
+    np.testing.assert_allclose(np.bincount(t, minlength=13)[2:] / 20000, expected, atol=0.01)
+    np.testing.assert_allclose(w, 1.0 / (n * expected[t - 2]), rtol=1e-6)
+
+
+def test_parameter_average_follows_its_formula_and_swaps_back():
+    p = theano.shared(np.zeros(3, 'float32'), name='p')
+    g = T.vector('g')
+    average = training.ParameterAverage([p], 0.9)
+    updates, _ = training.gradient_updates([g], [p], training.RMSProp(0.1), average)
+    step = theano.function([g], [], updates=updates)
+    rng = np.random.default_rng(0)
+    expected = np.zeros(3)
+    for n in range(30):
+        step(rng.normal(size=3).astype('float32'))
+        r = min(0.9, (1 + n) / (10 + n))
+        expected = r * expected + (1 - r) * p.get_value()
+    np.testing.assert_allclose(average.averages[0].get_value(), expected, rtol=1e-5)
+    step(np.array([np.nan, 0, 0], 'float32'))  # a dropped step leaves the average too
+    np.testing.assert_allclose(average.averages[0].get_value(), expected, rtol=1e-5)
+    assert int(average.n.get_value()) == 30
+    last = p.get_value()
+    with training.averaged(average):
+        np.testing.assert_array_equal(p.get_value(), average.averages[0].get_value())
+    np.testing.assert_array_equal(p.get_value(), last)
+
+
+TINY = ['--dataset', 'digits', '--seed', '3', '--ext-every-n', '10', '--batch-size', '50',
+        '--model-args', 'T=20,n_temporal_basis=3,n_hidden_dense_lower=16,n_hidden_dense_lower_output=2,'
+        'n_hidden_dense_upper=8,n_hidden_conv=6,n_layers_conv=2,n_layers_dense_lower=2,n_layers_dense_upper=2,'
+        'train_t=adaptive,train_t_history=2,ema=0.9']
+
+
+def train(args, out):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py')] + args, capture_output=True, text=True,
+                       timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_adaptive_run_with_an_average_resumes_to_the_last_digit(tmp_path):
+    train(TINY + ['--max-batches', '30', '--output-dir', str(tmp_path / 'full')], tmp_path)
+    train(TINY + ['--max-batches', '20', '--output-dir', str(tmp_path / 'part')], tmp_path)
+    part, = glob.glob(str(tmp_path / 'part' / 'diffusion_*'))
+    train(['--resume_file', os.path.join(part, 'checkpoint.npz'), '--max-batches', '30'], tmp_path)
+    full, = glob.glob(str(tmp_path / 'full' / 'diffusion_*'))
+    a, b = (training.load_checkpoint(os.path.join(d, 'checkpoint.npz'))['shared'] for d in (full, part))
+    assert sorted(a) == sorted(b) and 'train_t.losses' in a and 'ema/schedule.c' in a
+    assert a['train_t.count'].min() >= 2  # the proposal had left the uniform start
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    results = [json.load(open(os.path.join(d, 'results.json'))) for d in (full, part)]
+    assert results[0]['K_bits'] == results[1]['K_bits']
+    assert results[0]['ema'] == 0.9 and 'K_bits' in results[0]['without_ema']
