@@ -113,10 +113,10 @@ def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=
     signature = np.array([n, n_t, seed, batch_size, T_steps, exp.t_mix, params_sum, comm.rank, comm.size])
     partial_path = partial_path and partial_file(partial_path, comm)
     state = {'kl_sum': np.zeros(n), 'edge_sum': np.zeros(n), 'kl_by_t': np.zeros(T_steps + 1),
-             'count_by_t': np.zeros(T_steps + 1), 'units_done': 0}
+             'kl2_by_t': np.zeros(T_steps + 1), 'count_by_t': np.zeros(T_steps + 1), 'units_done': 0}
     if partial_path and os.path.exists(partial_path):
         with np.load(partial_path) as saved:
-            if np.array_equal(saved['signature'], signature):
+            if set(state) <= set(saved.files) and np.array_equal(saved['signature'], signature):
                 state = {k: saved[k] if k != 'units_done' else int(saved[k]) for k in state}
     bar = tqdm(total=len(units), initial=state['units_done'], desc='bound K', disable=not progress,
                unit='batch')
@@ -129,13 +129,14 @@ def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=
         state['kl_sum'][s:s + batch_size] += weights[i, s:s + batch_size] * kl
         state['edge_sum'][s:s + batch_size] += edges
         np.add.at(state['kl_by_t'], t, kl)
+        np.add.at(state['kl2_by_t'], t, np.square(kl))
         np.add.at(state['count_by_t'], t, 1)
         state['units_done'] = done + 1
         if partial_path:
             save_npz(partial_path, dict(state, signature=signature))
         bar.update(1)
     bar.close()
-    sums = {k: comm.allreduce_sum(state[k]) for k in ('kl_sum', 'edge_sum', 'kl_by_t', 'count_by_t')}
+    sums = {k: comm.allreduce_sum(state[k]) for k in ('kl_sum', 'edge_sum', 'kl_by_t', 'kl2_by_t', 'count_by_t')}
     return summary(exp, sums, n_t, offsets, exp.n_pixels(x))
 
 
@@ -147,14 +148,41 @@ def summary(exp, state, n_t, offsets, n_pixels):
     edges = state['edge_sum'] / n_t * to_bits
     per_example = edges - (T_steps - 1) * kl
     counts = np.maximum(state['count_by_t'][2:], 1)
+    cost_by_t = (T_steps - 1) * state['kl_by_t'][2:] / counts * to_bits
+    cost2_by_t = (T_steps - 1) ** 2 * state['kl2_by_t'][2:] / counts * to_bits ** 2
     K_bits = float(per_example.mean())
     return {'K_bits': K_bits, 'K_minus_Lnull_bits': K_bits - exp.null_bits,
             'stderr_bits': stratified_stderr(per_example, offsets, T_steps - 1),
             'n_eval': int(len(per_example)), 'n_t': int(n_t), 'kl_factor': 'T-1',
             'edge_bits': float(edges.mean()), 'kl_bits': float(kl.mean()),
-            'kl_bits_by_t': ((T_steps - 1) * state['kl_by_t'][2:] / counts * to_bits).tolist(),
-            'count_by_t': state['count_by_t'][2:].astype(int).tolist(), 'unit': exp.unit,
-            't_per_example': 'stratified', 't_mix': exp.t_mix}
+            'kl_bits_by_t': cost_by_t.tolist(), 'count_by_t': state['count_by_t'][2:].astype(int).tolist(),
+            'unit': exp.unit, 't_per_example': 'stratified', 't_mix': exp.t_mix,
+            'training_estimate_std_bits': training_estimate_spread(cost_by_t, cost2_by_t)}
+
+
+def estimate_std(cost_by_t, cost2_by_t, q):
+    """Standard deviation of the one-draw estimate w(t) c_t of mean_t c_t with t ~ q over
+    2..T, from the mean c_t and second moment of each step's cost (T - 1) KL_t:
+    sqrt(sum_t q_t w_t^2 E[c_t^2] - (mean_t c_t)^2)."""
+    w = importance_weights(q, np.arange(2, len(q) + 2))
+    return float(np.sqrt(max(np.sum(q * w ** 2 * cost2_by_t) - np.mean(cost_by_t) ** 2, 0.0)))
+
+
+def training_estimate_spread(cost_by_t, cost2_by_t, shares=(0.5, 0.1, 0.01)):
+    """How noisy one example's training estimate of K is under each train_t (bits): uniform
+    steps; the harmonic proposal and the proposal proportional to each step's root mean
+    square cost (what the adaptive sampler learns), each with a uniform share u. Measured
+    at the evaluated parameters; steps never drawn count as costing nothing."""
+    n_steps = len(cost_by_t)
+    uniform = np.full(n_steps, 1.0 / n_steps)
+    rms = np.sqrt(cost2_by_t)
+    out = {'uniform': estimate_std(cost_by_t, cost2_by_t, uniform)}
+    for u in shares:
+        out['harmonic u={}'.format(u)] = estimate_std(cost_by_t, cost2_by_t, t_proposal(n_steps + 1, 1 - u))
+        if rms.sum() > 0:
+            out['adaptive u={}'.format(u)] = estimate_std(cost_by_t, cost2_by_t,
+                                                          (1 - u) * rms / rms.sum() + u * uniform)
+    return out
 
 
 def partial_file(path, comm):

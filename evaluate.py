@@ -369,6 +369,8 @@ def evaluate_command(args, ks, comm):
     b = out['bound']
     print('K = {K_bits:.4f} +- {stderr_bits:.4f} {unit}, K - L_null = {K_minus_Lnull_bits:.4f} '
           '({n_eval} examples, {n_t} stratified draws each)'.format(**b), file=human)
+    print('Spread of one draw of the training estimate of K, by train_t: ' + ', '.join(
+        '{} {:.3g}'.format(k, v) for k, v in b['training_estimate_std_bits'].items()), file=human)
     if out.get('discrete', {}).get('nll_bits_per_dim') is not None:
         print('discrete NLL <= {:.4f} bits/dim'.format(out['discrete']['nll_bits_per_dim']), file=human)
     print('Parameters: {}. Written to {}'.format(out['parameters'], os.path.join(

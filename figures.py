@@ -178,24 +178,34 @@ def heldout_figure(evaluations, path, unit):
     return True
 
 
-def extrapolation_figure(evaluations, fit, path):
+def extrapolation_figure(evaluations, fit, path, unit='bits/pixel'):
     """The monitored K curve, the fitted K(n) = K_inf - a n^-b extended to the minibatches
-    that would reach the target (report.extrapolate), and the target."""
+    that would reach the target (report.extrapolate), and the target as a line inside the
+    axes. Where some of the fit's draws reach the target, the band of their 16-84% range
+    is labelled with the share of draws that do; the title says what the uncertainty covers."""
     points = [e for e in evaluations if e.get('iteration', 0) > 0]
     n, k, se = (np.array([e[key] for e in points], float)
                 for key in ('iteration', 'heldout_K_bits', 'heldout_stderr_bits'))
     end = max(fit.get('minibatches_16_84', [0, 0])[1], n.max()) * 2
     grid = np.logspace(np.log10(n.min()), np.log10(end), 200)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.errorbar(n, k, yerr=se, fmt='o', ms=3, capsize=2, label='held-out K (monitor)')
-    ax.plot(grid, fit['K_inf'] - fit['a'] * grid ** -fit['b'], label='fit {fit}'.format(**fit))
-    ax.axhline(fit['target'], color='k', ls='--', label='target {:.3f}'.format(fit['target']))
+    curve = fit['K_inf'] - fit['a'] * grid ** -fit['b']
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    ax.errorbar(n, k, yerr=se, fmt='o', ms=3, capsize=2, label='held-out K (monitor, fresh draws each point)')
+    ax.plot(grid, curve, label='fit K(n) = K_inf - a n^-b, K_inf = {:.2f} +- {:.2f}'.format(
+        fit['K_inf'], fit['K_inf_stderr']))
+    ax.axhline(fit['target'], color='k', ls='--', lw=1.5, label='paper {:.3f}'.format(fit['target']))
+    reached = 1 - fit['fraction_never_reached']
     if 'minibatches_16_84' in fit:
-        ax.axvspan(*fit['minibatches_16_84'], color='C1', alpha=0.15, label='reaches the target (16-84%)')
+        ax.axvspan(*fit['minibatches_16_84'], color='C1', alpha=0.15,
+                   label='{:.1%} of the fit\'s draws reach the paper; their 16-84% range'.format(reached))
+    low = min(k.min() - se.max(), curve.min(), fit['target'])
+    high = max(k.max() + se.max(), curve.max(), fit['target'])
+    ax.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low))
     ax.set_xscale('log')
     ax.set_xlabel('minibatches')
-    ax.set_ylabel('K')
-    ax.legend(fontsize=8)
+    ax.set_ylabel('K ({})'.format(unit))
+    ax.set_title('Uncertainty: the monitor\'s sampling error, for this form of curve only', fontsize=9)
+    ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

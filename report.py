@@ -241,7 +241,8 @@ def extrapolate_run(run_dirs, target):
         util.fail(str(e))
     out['step_s'] = state['status']['wall_s'] / max(state['status']['iterations_done'], 1)
     util.write_json(os.path.join(run_dir, 'extrapolation.json'), out)
-    figures.extrapolation_figure(evaluations, out, os.path.join(run_dir, 'extrapolation.png'))
+    unit = 'bits/pixel' if dataset in presets.IMAGES else 'bits' if dataset == 'swissroll' else 'bits/seq'
+    figures.extrapolation_figure(evaluations, out, os.path.join(run_dir, 'extrapolation.png'), unit)
     print(json.dumps(out, indent=2))
     return out
 

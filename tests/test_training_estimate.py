@@ -133,3 +133,18 @@ def test_adaptive_run_with_an_average_resumes_to_the_last_digit(tmp_path):
     results = [json.load(open(os.path.join(d, 'results.json'))) for d in (full, part)]
     assert results[0]['K_bits'] == results[1]['K_bits']
     assert results[0]['ema'] == 0.9 and 'K_bits' in results[0]['without_ema']
+
+
+def test_estimate_spread_matches_draws_and_is_smallest_for_the_rms_proposal():
+    """bound.estimate_std against the spread of simulated draws, and the rms proposal (what
+    the adaptive sampler learns) beats uniform steps on a steep cost."""
+    rng = np.random.default_rng(0)
+    n_steps = 99
+    mean = 50.0 / np.arange(1, n_steps + 1) ** 1.5
+    second = 2 * mean ** 2  # costs exponential-like: variance equal to the squared mean
+    q = bound.t_proposal(n_steps + 1, 0.5)
+    t = rng.choice(n_steps, size=200000, p=q)
+    draws = rng.exponential(mean[t]) * bound.importance_weights(q, t + 2)
+    assert bound.estimate_std(mean, second, q) == pytest.approx(draws.std(), rel=0.02)
+    spread = bound.training_estimate_spread(mean, second)
+    assert spread['adaptive u=0.01'] < spread['harmonic u=0.5'] < spread['uniform']
