@@ -23,7 +23,7 @@ IMAGE_T_MIX = 0.5  # images: half the held-out bound's draws from the harmonic p
 IMAGE_NET_KEYS = ('n_temporal_basis', 'n_hidden_dense_lower', 'n_hidden_dense_lower_output',
                   'n_hidden_dense_upper', 'n_hidden_conv', 'n_layers_conv', 'n_layers_dense_lower',
                   'n_layers_dense_upper', 'n_scales', 'conv_path', 'dense_path', 'nonlinearity',
-                  'scale_nonlinearity', 'dense_depth_from_conv', 'conv_impl')
+                  'scale_nonlinearity', 'dense_depth_from_conv', 'conv_impl', 'tied_biases', 'feature_scaling')
 
 
 class PixelUnits:
@@ -136,7 +136,7 @@ class Experiment:
         return [x0.astype(floatX), t, self.diffusion.draw_noise(rng, x0)]
 
     def compile_train(self, step_rule, comm=None):
-        """(step function for the main loop, counter of dropped non-finite steps); the cost
+        """(step function for the main loop, counter of steps with a non-finite gradient); the cost
         is -K in bits per dimension, averaged over the minibatch.
 
         One process: one compiled function computes the cost, its gradient and the update.
@@ -145,14 +145,15 @@ class Experiment:
         rank; computes the gradient of its contiguous share of the minibatch's summed cost;
         the gradients (and the cost) are added over the processes in one Allreduce of a
         flat float32 buffer; and every process takes the same step (a non-finite sum is
-        dropped everywhere).
+        treated alike everywhere, as args['nonfinite_gradient'] says: training.gradient_updates).
         """
         comm = comm or parallel.SingleProcess()
         n_dims = self.train_x.shape[1] * self.crop ** 2 if self.crop else np.prod(self.train_x.shape[1:])
         inputs = [self.x0, self.t, self.noise]
         if comm.size == 1:
             cost = -self.K_nats.mean() / (n_dims * M.LOG2).astype(floatX)  # bits per dimension
-            updates, n_nonfinite = training.descent_updates(cost, self.params, step_rule)
+            updates, n_nonfinite = training.descent_updates(cost, self.params, step_rule,
+                                                            self.args['nonfinite_gradient'])
             fn = theano.function(inputs, [cost, n_nonfinite], updates=updates)
 
             def step(batch, rng):
@@ -163,7 +164,8 @@ class Experiment:
         cost_part = -self.K_nats.sum() * scale
         flat = [cost_part.reshape((1,))] + [g.flatten() for g in T.grad(cost_part, self.params)]
         gradient = theano.function(inputs + [scale], T.concatenate(flat))  # (1 + parameters,)
-        take_step, n_nonfinite = training.flat_gradient_step(self.params, step_rule)
+        take_step, n_nonfinite = training.flat_gradient_step(self.params, step_rule,
+                                                             self.args['nonfinite_gradient'])
         size = 1 + sum(p.get_value().size for p in self.params)
 
         def parallel_step(batch, rng):
@@ -284,6 +286,9 @@ def check_crop(args, H, W):
     if args['dense_path']:
         raise ValueError('--model-args crop={}: training on crops needs dense_path=False (the dense '
                          'path is tied to the image size)'.format(crop))
+    if not args['tied_biases']:
+        raise ValueError('--model-args crop={}: training on crops needs tied_biases=True (untied '
+                         'biases are tied to the image size)'.format(crop))
     if crop > min(H, W) or crop % factor:
         raise ValueError('--model-args crop={}: must be at most the images\' {}x{} and divisible by '
                          '2^(n_scales - 1) = {}'.format(crop, H, W, factor))
