@@ -317,3 +317,21 @@ def test_presets_differ_in_named_image_keys_only_and_spare_the_toy_sets():
         assert set(presets.model_args('heartbeat', fidelity, {})) == set(presets.MODEL_ARGS['heartbeat'])
     toy_paper = presets.model_args('swissroll', 'paper', {})
     assert toy_paper['beta_init'] == presets.MODEL_ARGS['swissroll']['beta_init']
+
+
+def test_checkpoint_from_before_the_three_keys_builds_the_network_it_trained():
+    """A code-preset image checkpoint written before tied_biases, feature_scaling and
+    nonfinite_gradient existed loads with one bias per filter, unscaled features and dropped
+    non-finite steps (presets.ADDED_KEYS), as it was trained."""
+    model = presets.model_args('digits', 'code', {})
+    for key in ('tied_biases', 'feature_scaling', 'nonfinite_gradient'):
+        del model[key]
+    config = presets.checkpoint_model_config({'config': {'args': {'dataset': 'digits'}, 'model': model}})
+    assert (config['tied_biases'], config['feature_scaling'], config['nonfinite_gradient']) == (True, False, 'drop_step')
+    net = R.ImageNetwork((1, 8, 8), np.random.default_rng(0), **{k: config[k] for k in experiments.IMAGE_NET_KEYS})
+    assert all(b.get_value().ndim == 1 for layer in net.conv for b in layer.b)
+    assert net.feature_scales == [1.0, 1.0]
+    roll = presets.model_args('swissroll', 'code', {})
+    del roll['nonfinite_gradient']
+    assert presets.checkpoint_model_config({'config': {'args': {'dataset': 'swissroll'}, 'model': roll}})[
+        'nonfinite_gradient'] == 'drop_step'
