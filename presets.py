@@ -178,6 +178,21 @@ def non_paper_choices(dataset, args):
     return out
 
 
+def choices_markdown():
+    """OUR_CHOICES and the optimiser as the Markdown table of docs/paper_and_code.md,
+    section 9 (tests/test_paper_and_code.py keeps the two equal): one row per data set
+    (or 'images': every image set) and key, with the paper-preset value."""
+    rows = ['| data set | key | our value | the paper | why |', '|---|---|---|---|---|']
+    for group, table in OUR_CHOICES.items():
+        configurations = [model_args(name, 'paper', {}) for name in (IMAGES if group == 'images' else [group])]
+        for key, (paper, reason) in sorted(table.items()):
+            value = ', '.join(sorted({repr(args[key]) for args in configurations}))
+            rows.append('| {} | `{}` | `{}` | {} | {} |'.format(group, key, value, paper, reason))
+    key, paper, reason = OPTIMIZER_NOTE
+    rows.append('| all but CIFAR10 | `--{}` | `rmsprop` | {} | {} |'.format(key, paper, reason))
+    return '\n'.join(rows) + '\n'
+
+
 # ---------------------------------------------------------------- what each --model-args key accepts
 
 class Int:
