@@ -27,7 +27,8 @@ IMAGE_NET_KEYS = ('n_temporal_basis', 'n_hidden_dense_lower', 'n_hidden_dense_lo
 
 
 class PixelUnits:
-    """How 8-bit pixels become the model's data, and back (SPEC section 4).
+    """How 8-bit pixels become the model's data, and back
+    (docs/paper_and_code.md, section 3, items 10 and 17).
 
     z-scoring: x_z = (x / 255 + shift) * scale, so adjacent levels are scale / 255 apart;
     dequantisation (Theis et al. 2015): uniform noise of width w added to x_z, so the
@@ -115,12 +116,13 @@ class Experiment:
 
     def n_pixels(self, x):
         """What K per data vector of x is divided by: the pixels of an image (all channels
-        together, SPEC section 1), 1 for the toys."""
+        together, as Table 1 counts them), 1 for the toys."""
         return x.shape[2] * x.shape[3] if self.pixels else 1
 
     def draw_inputs(self, rng, x0, evaluation=False, t=None):
         """Numpy inputs (x0, t, noise) of the compiled functions for a minibatch: training
-        images are cropped (if crop), images are z-scored and dequantised (SPEC section 4),
+        images are cropped (if crop), images are z-scored and dequantised
+        (docs/paper_and_code.md, section 3, item 10),
         then t and the noise are drawn.
 
         evaluation=True: whole images, and one t per example even where training draws one

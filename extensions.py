@@ -55,8 +55,8 @@ class FinishAfter(Extension):
             loop.stop_requested = True
 
 
-# The released code's decay (SPEC section 4): x exp(ln 0.1 / 1000) every 500 minibatches,
-# down to 1e-4.
+# The released code's decay (docs/paper_and_code.md, section 3, item 7): x exp(ln 0.1 / 1000)
+# every 500 minibatches, down to 1e-4.
 RELEASED_SCHEDULE = {'every_n_batches': 500, 'factor': math.exp(math.log(0.1) / 1000), 'floor': 1e-4}
 
 

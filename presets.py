@@ -1,5 +1,6 @@
 """What the paper says, what the released code does, and what we chose: the presets of
-`--fidelity paper|code` (SPEC section 9), each data set's model arguments and training
+`--fidelity paper|code` (docs/paper_and_code.md, section 3), each data set's model
+arguments and training
 defaults, what every `--model-args` key accepts, Table 1, and the list of our choices
 where a "paper" run is not the paper.
 """
@@ -11,7 +12,8 @@ import datasets
 import model as M
 import training
 
-# Paper-vs-code choices of the Gaussian model (SPEC section 9). Each is a --model-args key.
+# Paper-vs-code choices of the Gaussian model (docs/paper_and_code.md, section 3). Each is a
+# --model-args key.
 PRESETS = {
     'paper': dict(learn_beta=True, code_mu=False, code_sigma=False, kl_factor='T-1',
                   basis_width='paper', t_per_minibatch=False,
@@ -27,7 +29,7 @@ PRESETS = {
                  # and Y_dense / sqrt(n_hidden_dense_lower_output); CompositeRule([RemoveNotFinite(), RMSProp])
                  tied_biases=False, feature_scaling=True, nonfinite_gradient='zero_gradient'),
 }
-# Preset keys that only the image sets have (SPEC section 9, items 4-6 and 10).
+# Preset keys that only the image sets have (docs/paper_and_code.md, section 3).
 IMAGE_PRESET_KEYS = ('nonlinearity', 'scale_nonlinearity', 'conv_path', 'dense_path', 'dense_depth_from_conv',
                      'dequantisation', 'norm_from_minibatch', 'tied_biases', 'feature_scaling')
 # A preset's value that differs by data set: the paper's MNIST network was dense-only
@@ -100,7 +102,8 @@ ADDED_KEYS = dict({'swissroll': {'beta_min': M.BETA_MIN, 'nonfinite_gradient': '
                   **{name: {'conv_impl': 'corrmm', 'tied_biases': True, 'feature_scaling': False,
                             'nonfinite_gradient': 'drop_step'} for name in IMAGES})
 
-# Table 1 of the paper (SPEC section 7): K and K - L_null, bits per data vector (toys) or
+# Table 1 of the paper (docs/paper_and_code.md, section 5): K and K - L_null, bits per data
+# vector (toys) or
 # per pixel (images). MNIST was reported as a Parzen estimate instead (Table 2).
 TABLE_1 = {'swissroll': (2.35, 6.45), 'heartbeat': (-2.414, 12.024), 'bark': (-0.55, 1.5),
            'deadleaves': (1.489, 3.536), 'CIFAR10': (5.4, 11.5)}
@@ -258,7 +261,7 @@ ARG_RULES = {
     # the diffusion and its schedule
     'T': Int(2), 'beta_init': OneOf('harmonic', 'geometric', 'logit'), 'beta_1': Real(0, 1),
     'beta_min': Real(0, 1, closed_lo=True), 'p': Real(0, 1),
-    # presets (SPEC section 9)
+    # presets (docs/paper_and_code.md, section 3)
     'learn_beta': BOOL, 'code_mu': BOOL, 'code_sigma': BOOL, 'kl_factor': OneOf('T-1', 'T'),
     'basis_width': OneOf('paper', 'code'), 't_per_minibatch': BOOL, 'nonlinearity': OneOf('paper', 'code'),
     'scale_nonlinearity': OneOf('after_sum', 'per_scale'), 'conv_path': BOOL, 'dense_path': BOOL,
