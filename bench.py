@@ -113,6 +113,12 @@ def network_flops(exp):
 
 # ---------------------------------------------------------------- one configuration
 
+def n_params(exp):
+    """The number of the network's parameters (with the code preset's untied biases, every
+    position of each scale's 'full' convolution output; docs/paper_and_code.md, section 5)."""
+    return int(sum(p.get_value().size for p in exp.params))
+
+
 def stand_in_images(shape, n, seed=0):
     """n random uint8 images (n, C, H, W)."""
     return np.random.default_rng(seed).integers(0, 256, (n,) + shape, dtype=np.uint8)
@@ -235,7 +241,7 @@ def bench_config(name, n_steps, peak, log, conv_impl=None, comm=None, batch=None
         'dataset': exp.dataset, 'fidelity': FIDELITY, 'model_args': CONFIGS[name][1],
         'conv_impl': exp.args['conv_impl'], 'processes': comm.size,
         'image_shape': list(exp.train_x.shape[1:]), 'batch_size': batch,
-        'n_params': int(sum(p.get_value().size for p in exp.params)),
+        'n_params': n_params(exp),
         'steps_timed': n_steps, 'step_s': step_s, 'step_s_median': median,
         'images_per_s': batch / median,
         'forward_gflop_per_image': forward / 1e9,

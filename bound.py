@@ -3,8 +3,8 @@ final evaluation of train.py and evaluate.py.
 
 Each draw is -(T - 1) KL(q(x^{t-1}|x^t,x^0) || p(x^{t-1}|x^t)) + the edge entropies, at a
 step t in 2..T and noise drawn for it: the Monte Carlo estimate of Eq. 14 with t uniform
-(SPEC section 1). The factor is the paper's T - 1 whatever the preset; the released
-code's T (SPEC section 9, item 11) is a bias, reported separately (with_kl_factor).
+(Sec. 2.4). The factor is the paper's T - 1 whatever the preset; the released code's T
+(docs/paper_and_code.md, section 3, item 11) is a bias, reported separately (with_kl_factor).
 
 The steps are stratified twice. Each example's n_t draws are evenly spaced over 2..T from
 a random offset, and the offsets of the examples are consecutive random permutations of
@@ -192,7 +192,7 @@ def partial_file(path, comm):
 
 def with_kl_factor(result, factor):
     """K in bits had the KL sample been multiplied by `factor` instead of T - 1 (the released
-    code's factor T, SPEC section 9 item 11)."""
+    code's factor T: docs/paper_and_code.md, section 3, item 11)."""
     return result['edge_bits'] - factor * result['kl_bits']
 
 

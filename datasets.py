@@ -1,4 +1,4 @@
-"""The data sets (SPEC section 8), what Fuel gave the released code.
+"""The data sets (docs/paper_and_code.md, section 6), what Fuel gave the released code.
 
 Toy sets, made from a seed:
 The Swiss roll is a 2-D spiral (t cos t, t sin t), t uniform in [1.5 pi, 4.5 pi],
@@ -196,7 +196,7 @@ def fetch(name, data_path, mirrors=None, files=None):
 # ---------------------------------------------------------------- dead leaves
 
 # Theis et al. 2012, whose images the paper used, do not publish their generator's
-# settings; these are ours (SPEC section 8).
+# settings; these are ours (docs/paper_and_code.md, section 6).
 DEADLEAVES_SIZE = 64     # pixels per side
 DEADLEAVES_COUNT = 10000  # images; the last tenth is the test split
 DEADLEAVES_SEED = 1

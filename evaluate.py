@@ -11,7 +11,7 @@ checkpoint, or to --out-dir; --json prints them on stdout (and nothing else). A 
 evaluation saves its partial sums to evaluation_<split>_partial.npz after every chunk and
 picks them up when started again with the same arguments. REPORT.md over runs: report.py.
 
-Units: K is in the paper's units (SPEC section 1): bits per data vector for the toy
+Units: K is in the paper's units (Table 1): bits per data vector for the toy
 sets, bits per pixel of z-scored continuous data for images (all colour channels of
 a pixel together). Natural logarithms inside, divided by ln 2 at the end.
 """
@@ -230,7 +230,7 @@ def parzen_evaluation(exp, n_samples=10000, n_valid=10000, seed=0, sigmas=PARZEN
 # ---------------------------------------------------------------- entropy bounds (Eq. 24)
 
 def entropy_bounds(exp, x, seed=0, progress=True):
-    """Per-dimension entropies at t = 2..T, nats (SPEC section 6, Eq. 24): H_p, the reverse
+    """Per-dimension entropies at t = 2..T, nats (Sec. 2.6, Eq. 24): H_p, the reverse
     step's 0.5 log(2 pi e Sigma(x^t, t)) averaged over dimensions and over x^t ~ q(x^t | x^0)
     for the examples x, against the bounds of diffusion.entropy_bounds; and the number of
     steps where H_p lies outside them. ValueError for binomial diffusion."""

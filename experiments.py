@@ -27,11 +27,12 @@ TRAIN_T_UNIFORM, TRAIN_T_HISTORY = 0.5, 10
 IMAGE_NET_KEYS = ('n_temporal_basis', 'n_hidden_dense_lower', 'n_hidden_dense_lower_output',
                   'n_hidden_dense_upper', 'n_hidden_conv', 'n_layers_conv', 'n_layers_dense_lower',
                   'n_layers_dense_upper', 'n_scales', 'conv_path', 'dense_path', 'nonlinearity',
-                  'scale_nonlinearity', 'dense_depth_from_conv', 'conv_impl')
+                  'scale_nonlinearity', 'dense_depth_from_conv', 'conv_impl', 'tied_biases', 'feature_scaling')
 
 
 class PixelUnits:
-    """How 8-bit pixels become the model's data, and back (SPEC section 4).
+    """How 8-bit pixels become the model's data, and back
+    (docs/paper_and_code.md, section 3, items 10 and 17).
 
     z-scoring: x_z = (x / 255 + shift) * scale, so adjacent levels are scale / 255 apart;
     dequantisation (Theis et al. 2015): uniform noise of width w added to x_z, so the
@@ -124,12 +125,13 @@ class Experiment:
 
     def n_pixels(self, x):
         """What K per data vector of x is divided by: the pixels of an image (all channels
-        together, SPEC section 1), 1 for the toys."""
+        together, as Table 1 counts them), 1 for the toys."""
         return x.shape[2] * x.shape[3] if self.pixels else 1
 
     def draw_inputs(self, rng, x0, evaluation=False, t=None):
         """Numpy inputs (x0, t, noise) of the bound's functions for a minibatch: training
-        images are cropped (if crop), images are z-scored and dequantised (SPEC section 4),
+        images are cropped (if crop), images are z-scored and dequantised
+        (docs/paper_and_code.md, section 3, item 10),
         then t and the noise are drawn.
 
         evaluation=True: whole images, and one t per example even where training draws one
@@ -176,7 +178,8 @@ class Experiment:
         rank; computes the gradient of its contiguous share of the minibatch's summed cost;
         the gradients, the cost and the examples' KL are added over the processes in one
         Allreduce of a flat float32 buffer; and every process takes the same step (a
-        non-finite sum is dropped everywhere) and records the same KL.
+        non-finite sum is treated alike everywhere, as args['nonfinite_gradient'] says:
+        training.gradient_updates) and records the same KL.
         """
         comm = comm or parallel.SingleProcess()
         n_dims = self.train_x.shape[1] * self.crop ** 2 if self.crop else np.prod(self.train_x.shape[1:])
@@ -184,7 +187,8 @@ class Experiment:
         weighted = self.steps.weighted
         if comm.size == 1:
             cost = -K_nats.mean() / (n_dims * M.LOG2).astype(floatX)  # bits per dimension
-            updates, n_nonfinite = training.descent_updates(cost, self.params, step_rule, average)
+            updates, n_nonfinite = training.descent_updates(cost, self.params, step_rule,
+                                                            self.args['nonfinite_gradient'], average)
             fn = theano.function(inputs, [cost, n_nonfinite] + ([kl] if weighted else []), updates=updates)
 
             def step(batch, rng):
@@ -199,7 +203,8 @@ class Experiment:
         flat = [cost_part.reshape((1,))] + ([T.cast(kl, floatX)] if weighted else [])
         flat += [g.flatten() for g in T.grad(cost_part, self.params)]
         gradient = theano.function(inputs + [scale], T.concatenate(flat))  # (1 [+ n] + parameters,)
-        take_step, n_nonfinite = training.flat_gradient_step(self.params, step_rule, average)
+        take_step, n_nonfinite = training.flat_gradient_step(self.params, step_rule,
+                                                             self.args['nonfinite_gradient'], average)
         n_params = sum(p.get_value().size for p in self.params)
 
         def parallel_step(batch, rng):
@@ -330,6 +335,9 @@ def check_crop(args, H, W):
     if args['dense_path']:
         raise ValueError('--model-args crop={}: training on crops needs dense_path=False (the dense '
                          'path is tied to the image size)'.format(crop))
+    if not args['tied_biases']:
+        raise ValueError('--model-args crop={}: training on crops needs tied_biases=True (untied '
+                         'biases are tied to the image size)'.format(crop))
     if crop > min(H, W) or crop % factor:
         raise ValueError('--model-args crop={}: must be at most the images\' {}x{} and divisible by '
                          '2^(n_scales - 1) = {}'.format(crop, H, W, factor))

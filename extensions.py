@@ -55,8 +55,8 @@ class FinishAfter(Extension):
             loop.stop_requested = True
 
 
-# The released code's decay (SPEC section 4): x exp(ln 0.1 / 1000) every 500 minibatches,
-# down to 1e-4.
+# The released code's decay (docs/paper_and_code.md, section 3, item 7): x exp(ln 0.1 / 1000)
+# every 500 minibatches, down to 1e-4.
 RELEASED_SCHEDULE = {'every_n_batches': 500, 'factor': math.exp(math.log(0.1) / 1000), 'floor': 1e-4}
 
 
@@ -174,7 +174,8 @@ class Checkpoint(Extension):
 
 class NonFiniteGuard(Extension):
     """Stops training when `patience` minibatches in a row had a non-finite gradient
-    (each such step is dropped by the step rule; this says so instead of spinning)."""
+    (each such step is dropped, or the affected parameters' gradients zeroed, by the step
+    rule; this says so instead of spinning)."""
 
     def __init__(self, patience=100):
         super().__init__(every_n_batches=1)
@@ -187,7 +188,7 @@ class NonFiniteGuard(Extension):
         self.streak = self.streak + 1 if self.last is not None and count > self.last else 0
         self.last = count
         if self.streak >= self.patience:
-            print('Stopping: {} minibatches in a row had NaN or inf gradients (all dropped). '
+            print('Stopping: {} minibatches in a row had NaN or inf gradients. '
                   'Resume from the last checkpoint with a lower --lr.'.format(self.streak),
                   file=sys.stderr, flush=True)
             loop.stop_requested = True

@@ -1,4 +1,4 @@
-"""The diffusion math (SPEC sections 1-2): forward schedule, q(x^t | x^0), the
+"""The diffusion math (paper Sec. 2 and Appendix B): forward schedule, q(x^t | x^0), the
 posterior q(x^{t-1} | x^t, x^0), the reverse-kernel read-out, and the lower bound
 K of Eq. 14, for Gaussian and binomial diffusion; and, with the same methods for both
 families, the numpy side that sampling and evaluation use (schedule values, forward
@@ -93,7 +93,8 @@ class ForwardSchedule(Layer):
     """b_t of the forward kernel q(x^t | x^{t-1}) = N(x^{t-1} sqrt(1 - b_t), b_t I).
 
     b_t = m_t + sigmoid(logit(base_t) + sum_j c_j g_j(t)) (1 - m_t - 1e-5)
-    (the released code's parameterisation, SPEC section 1), with the floor m_t = m
+    (the released code's parameterisation: docs/paper_and_code.md, section 3, item 1), with
+    the floor m_t = m
     (the code's 1e-6 unless `beta_min` says otherwise).
     learn=True (paper, Sec. 2.4.1): c_j are trained by gradient ascent on K and b_1 is
         fixed to `beta_1`.
@@ -125,7 +126,7 @@ def alpha_bar(beta):
 
 
 def noise_variance(beta):
-    """1 - A_t, the variance of q(x^t | x^0) (SPEC section 1), without cancellation:
+    """1 - A_t, the variance of q(x^t | x^0) (Sec. 2.1), without cancellation:
     -expm1(sum log(1 - b_s)). In float32, 1 - A_t itself is off by up to 50% when the
     noise is ~1e-7 (the Swiss roll's first steps)."""
     return -T.expm1(T.extra_ops.cumsum(T.log1p(-beta)))
@@ -138,7 +139,7 @@ def q_sample(x0, A_t, noise_var, noise):
 
 
 def q_posterior(x0, xt, A_prev, noise_var_prev, beta_t):
-    """Mean and variance of q(x^{t-1} | x^t, x^0) (SPEC section 1): the product of
+    """Mean and variance of q(x^{t-1} | x^t, x^0) (Appendix B): the product of
     N(sqrt(A_{t-1}) x^0, 1 - A_{t-1}) and N(x^t / sqrt(a_t), b_t / a_t);
     noise_var_prev = 1 - A_{t-1} (noise_variance)."""
     a_t = 1 - beta_t
@@ -279,7 +280,7 @@ class GaussianDiffusion:
         """(lower, upper) bounds of Eq. 24 on the reverse step's entropy per dimension, nats,
         at t = 2..T: H_q(X^t|X^{t-1}) + H_q(X^{t-1}|X^0) - H_q(X^t|X^0)
         = 0.5 log(2 pi e b_t (1 - A_{t-1}) / (1 - A_t)), and H_q(X^t|X^{t-1}) = 0.5 log(2 pi e b_t)
-        (the upper bound needs unit-variance data; SPEC section 6)."""
+        (the upper bound needs unit-variance data; Sec. 2.6)."""
         noise = -np.expm1(log_alpha_bar(beta))  # 1 - A_t, t = 0..T
         b = beta[1:]
         return (0.5 * np.log(2 * np.pi * np.e * b * noise[1:-1] / noise[2:]),
@@ -393,8 +394,9 @@ class BinomialDiffusion:
 
         K as in Eq. 14 with Bernoulli terms (bound_K). At each t the best such kernel is
         f*_i(x^t) = E[q(x^{t-1}_i = 1 | x^t, x^0) | x^t], the posterior over patterns
-        given x^t averaging q; its KL is estimated from n draws of (x^0, x^t) per step. A reference for a trained network (SPEC section 7:
-        about -2.37 bits for the heartbeat), not a bound of the data.
+        given x^t averaging q; its KL is estimated from n draws of (x^0, x^t) per step.
+        A reference for a trained network (docs/paper_and_code.md, section 5: about -2.37
+        bits for the heartbeat), not a bound of the data.
         """
         rng = np.random.default_rng(seed)
         patterns = np.asarray(patterns, dtype=np.float64)
@@ -461,6 +463,6 @@ class BinomialDiffusion:
         return beta[0] * logit(self.p) * (x0 - self.p).sum(axis=1)
 
     def null_bits(self, n_dims):
-        """L_null for binary data: the log likelihood under Bern(p), n_dims H(p) bits (SPEC section 2)."""
+        """L_null for binary data: the log likelihood under Bern(p), n_dims H(p) bits (Table 1)."""
         h = -(self.p * np.log2(self.p) + (1 - self.p) * np.log2(1 - self.p))
         return -n_dims * h

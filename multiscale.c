@@ -4,9 +4,11 @@
    Element-wise work of the multi-scale convolutional network on float32, in one pass
    over memory each:
    - ms_pyramid: mean pooling by 2, 4, ..., each level from the previous one;
-   - ms_upsample_sum: f(sum_k w_k up_{2^k}(part_k) + b), nearest-neighbour upsampling;
+   - ms_upsample_sum: f(sum_k w_k up_{2^k}(part_k) + b), nearest-neighbour upsampling; b one
+     bias per channel or (untied) one per channel and output pixel;
    - ms_upsample_sum_grad: from y = f(pre) and g = dcost/dy, the block sums of
-     w_k f'(pre) g for every part and the per-channel sum of f'(pre) g;
+     w_k f'(pre) g for every part and the sum of f'(pre) g per channel (or per channel and
+     pixel, over the images);
    - ms_bias_activation(_grad): f(x + b) on rows of x (N, F), and its gradients.
    Images are planes (n, C) of H x W pixels; OpenMP threads share out the planes (or rows).
 
@@ -308,28 +310,36 @@ static void ms_widen(const float *c, npy_intp count, float *dup)
         dup[2 * m] = dup[2 * m + 1] = c[m];
 }
 
-/* y (H, W) = f(w0 p0 + up_2(c1) + bias): p0 (H, W) or NULL, c1 (H/2, W/2) or NULL (not both).
-   dup: H W / 2 floats of scratch. With f linear and no bias: one level's partial sum. */
-template <int ACT>
-static void ms_output_plane(const float *p0, float w0, const float *c1, float bias, npy_intp H,
-                            npy_intp W, float *dup, float *y)
+/* y (H, W) = f(w0 p0 + up_2(c1) + bias): p0 (H, W) or NULL, c1 (H/2, W/2) or NULL (not both);
+   the bias is the scalar `bias`, or with UNTIED the plane bmap (H, W). dup: H W / 2 floats of
+   scratch. With f linear and no bias: one level's partial sum. */
+template <int ACT, bool UNTIED = false>
+static void ms_output_plane(const float *p0, float w0, const float *c1, float bias,
+                            const float *bmap, npy_intp H, npy_intp W, float *dup, float *y)
 {
     if (!c1) {
         #pragma omp simd
         for (npy_intp m = 0; m < H * W; m++)
-            y[m] = ms_activate<ACT>(w0 * p0[m] + bias);
+            y[m] = ms_activate<ACT>(w0 * p0[m] + (UNTIED ? bmap[m] : bias));
         return;
     }
     ms_widen(c1, H * W / 4, dup);
     for (npy_intp i = 0; i < H; i += 2) {
         const float *u = dup + (i / 2) * W;
+        const float *b0 = UNTIED ? bmap + i * W : NULL, *b1 = UNTIED ? b0 + W : NULL;
         float *y0 = y + i * W, *y1 = y0 + W;
         if (p0) {
             const float *a0 = p0 + i * W, *a1 = a0 + W;
             #pragma omp simd
             for (npy_intp j = 0; j < W; j++) {
-                y0[j] = ms_activate<ACT>((w0 * a0[j] + u[j]) + bias);
-                y1[j] = ms_activate<ACT>((w0 * a1[j] + u[j]) + bias);
+                y0[j] = ms_activate<ACT>((w0 * a0[j] + u[j]) + (UNTIED ? b0[j] : bias));
+                y1[j] = ms_activate<ACT>((w0 * a1[j] + u[j]) + (UNTIED ? b1[j] : bias));
+            }
+        } else if (UNTIED) {
+            #pragma omp simd
+            for (npy_intp j = 0; j < W; j++) {
+                y0[j] = ms_activate<ACT>(u[j] + b0[j]);
+                y1[j] = ms_activate<ACT>(u[j] + b1[j]);
             }
         } else {
             #pragma omp simd
@@ -340,11 +350,11 @@ static void ms_output_plane(const float *p0, float w0, const float *c1, float bi
 }
 
 /* y (H, W) = f(sum_k wk[k] up_{2^k}(level[k]) + bias) for plane p, level[k] the part at shift
-   k (NULL if none): the coarsest level first, each finer one adding the upsampled sum of
-   those before it. work: H W floats of scratch. */
-template <int ACT>
+   k (NULL if none), the bias `bias` or (UNTIED) the plane bmap: the coarsest level first, each
+   finer one adding the upsampled sum of those before it. work: H W floats of scratch. */
+template <int ACT, bool UNTIED>
 static void ms_upsample_plane(const ms_levels *L, const float *const *level, const float *wk,
-                              npy_intp p, float bias, float *work, float *y)
+                              npy_intp p, float bias, const float *bmap, float *work, float *y)
 {
     npy_intp H = L->H, W = L->W;
     int K = L->max_shift;
@@ -352,14 +362,16 @@ static void ms_upsample_plane(const ms_levels *L, const float *const *level, con
     for (int k = K; k >= 1; k--) {
         npy_intp h = H >> k, w = W >> k;
         const float *src = level[k] ? level[k] + p * h * w : NULL;
-        ms_output_plane<MS_LINEAR>(src, wk[k], coarser, 0.f, h, w, dup, c);
+        ms_output_plane<MS_LINEAR>(src, wk[k], coarser, 0.f, NULL, h, w, dup, c);
         coarser = c;
         c += h * w;
     }
-    ms_output_plane<ACT>(level[0] ? level[0] + p * H * W : NULL, wk[0], coarser, bias, H, W, dup, y);
+    ms_output_plane<ACT, UNTIED>(level[0] ? level[0] + p * H * W : NULL, wk[0], coarser, bias, bmap,
+                                 H, W, dup, y);
 }
 
-template <int ACT>
+/* bias: (C,), or with UNTIED (C, H, W); or NULL. */
+template <int ACT, bool UNTIED>
 static int ms_upsample_run(const ms_levels *L, const float *const *level, const float *wk,
                            const float *bias, float *y)
 {
@@ -373,8 +385,8 @@ static int ms_upsample_run(const ms_levels *L, const float *const *level, const 
         #pragma omp for schedule(static)
         for (npy_intp p = 0; p < planes; p++) {
             if (work)
-                ms_upsample_plane<ACT>(L, level, wk, p, bias ? bias[p % L->C] : 0.f, work,
-                                       y + p * HW);
+                ms_upsample_plane<ACT, UNTIED>(L, level, wk, p, bias && !UNTIED ? bias[p % L->C] : 0.f,
+                                               UNTIED ? bias + (p % L->C) * HW : NULL, work, y + p * HW);
         }
         free(work);
     }
@@ -385,7 +397,16 @@ static int ms_upsample_run(const ms_levels *L, const float *const *level, const 
     return 0;
 }
 
-/* *y = f(sum_k weight[k] up_{2^shift[k]}(parts[k]) + bias) with bias (C,) or NULL. */
+template <int ACT>
+static int ms_upsample_dispatch(const ms_levels *L, const float *const *level, const float *wk,
+                                const float *bias, int untied, float *y)
+{
+    return untied ? ms_upsample_run<ACT, true>(L, level, wk, bias, y)
+                  : ms_upsample_run<ACT, false>(L, level, wk, bias, y);
+}
+
+/* *y = f(sum_k weight[k] up_{2^shift[k]}(parts[k]) + bias) with bias (C,), (C, H, W) (untied:
+   one per channel and output pixel) or NULL. */
 static int ms_upsample_sum(PyArrayObject **parts_in, int count, const int *shift,
                            const float *weight, PyArrayObject *bias_in, int act, PyArrayObject **y)
 {
@@ -395,15 +416,22 @@ static int ms_upsample_sum(PyArrayObject **parts_in, int count, const int *shift
     for (int k = 0; k < count; k++)
         if (!(a[k] = ms_contiguous(parts_in[k], 4, who, "every part")))
             goto done;
-    if (bias_in && !(a[count] = ms_contiguous(bias_in, 1, who, "bias")))
+    if (bias_in && !(a[count] = ms_contiguous(bias_in, PyArray_NDIM(bias_in) == 3 ? 3 : 1, who, "bias")))
         goto done;
     {
         ms_levels L;
         if (ms_check_parts(who, a, count, shift, &L))
             goto done;
+        int untied = bias_in && PyArray_NDIM(a[count]) == 3;
         if (bias_in && PyArray_DIMS(a[count])[0] != L.C) {
             PyErr_Format(PyExc_ValueError, "%s: the bias has %ld values for %ld channels",
                          who, (long)PyArray_DIMS(a[count])[0], (long)L.C);
+            goto done;
+        }
+        if (untied && (PyArray_DIMS(a[count])[1] != L.H || PyArray_DIMS(a[count])[2] != L.W)) {
+            PyErr_Format(PyExc_ValueError, "%s: the untied bias is %ld x %ld per channel for an "
+                         "output of %ld x %ld", who, (long)PyArray_DIMS(a[count])[1],
+                         (long)PyArray_DIMS(a[count])[2], (long)L.H, (long)L.W);
             goto done;
         }
         npy_intp dims[4] = {L.n, L.C, L.H, L.W};
@@ -418,10 +446,10 @@ static int ms_upsample_sum(PyArrayObject **parts_in, int count, const int *shift
         const float *b = bias_in ? (const float *)PyArray_DATA(a[count]) : NULL;
         float *yd = (float *)PyArray_DATA(*y);
         switch (act) {
-        case MS_SOFTPLUS: status = ms_upsample_run<MS_SOFTPLUS>(&L, level, wk, b, yd); break;
-        case MS_TANH: status = ms_upsample_run<MS_TANH>(&L, level, wk, b, yd); break;
-        case MS_LEAKY_RELU: status = ms_upsample_run<MS_LEAKY_RELU>(&L, level, wk, b, yd); break;
-        default: status = ms_upsample_run<MS_LINEAR>(&L, level, wk, b, yd); break;
+        case MS_SOFTPLUS: status = ms_upsample_dispatch<MS_SOFTPLUS>(&L, level, wk, b, untied, yd); break;
+        case MS_TANH: status = ms_upsample_dispatch<MS_TANH>(&L, level, wk, b, untied, yd); break;
+        case MS_LEAKY_RELU: status = ms_upsample_dispatch<MS_LEAKY_RELU>(&L, level, wk, b, untied, yd); break;
+        default: status = ms_upsample_dispatch<MS_LINEAR>(&L, level, wk, b, untied, yd); break;
         }
     }
 done:
@@ -518,12 +546,66 @@ static int ms_upsample_grad_run(const ms_levels *L, const float *y, const float 
     return 0;
 }
 
+/* db (C, H W) = the sums over the n images of g f'(y) (n, C, H W), float64 per pixel: the
+   gradient of an untied bias. Threads share out the channels. */
+template <int ACT>
+static int ms_pixel_bias_grad_run(const float *y, const float *g, npy_intp n, npy_intp C,
+                                  npy_intp HW, float *db)
+{
+    int failed = 0;
+    #pragma omp parallel
+    {
+        double *acc = (double *)malloc(sizeof(double) * (HW + 1));
+        if (!acc)
+            ms_flag(&failed);
+        #pragma omp for schedule(static)
+        for (npy_intp c = 0; c < C; c++) {
+            if (!acc)
+                continue;
+            for (npy_intp m = 0; m < HW; m++)
+                acc[m] = 0.0;
+            for (npy_intp i = 0; i < n; i++) {
+                const float *gp = g + (i * C + c) * HW, *yp = y ? y + (i * C + c) * HW : NULL;
+                #pragma omp simd
+                for (npy_intp m = 0; m < HW; m++)
+                    acc[m] += ACT == MS_LINEAR ? gp[m] : gp[m] * ms_activation_slope<ACT>(yp[m]);
+            }
+            float *out = db + c * HW;
+            for (npy_intp m = 0; m < HW; m++)
+                out[m] = (float)acc[m];
+        }
+        free(acc);
+    }
+    if (failed) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* *dbias (C, H, W) = the sums over the images of g f'(y): the gradient of an untied bias. */
+static int ms_pixel_bias_grad(const ms_levels *L, const float *y, const float *g, int act,
+                              PyArrayObject **dbias)
+{
+    npy_intp dims[3] = {L->C, L->H, L->W}, HW = L->H * L->W;
+    if (ms_prepare_output(dbias, 3, dims))
+        return -1;
+    float *db = (float *)PyArray_DATA(*dbias);
+    switch (act) {
+    case MS_SOFTPLUS: return ms_pixel_bias_grad_run<MS_SOFTPLUS>(y, g, L->n, L->C, HW, db);
+    case MS_TANH: return ms_pixel_bias_grad_run<MS_TANH>(y, g, L->n, L->C, HW, db);
+    case MS_LEAKY_RELU: return ms_pixel_bias_grad_run<MS_LEAKY_RELU>(y, g, L->n, L->C, HW, db);
+    default: return ms_pixel_bias_grad_run<MS_LINEAR>(y, g, L->n, L->C, HW, db);
+    }
+}
+
 /* From y = f(pre) (NULL for no activation) and g = dcost/dy (n, C, H, W): grads[k] = the
-   gradient of the part at shift[k], and *dbias (C,) = sum over n, H, W of g f'(pre) when
-   dbias is not NULL (float32 sums over MS_SUM_CHUNK pixels of a plane, float64 beyond). */
+   gradient of the part at shift[k], and when dbias is not NULL *dbias = the gradient of the
+   bias: (C,) the sum over n, H, W of g f'(pre) (float32 sums over MS_SUM_CHUNK pixels of a
+   plane, float64 beyond), or with untied (C, H, W) its sum over n. */
 static int ms_upsample_sum_grad(PyArrayObject *y_in, PyArrayObject *g_in, int count,
                                 const int *shift, const float *weight, int act,
-                                PyArrayObject ***grads, PyArrayObject **dbias)
+                                PyArrayObject ***grads, PyArrayObject **dbias, int untied)
 {
     const char *who = "upsample_sum gradient";
     PyArrayObject *g = NULL, *y = NULL;
@@ -575,6 +657,10 @@ static int ms_upsample_sum_grad(PyArrayObject *y_in, PyArrayObject *g_in, int co
         }
         if (status || !dbias)
             goto done;
+        if (untied) {
+            status = ms_pixel_bias_grad(&L, yd, gd, act, dbias);
+            goto done;
+        }
         npy_intp dims[1] = {L.C};
         if (ms_prepare_output(dbias, 1, dims)) {
             status = -1;

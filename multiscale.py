@@ -4,7 +4,8 @@
 - mean_pool_pyramid(x, n_scales): [x, pool_2(x), pool_4(x), ...], regression.mean_pool
   at every scale in one pass;
 - upsample_sum(parts, bias, activation, factor): f(factor sum_s up_{2^s}(parts[s]) + b),
-  regression.upsample_nearest of every scale, the sum, the bias and f in one pass;
+  regression.upsample_nearest of every scale, the sum, the bias (one per channel, or untied:
+  one per channel and pixel) and f in one pass;
 - bias_activation(x, b, activation): f(x + b) for the per-pixel layers after a Dot22.
 
 Each gradient is one pass as well, from the op's output alone: f'(pre) = sigmoid(pre)
@@ -23,7 +24,7 @@ from theano import gof
 from theano.gradient import DisconnectedType, grad_not_implemented
 
 C_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'multiscale.c')
-C_CODE_VERSION = 1  # raise when the C templates below change (multiscale.c is hashed)
+C_CODE_VERSION = 2  # raise when the C templates below change (multiscale.c is hashed)
 
 ACTIVATIONS = (None, 'softplus', 'tanh', 'leaky_relu')  # index = the C code's activation number
 MAX_PARTS = 32  # the C code's fixed-size arrays of parts and levels
@@ -119,27 +120,30 @@ class MeanPoolPyramid(MultiscaleOp):
 
 class UpsampleSum(MultiscaleOp):
     """y = f(sum_k weights[k] up_{2^shifts[k]}(parts[k]) + b): parts (n, C, H / 2^shift, W /
-    2^shift), b (C,) when has_bias. Gradient: UpsampleSumGrad."""
-    __props__ = ('shifts', 'weights', 'activation', 'has_bias')
+    2^shift); b (C,) when bias_ndim is 1, (C, H, W) when it is 3 (untied), none when 0.
+    Gradient: UpsampleSumGrad."""
+    __props__ = ('shifts', 'weights', 'activation', 'bias_ndim')
 
-    def __init__(self, shifts, weights, activation=None, has_bias=False, openmp=None):
+    def __init__(self, shifts, weights, activation=None, bias_ndim=0, openmp=None):
         check_activation(activation, 'upsample_sum')
         if not 1 <= len(shifts) <= MAX_PARTS or len(weights) != len(shifts):
             raise ValueError('upsample_sum: 1 to {} parts, each with one weight'.format(MAX_PARTS))
         if len(set(shifts)) != len(shifts) or not all(0 <= s < MAX_PARTS for s in shifts):
             raise ValueError('upsample_sum: shifts must be distinct, 0 to {}, not {}'.format(MAX_PARTS - 1, shifts))
+        if bias_ndim not in (0, 1, 3):
+            raise ValueError('upsample_sum: the bias has 1 axis (C,) or 3 (C, H, W), not {}'.format(bias_ndim))
         super().__init__(openmp=openmp)
         self.shifts = tuple(int(s) for s in shifts)
         self.weights = tuple(float(np.float32(w)) for w in weights)
-        self.activation, self.has_bias = activation, bool(has_bias)
+        self.activation, self.bias_ndim = activation, int(bias_ndim)
 
     def make_node(self, *inputs):
-        n_parts = len(self.shifts)
-        if len(inputs) != n_parts + self.has_bias:
+        n_parts, has_bias = len(self.shifts), bool(self.bias_ndim)
+        if len(inputs) != n_parts + has_bias:
             raise TypeError('upsample_sum: expected {} parts{}, got {} inputs'.format(
-                n_parts, ' and a bias' if self.has_bias else '', len(inputs)))
+                n_parts, ' and a bias' if has_bias else '', len(inputs)))
         parts = [as_float32(p, 4, 'upsample_sum', 'part {}'.format(k)) for k, p in enumerate(inputs[:n_parts])]
-        bias = [as_float32(inputs[-1], 1, 'upsample_sum', 'bias')] if self.has_bias else []
+        bias = [as_float32(inputs[-1], self.bias_ndim, 'upsample_sum', 'bias')] if has_bias else []
         y = T.TensorType('float32', parts[0].broadcastable[:2] + (False, False))()
         return gof.Apply(self, parts + bias, [y])
 
@@ -148,7 +152,7 @@ class UpsampleSum(MultiscaleOp):
         return [(n, C, h * 2 ** self.shifts[0], w * 2 ** self.shifts[0])]
 
     def L_op(self, inputs, outputs, output_grads):
-        grad_op = UpsampleSumGrad(self.shifts, self.weights, self.activation, self.has_bias)
+        grad_op = UpsampleSumGrad(self.shifts, self.weights, self.activation, self.bias_ndim)
         y_in = [outputs[0]] if self.activation else []
         grads = grad_op(*(y_in + [output_grads[0]]), return_list=True)
         return [like(g, v) for g, v in zip(grads, inputs)]
@@ -165,20 +169,21 @@ class UpsampleSum(MultiscaleOp):
             }}
         }}""".format(parts=', '.join(inputs[:n_parts]), shifts=', '.join(map(str, self.shifts)),
                      weights=', '.join(map(c_float, self.weights)), n_parts=n_parts,
-                     bias=inputs[n_parts] if self.has_bias else 'NULL',
+                     bias=inputs[n_parts] if self.bias_ndim else 'NULL',
                      act=ACTIVATIONS.index(self.activation), y=outputs[0], fail=sub['fail'])
 
 
 class UpsampleSumGrad(MultiscaleOp):
     """From y = f(pre) (absent without activation) and g = dcost/dy (n, C, H, W): for every
-    part k the sums of weights[k] g f'(pre) over 2^shifts[k] x 2^shifts[k] blocks, then
-    (has_bias) the sum of g f'(pre) over (n, H, W): row sums float32, the rest float64."""
-    __props__ = ('shifts', 'weights', 'activation', 'has_bias')
+    part k the sums of weights[k] g f'(pre) over 2^shifts[k] x 2^shifts[k] blocks, then the
+    bias gradient: for bias_ndim 1 the sum of g f'(pre) over (n, H, W) (row sums float32, the
+    rest float64), for 3 its sum over n (float64), (C, H, W)."""
+    __props__ = ('shifts', 'weights', 'activation', 'bias_ndim')
 
-    def __init__(self, shifts, weights, activation=None, has_bias=False, openmp=None):
+    def __init__(self, shifts, weights, activation=None, bias_ndim=0, openmp=None):
         super().__init__(openmp=openmp)
         self.shifts, self.weights = tuple(shifts), tuple(weights)
-        self.activation, self.has_bias = activation, has_bias
+        self.activation, self.bias_ndim = activation, bias_ndim
 
     def make_node(self, *inputs):
         inputs = [as_float32(v, 4, 'upsample_sum gradient', 'input {}'.format(k)) for k, v in enumerate(inputs)]
@@ -187,14 +192,14 @@ class UpsampleSumGrad(MultiscaleOp):
                 1 + bool(self.activation), len(inputs)))
         bcast = inputs[-1].broadcastable[:2] + (False, False)
         outputs = [T.TensorType('float32', bcast)() for _ in self.shifts]
-        if self.has_bias:
-            outputs.append(T.TensorType('float32', (False,))())
+        if self.bias_ndim:
+            outputs.append(T.TensorType('float32', (False,) * self.bias_ndim)())
         return gof.Apply(self, inputs, outputs)
 
     def infer_shape(self, node, shapes):
         n, C, H, W = shapes[-1]
-        return ([(n, C, H // 2 ** s, W // 2 ** s) for s in self.shifts]
-                + [(C,)] * self.has_bias)
+        bias = {0: [], 1: [(C,)], 3: [(C, H, W)]}[self.bias_ndim]
+        return [(n, C, H // 2 ** s, W // 2 ** s) for s in self.shifts] + bias
 
     def L_op(self, inputs, outputs, output_grads):
         return [grad_not_implemented(self, k, v) for k, v in enumerate(inputs)]
@@ -206,14 +211,15 @@ class UpsampleSumGrad(MultiscaleOp):
             static const int shifts[] = {{{shifts}}};
             static const float weights[] = {{{weights}}};
             PyArrayObject **grads[] = {{{grads}}};
-            if (ms_upsample_sum_grad({y}, {g}, {n_parts}, shifts, weights, {act}, grads, {dbias})) {{
+            if (ms_upsample_sum_grad({y}, {g}, {n_parts}, shifts, weights, {act}, grads, {dbias}, {untied})) {{
                 {fail}
             }}
         }}""".format(shifts=', '.join(map(str, self.shifts)), weights=', '.join(map(c_float, self.weights)),
                      grads=', '.join('&' + o for o in outputs[:n_parts]),
                      y=inputs[0] if self.activation else 'NULL', g=inputs[-1], n_parts=n_parts,
                      act=ACTIVATIONS.index(self.activation),
-                     dbias='&' + outputs[n_parts] if self.has_bias else 'NULL', fail=sub['fail'])
+                     dbias='&' + outputs[n_parts] if self.bias_ndim else 'NULL',
+                     untied=int(self.bias_ndim == 3), fail=sub['fail'])
 
 
 class BiasActivation(MultiscaleOp):
@@ -290,15 +296,17 @@ def mean_pool_pyramid(x, n_scales):
 
 def upsample_sum(parts, bias=None, activation=None, factor=1.0):
     """f(factor sum_s up_{2^s}(parts[s]) + bias): parts[s] (n, C, H / 2^s, W / 2^s), up_k
-    = regression.upsample_nearest(., k), bias (C,) or None added per channel, f one of
-    None, 'softplus', 'tanh', 'leaky_relu' (slope 0.05).
+    = regression.upsample_nearest(., k), bias None, (C,) added per channel or (C, H, W)
+    added per channel and pixel (untied), f one of None, 'softplus', 'tanh', 'leaky_relu'
+    (slope 0.05).
 
     'after_sum' (paper): upsample_sum(conv outputs, bias=sum of the scales' biases,
     activation=f); 'per_scale' (released code): upsample_sum(f(conv outputs), factor=1 /
     n_scales)."""
     n = len(parts)
-    op = UpsampleSum(tuple(range(n)), (factor,) * n, activation, bias is not None)
-    return op(*(list(parts) + ([] if bias is None else [bias])))
+    bias = [] if bias is None else [T.as_tensor_variable(bias)]
+    op = UpsampleSum(tuple(range(n)), (factor,) * n, activation, bias[0].ndim if bias else 0)
+    return op(*(list(parts) + bias))
 
 
 def bias_activation(x, b, activation):

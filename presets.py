@@ -1,5 +1,6 @@
 """What the paper says, what the released code does, and what we chose: the presets of
-`--fidelity paper|code` (SPEC section 9), each data set's model arguments and training
+`--fidelity paper|code` (docs/paper_and_code.md, section 3), each data set's model
+arguments and training
 defaults, what every `--model-args` key accepts, Table 1, and the list of our choices
 where a "paper" run is not the paper.
 """
@@ -9,19 +10,24 @@ import numpy as np
 
 import datasets
 import model as M
+import training
 
-# Paper-vs-code choices of the Gaussian model (SPEC section 9). Each is a --model-args key.
+# Paper-vs-code choices of the Gaussian model (docs/paper_and_code.md, section 3). Each is a
+# --model-args key.
 PRESETS = {
     'paper': dict(learn_beta=True, code_mu=False, code_sigma=False, kl_factor='T-1',
                   basis_width='paper', t_per_minibatch=False,
                   nonlinearity='paper', scale_nonlinearity='after_sum', conv_path=True, dense_path=True,
                   dense_depth_from_conv=False, dequantisation='paper', norm_from_minibatch=False,
-                  skip_last_step=False),
+                  skip_last_step=False, tied_biases=True, feature_scaling=False, nonfinite_gradient='drop_step'),
     'code': dict(learn_beta=False, code_mu=True, code_sigma=True, kl_factor='T',
                  basis_width='code', t_per_minibatch=True, beta_init='harmonic',
                  nonlinearity='code', scale_nonlinearity='per_scale', conv_path=True, dense_path=True,
                  dense_depth_from_conv=True, dequantisation='code', norm_from_minibatch=True,
-                 skip_last_step=True),  # the released sampler stops at x^1
+                 skip_last_step=True,  # the released sampler stops at x^1
+                 # Blocks' convolutions of 2015 had untied biases; regression.py's Y / sqrt(n_hidden_conv)
+                 # and Y_dense / sqrt(n_hidden_dense_lower_output); CompositeRule([RemoveNotFinite(), RMSProp])
+                 tied_biases=False, feature_scaling=True, nonfinite_gradient='zero_gradient'),
 }
 # 'fast': the paper preset's model and bound, trained the fastest way measured here (the
 # README's "K per hour" ablation); each change is ours, not the paper's (FAST_CHOICES), and
@@ -37,9 +43,9 @@ FAST_CHOICES = {
 }
 FAST_OPTIMIZER = ('optimizer', 'SFO', 'to be measured')
 
-# Preset keys that only the image sets have (SPEC section 9, items 4-6 and 10).
+# Preset keys that only the image sets have (docs/paper_and_code.md, section 3).
 IMAGE_PRESET_KEYS = ('nonlinearity', 'scale_nonlinearity', 'conv_path', 'dense_path', 'dense_depth_from_conv',
-                     'dequantisation', 'norm_from_minibatch')
+                     'dequantisation', 'norm_from_minibatch', 'tied_biases', 'feature_scaling')
 # A preset's value that differs by data set: the paper's MNIST network was dense-only
 # (Appendix D.2.1); the Swiss roll reads the mean out in the code's form (OUR_CHOICES).
 # The paper's dead-leaves and bark networks (Figure D.1: no dense path) are fully
@@ -69,7 +75,7 @@ MODEL_ARGS = {
                       **TRAINING_ESTIMATE),
     'heartbeat': dict(T=2000, n_hidden=100, n_layers=3, readout='basis', n_basis=20,
                       basis_warp='logit', init_gain=4.0, p=0.2, n_train=100000, n_eval=20000,
-                      n_final_eval=1000, **TRAINING_ESTIMATE),
+                      n_final_eval=1000, nonfinite_gradient='drop_step', **TRAINING_ESTIMATE),
 }
 # Images: the released code's network defaults (its MNIST run) under its own names, T and
 # the temporal basis; b_1 = 1e-3 for the learned schedule of the paper preset (OUR_CHOICES).
@@ -111,12 +117,13 @@ RUN_DEFAULTS = {
 }
 # Model keys added after runs had been made, with the value that reproduces those runs:
 # a checkpoint without the key loads as it was trained.
-ADDED_KEYS = dict({'swissroll': dict(TRAINING_ESTIMATE, beta_min=M.BETA_MIN),
-                   'heartbeat': dict(TRAINING_ESTIMATE, init_gain=1.0)},
-                  **{name: dict(TRAINING_ESTIMATE, conv_impl='corrmm') for name in IMAGES})
+ADDED_KEYS = dict({'swissroll': dict(TRAINING_ESTIMATE, beta_min=M.BETA_MIN, nonfinite_gradient='drop_step'),
+                   'heartbeat': dict(TRAINING_ESTIMATE, init_gain=1.0, nonfinite_gradient='drop_step')},
+                  **{name: dict(TRAINING_ESTIMATE, conv_impl='corrmm', tied_biases=True, feature_scaling=False,
+                                nonfinite_gradient='drop_step') for name in IMAGES})
 
-
-# Table 1 of the paper (SPEC section 7): K and K - L_null, bits per data vector (toys) or
+# Table 1 of the paper (docs/paper_and_code.md, section 5): K and K - L_null, bits per data
+# vector (toys) or
 # per pixel (images). MNIST was reported as a Parzen estimate instead (Table 2).
 TABLE_1 = {'swissroll': (2.35, 6.45), 'heartbeat': (-2.414, 12.024), 'bark': (-0.55, 1.5),
            'deadleaves': (1.489, 3.536), 'CIFAR10': (5.4, 11.5)}
@@ -132,8 +139,13 @@ FULLY_CONVOLUTIONAL_CHOICES = {
     'n_hidden_dense_upper': ('not given', '64 units per pixel: the per-pixel layers are cheap'),
     'n_layers_dense_upper': ('not given', '3: two hidden per-pixel layers before the read-out'),
 }
+# The released code's step rule zeroes the gradient of a parameter whose gradient is not finite
+# (code preset: nonfinite_gradient='zero_gradient'); the paper, trained with SFO, says nothing.
+NONFINITE_CHOICE = ('not stated (the paper trained with SFO)', 'drop the whole step: no parameter and no '
+                    'optimiser state moves on a minibatch whose gradient overflowed anywhere')
 OUR_CHOICES = {
     'swissroll': {
+        'nonfinite_gradient': NONFINITE_CHOICE,
         'n_hidden': ('16 RBF units', 'on this thin roll 16 units stay about 1 bit lower'),
         'expert': ("'constant' (plain normalised RBF)", 'each unit carries a local quadratic map, '
                    'which the mean needs to follow a thin roll'),
@@ -147,6 +159,7 @@ OUR_CHOICES = {
         'noise': ('not given', 'a thin roll as in Figure 1 (exact log likelihood 4.70 bits)'),
     },
     'heartbeat': {
+        'nonfinite_gradient': NONFINITE_CHOICE,
         'n_hidden': ('50', '100 gives about 0.04 bits/seq more with the same training'),
         'readout': ("'per_step' (a read-out per step)", 'the temporal basis trains far faster at T = 2000'),
         'basis_warp': ('-', 'bumps evenly spaced in the log-odds of resampling, where the kernel '
@@ -158,6 +171,13 @@ OUR_CHOICES = {
     'images': {
         'beta_1': ('a small constant, not given', 'the harmonic base\'s own b_1 at T = 1000 (bark, T = 500, '
                    'keeps it)'),
+        'tied_biases': ('not stated; Appendix D.2.1 speaks of convolutions', 'one bias per filter, as in '
+                        'any convolution; the fully convolutional networks are evaluated on larger images '
+                        'than their training crops, which per-position biases would not allow'),
+        'feature_scaling': ('not stated; Figure D.1 joins the two lower paths as they are', 'no scaling, as '
+                            'described: a constant factor on the inputs of a learned layer only changes its '
+                            'initial scale'),
+        'nonfinite_gradient': NONFINITE_CHOICE,
     },
     'deadleaves': dict(FULLY_CONVOLUTIONAL_CHOICES, image_size=(
         'not given (about 256 pixels in Figure 4)', '64x64: room for 4 scales and for a whole-image bound on '
@@ -184,6 +204,21 @@ def non_paper_choices(dataset, args, fidelity='paper', optimizer='rmsprop'):
         key, paper, reason = OPTIMIZER_NOTE
         out.append({'key': key, 'value': optimizer, 'paper': paper, 'reason': reason})
     return out
+
+
+def choices_markdown():
+    """OUR_CHOICES and the optimiser as the Markdown table of docs/paper_and_code.md,
+    section 9 (tests/test_paper_and_code.py keeps the two equal): one row per data set
+    (or 'images': every image set) and key, with the paper-preset value."""
+    rows = ['| data set | key | our value | the paper | why |', '|---|---|---|---|---|']
+    for group, table in OUR_CHOICES.items():
+        configurations = [model_args(name, 'paper', {}) for name in (IMAGES if group == 'images' else [group])]
+        for key, (paper, reason) in sorted(table.items()):
+            value = ', '.join(sorted({repr(args[key]) for args in configurations}))
+            rows.append('| {} | `{}` | `{}` | {} | {} |'.format(group, key, value, paper, reason))
+    key, paper, reason = OPTIMIZER_NOTE
+    rows.append('| all but CIFAR10 | `--{}` | `rmsprop` | {} | {} |'.format(key, paper, reason))
+    return '\n'.join(rows) + '\n'
 
 
 # ---------------------------------------------------------------- what each --model-args key accepts
@@ -259,12 +294,13 @@ ARG_RULES = {
     # the diffusion and its schedule
     'T': Int(2), 'beta_init': OneOf('harmonic', 'geometric', 'logit'), 'beta_1': Real(0, 1),
     'beta_min': Real(0, 1, closed_lo=True), 'p': Real(0, 1),
-    # presets (SPEC section 9)
+    # presets (docs/paper_and_code.md, section 3)
     'learn_beta': BOOL, 'code_mu': BOOL, 'code_sigma': BOOL, 'kl_factor': OneOf('T-1', 'T'),
     'basis_width': OneOf('paper', 'code'), 't_per_minibatch': BOOL, 'nonlinearity': OneOf('paper', 'code'),
     'scale_nonlinearity': OneOf('after_sum', 'per_scale'), 'conv_path': BOOL, 'dense_path': BOOL,
     'dense_depth_from_conv': BOOL,
     'dequantisation': OneOf('paper', 'code'), 'norm_from_minibatch': BOOL, 'skip_last_step': BOOL,
+    'tied_biases': BOOL, 'feature_scaling': BOOL, 'nonfinite_gradient': OneOf(*training.NONFINITE),
     # toy networks and data
     'n_hidden': Int(1), 'expert': OneOf('constant', 'linear', 'quadratic'), 'n_basis': Int(2),
     'n_layers': Int(1), 'readout': OneOf('basis', 'per_step'), 'basis_warp': OneOf('logit', 'linear'),

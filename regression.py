@@ -193,10 +193,11 @@ class HeartbeatMLP(Layer):
 # its path, its last one included. The dense-lower path is n_in -> n_hidden_dense_lower
 # x (depth - 1) -> n_hidden_dense_lower_output x H x W (nonlinear throughout); the upper
 # path is n_layers_dense_upper - 1 per-pixel layers of n_hidden_dense_upper and then the
-# linear read-out to 2J values per channel. With this counting the released code's MNIST
-# defaults have 1,691,008 parameters and its CIFAR-10 configuration 12,692,280 (SPEC
-# section 3: "about 1.69M" and "about 12.7M"); an extra output layer on the dense path
-# would give 1.94M for MNIST.
+# linear read-out to 2J values per channel. With this counting and the untied
+# convolution biases of 2015's Blocks, the released code's MNIST defaults have 1,762,928
+# parameters and its CIFAR-10 configuration 13,385,280 (1,691,008 and 12,692,280 with one
+# bias per filter; docs/paper_and_code.md, section 4); an extra output layer on the dense
+# path would give 0.25M more for MNIST.
 
 # nonlinearity='paper': softplus in the convolutional layers, tanh in the dense and
 # per-pixel layers (Appendix D.2.1); 'code': leaky ReLU of slope 0.05 everywhere (released
@@ -247,13 +248,23 @@ class MultiScaleConv(Layer):
     CorrMM computes with filter_flip=False); conv_impl: 'corrmm' (Theano's), 'winograd' or
     'im2col' (conv3x3.py), or 'auto' (WINOGRAD_MIN_CHANNELS: the faster of the two on this
     project's layers, README "Performance").
+    tied_biases=True: one bias per filter, b_s (n_filters,). False (the released code, whose
+    Blocks convolutions of 2015 defaulted to untied biases): one per filter and position of
+    the 'full' convolution's output at that scale, b_s (n_filters, h_s + 2 pad, w_s + 2 pad)
+    with (h_s, w_s) = image_size / 2^s and pad = (filter_size - 1) / 2; the released code
+    crops that output to its central h_s x w_s, so the biases of the outer ring are parameters
+    that never reach the output (their gradient is zero and they stay 0). Untied biases fix
+    the image size: image_size (H, W) is then required.
     The pooling, upsampling, sums, biases and f run in the C passes of multiscale.py.
     """
 
-    def __init__(self, name, n_in, n_filters, n_scales, rng, f, placement, filter_size=3, conv_impl='corrmm'):
+    def __init__(self, name, n_in, n_filters, n_scales, rng, f, placement, filter_size=3, conv_impl='corrmm',
+                 tied_biases=True, image_size=None):
         super().__init__(name)
         if placement not in ('after_sum', 'per_scale'):
             raise ValueError('placement must be after_sum or per_scale, not {!r}'.format(placement))
+        if not tied_biases and image_size is None:
+            raise ValueError('untied biases need the image size')
         if conv_impl not in ('auto', 'corrmm') and filter_size != 3:
             raise ValueError('conv_impl={!r} computes 3x3 filters only; use corrmm'.format(conv_impl))
         if conv_impl == 'auto':
@@ -263,27 +274,49 @@ class MultiScaleConv(Layer):
             self.conv_impls = [conv_impl] * n_scales
         std = np.sqrt(1.0 / n_filters) / filter_size ** 2
         shape = (n_filters, n_in, filter_size, filter_size)
+        self.pad = (filter_size - 1) // 2
         self.W = [self.param('W{}'.format(s), gaussian_init(rng, shape, std)) for s in range(n_scales)]
-        self.b = [self.param('b{}'.format(s), constant_init(n_filters)) for s in range(n_scales)]
-        self.f, self.placement = f, placement
+        self.b = [self.param('b{}'.format(s), constant_init(
+            n_filters if tied_biases else
+            (n_filters, image_size[0] // 2 ** s + 2 * self.pad, image_size[1] // 2 ** s + 2 * self.pad)))
+            for s in range(n_scales)]
+        self.f, self.placement, self.tied_biases = f, placement, tied_biases
+
+    def bias(self, s):
+        """The bias of scale s as it is added: (n_filters,), or untied the part of b_s at the
+        positions of the 'same' output, (n_filters, h_s, w_s)."""
+        if self.tied_biases or not self.pad:
+            return self.b[s]
+        return self.b[s][:, self.pad:-self.pad, self.pad:-self.pad]
 
     def conv(self, x, s, bias=None, activation=None):
         """f(W_s * x + bias), the cross-correlation of scale s by its conv_impl; bias and f
-        optional. conv3x3's ops add the bias and apply f in their output pass; after CorrMM
-        a C pass of multiscale.py does."""
-        if self.conv_impls[s] != 'corrmm':
-            return conv3x3.conv3x3(x, self.W[s], bias, activation, impl=self.conv_impls[s])
-        y = T.nnet.conv2d(x, self.W[s], border_mode='half', filter_flip=False)
+        optional. conv3x3's ops add a bias per channel and apply f in their output pass; after
+        CorrMM, or with an untied bias, a C pass of multiscale.py does."""
+        impl = self.conv_impls[s]
+        if impl == 'corrmm':
+            y = T.nnet.conv2d(x, self.W[s], border_mode='half', filter_flip=False)
+        elif bias is None or bias.ndim == 1:
+            return conv3x3.conv3x3(x, self.W[s], bias, activation, impl=impl)
+        else:
+            y = conv3x3.conv3x3(x, self.W[s], impl=impl)
         return y if bias is None and activation is None else multiscale.upsample_sum([y], bias, activation)
+
+    def summed_bias(self):
+        """sum_s up_s(b_s) for 'after_sum': a constant per channel is the same upsampled, so
+        tied biases simply add up; untied ones are upsampled and summed by a C pass."""
+        if self.tied_biases:
+            return sum(self.b)
+        maps = [self.bias(s).dimshuffle('x', 0, 1, 2) for s in range(len(self.b))]  # (1, F, h_s, w_s)
+        return maps[0][0] if len(maps) == 1 else multiscale.upsample_sum(maps)[0]
 
     def __call__(self, x):
         n_scales = len(self.W)
         levels = multiscale.mean_pool_pyramid(x, n_scales)
         if self.placement == 'after_sum':
-            # a constant per channel is the same upsampled: the biases of the scales add up
             return multiscale.upsample_sum([self.conv(v, s) for s, v in enumerate(levels)],
-                                           bias=sum(self.b), activation=self.f)
-        parts = [self.conv(v, s, self.b[s], self.f) for s, v in enumerate(levels)]
+                                           bias=self.summed_bias(), activation=self.f)
+        parts = [self.conv(v, s, self.bias(s), self.f) for s, v in enumerate(levels)]
         return parts[0] if n_scales == 1 else multiscale.upsample_sum(parts, factor=1.0 / n_scales)
 
 
@@ -299,13 +332,19 @@ class ImageNetwork(Layer):
     2^(n_scales - 1)). Upper path: per-pixel layers on the channels of both paths, then
     the linear read-out. dense_depth_from_conv=True: the dense path is n_layers_conv deep,
     not n_layers_dense_lower (released code quirk). Dense weights orthogonal, biases 0.
+    tied_biases=False: the convolutions' biases are untied, one per filter and position
+    (MultiScaleConv; released code), which fixes the image size. feature_scaling=True: where
+    both lower paths are present, the per-pixel layers take each path's channels divided by
+    the square root of its channel count (released code; it scales only where it
+    concatenates the two paths). The defaults of these two keys build the networks of
+    checkpoints made before they existed.
     """
 
     def __init__(self, image_shape, rng, n_temporal_basis=10, n_hidden_dense_lower=500,
                  n_hidden_dense_lower_output=2, n_hidden_dense_upper=20, n_hidden_conv=20,
                  n_layers_conv=4, n_layers_dense_lower=4, n_layers_dense_upper=2, n_scales=1,
                  conv_path=True, dense_path=True, nonlinearity='code', scale_nonlinearity='per_scale',
-                 dense_depth_from_conv=True, conv_impl='auto'):
+                 dense_depth_from_conv=True, conv_impl='auto', tied_biases=True, feature_scaling=False):
         super().__init__('image_net')
         C, H, W = image_shape
         if H % 2 ** (n_scales - 1) or W % 2 ** (n_scales - 1):
@@ -319,7 +358,8 @@ class ImageNetwork(Layer):
         if conv_path:
             sizes = [C] + [n_hidden_conv] * n_layers_conv
             self.conv = [self.add(MultiScaleConv('conv{}'.format(i), a, b, n_scales, rng, f['conv'],
-                                                 scale_nonlinearity, conv_impl=conv_impl))
+                                                 scale_nonlinearity, conv_impl=conv_impl,
+                                                 tied_biases=tied_biases, image_size=(H, W)))
                          for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
             n_features.append(n_hidden_conv)
         if dense_path:
@@ -330,6 +370,9 @@ class ImageNetwork(Layer):
             self.dense_shape = (n_hidden_dense_lower_output, H, W)
             n_features.append(n_hidden_dense_lower_output)
         self.n_features = n_features
+        # released code: Y / sqrt(n_hidden_conv) and Y_dense / sqrt(n_hidden_dense_lower_output)
+        both = feature_scaling and len(n_features) == 2
+        self.feature_scales = [1 / np.sqrt(F) if both else 1.0 for F in n_features]
         sizes = [sum(n_features)] + [n_hidden_dense_upper] * (n_layers_dense_upper - 1)
         self.dense_upper = [self.add(Dense('dense_upper{}'.format(i), a, b, rng))
                             for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
@@ -353,16 +396,19 @@ class ImageNetwork(Layer):
     def hidden(self, xt):
         """The last per-pixel features before the read-out, (n, H W, F). The first per-pixel
         layer takes each lower path with its own rows of its weight matrix: the layer on the
-        concatenated channels without copying them into one array."""
+        concatenated channels without copying them into one array. A path's feature scale
+        multiplies its rows of the weights, which is the same as scaling its channels."""
         parts = self.lower_paths(xt)
         pixels = [p.dimshuffle(0, 2, 3, 1).reshape((-1, p.shape[1])) for p in parts]  # (n H W, F_k)
+        scales = [np.float32(c) for c in self.feature_scales]
         if not self.dense_upper:  # the read-out takes the lower paths' channels directly
+            pixels = [v if c == 1 else v * c for v, c in zip(pixels, scales)]
             h = T.concatenate(pixels, axis=1) if len(pixels) > 1 else pixels[0]
         else:
             first = self.dense_upper[0]
             rows = np.cumsum([0] + self.n_features)
-            h = multiscale.bias_activation(sum(T.dot(v, first.W[a:b]) for v, a, b in zip(pixels, rows[:-1], rows[1:])),
-                                           first.b, self.f_dense)
+            weights = [first.W[a:b] if c == 1 else first.W[a:b] * c for a, b, c in zip(rows[:-1], rows[1:], scales)]
+            h = multiscale.bias_activation(sum(T.dot(v, w) for v, w in zip(pixels, weights)), first.b, self.f_dense)
             for layer in self.dense_upper[1:]:
                 h = layer.activated(h, self.f_dense)
         return h.reshape((xt.shape[0], -1, h.shape[1]))

@@ -144,8 +144,9 @@ def write_report(run_dirs, path):
     parts = ['# Reproduction report', '',
              'K is the lower bound of Eq. 14 on the held-out set in the paper\'s unit (bits per data '
              'vector, bits per pixel of z-scored images), estimated with the KL factor T - 1 and t '
-             'stratified (bound.py); +- is its standard error; paper values from Table 1 (SPEC '
-             'section 7). "source" says whether the numbers come from training\'s final evaluation '
+             'stratified (bound.py); +- is its standard error; paper values from Table 1 '
+             '(docs/paper_and_code.md, section 5). '
+             '"source" says whether the numbers come from training\'s final evaluation '
              '(results.json) or from evaluate.py (the whole test set, more draws). "environment" is '
              'where the numbers were made: CPU, OpenBLAS kernel and threads, versions, commit.',
              '', report_table(rows), '']

@@ -12,7 +12,7 @@ setup(
                 'evaluate', 'report', 'bench', 'train'],
     install_requires=[
         'theano==1.0.5',
-        'numpy==1.23.5',     # newest that Theano 1.0.5 runs with (SPEC section 10)
+        'numpy==1.23.5',     # the newest Theano 1.0.5 runs with (docs/paper_and_code.md, section 7)
         'scipy==1.10.1',     # its wheel carries the OpenBLAS that Theano links
         'h5py==3.9.0',
         'matplotlib==3.7.3',

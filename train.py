@@ -72,8 +72,9 @@ def build_parser():
     p = util.OneLineParser(description=__doc__.split('\n')[0])
     p.add_argument('--dataset', help='one of: ' + ', '.join(presets.MODEL_ARGS) + ' (any case)')
     p.add_argument('--fidelity', choices=sorted(presets.PRESETS),
-                   help='paper (default): the paper\'s choices; code: the released code\'s (SPEC section 9); '
-                        'fast: the paper\'s model and bound, trained the fastest way measured here')
+                   help='paper (default): the paper\'s choices; code: the released code\'s '
+                        '(docs/paper_and_code.md, section 3); fast: the paper\'s model and bound, '
+                        'trained the fastest way measured here')
     p.add_argument('--model-args', type=model_args_type, help='key=value,... overriding model defaults')
     p.add_argument('--batch-size', type=int)
     p.add_argument('--lr', type=float, help='initial learning rate')

@@ -8,6 +8,7 @@ uninterrupted one exactly.
 import util  # configures Theano before it is imported
 
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -92,16 +93,29 @@ class Adam:
 STEP_RULES = {'rmsprop': RMSProp, 'adam': Adam}
 
 
-def descent_updates(cost, params, step_rule, average=None):
+NONFINITE = ('drop_step', 'zero_gradient')  # what a step does with a NaN or inf gradient
+
+
+def descent_updates(cost, params, step_rule, nonfinite='drop_step', average=None):
     """Gradient-descent updates on `cost` (gradient_updates of its gradients)."""
-    return gradient_updates(T.grad(cost, params), params, step_rule, average)
+    return gradient_updates(T.grad(cost, params), params, step_rule, nonfinite, average)
 
 
-def gradient_updates(grads, params, step_rule, average=None):
-    """Updates that take one step of `step_rule` along `grads`; a step whose gradient is not
-    finite is dropped: when any entry is NaN or inf, no parameter and no optimiser state
-    changes, and the counter `n_nonfinite` (returned) goes up by one. With `average`
-    (ParameterAverage), its averages follow the new parameters."""
+def gradient_updates(grads, params, step_rule, nonfinite='drop_step', average=None):
+    """Updates that take one step of `step_rule` along `grads`, and the counter `n_nonfinite`
+    (returned) of the steps where some gradient entry was NaN or inf. With `average`
+    (ParameterAverage), its averages follow the new parameters.
+
+    nonfinite='drop_step' (ours): such a step is dropped: no parameter, no optimiser state
+    and no average changes. 'zero_gradient' (the released code's CompositeRule([RemoveNotFinite(), RMSProp]):
+    Blocks' rule first, on the raw gradient, one parameter at a time): a parameter whose
+    gradient sums to NaN or inf gets the gradient (1 - scaler) x parameter = 0 (scaler 1)
+    instead, so the step rule takes a zero step for it (RMSProp: its running mean square
+    decays by the factor `decay`), and every other parameter steps as usual."""
+    if nonfinite not in NONFINITE:
+        raise ValueError('nonfinite must be one of {}, not {!r}'.format(NONFINITE, nonfinite))
+    if nonfinite == 'zero_gradient':
+        return zeroed_gradient_updates(grads, params, step_rule, average)
     norm2 = sum(T.sum(T.sqr(g)) for g in grads)
     finite = T.and_(T.neq(T.isnan(norm2), 1), T.neq(T.isinf(norm2), 1))
     steps, state_updates = step_rule.steps(params, grads)
@@ -114,14 +128,29 @@ def gradient_updates(grads, params, step_rule, average=None):
     return updates, n_nonfinite
 
 
-def flat_gradient_step(params, step_rule, average=None):
+def zeroed_gradient_updates(grads, params, step_rule, average=None):
+    """gradient_updates with nonfinite='zero_gradient'."""
+    bad = [T.or_(T.isnan(s), T.isinf(s)) for s in (T.sum(g) for g in grads)]
+    grads = [T.switch(b, T.zeros_like(g), g) for b, g in zip(bad, grads)]
+    steps, state_updates = step_rule.steps(params, grads)
+    n_nonfinite = shared_scalar(0, 'optimizer.n_nonfinite', 'int64')
+    updates = [(p, p - s) for p, s in zip(params, steps)]
+    if average is not None:
+        updates += average.updates([new for _, new in updates], T.constant(1, dtype='int8'))
+    updates += state_updates
+    updates.append((n_nonfinite, n_nonfinite + T.cast(functools.reduce(T.or_, bad), 'int64')))
+    return updates, n_nonfinite
+
+
+def flat_gradient_step(params, step_rule, nonfinite='drop_step', average=None):
     """(fn, n_nonfinite): fn(g) takes one step along the flat float32 vector g, all
     parameters' gradients one after the other (what data-parallel training adds up over
-    processes), and returns the counter of dropped steps."""
+    processes), and returns the counter of steps with a non-finite gradient (gradient_updates:
+    dropped, or the affected parameters' gradients zeroed)."""
     flat = T.vector('flat_gradient')
     sizes = np.cumsum([0] + [p.get_value().size for p in params])
     grads = [flat[a:b].reshape(p.shape) for p, a, b in zip(params, sizes[:-1], sizes[1:])]
-    updates, n_nonfinite = gradient_updates(grads, params, step_rule, average)
+    updates, n_nonfinite = gradient_updates(grads, params, step_rule, nonfinite, average)
     return theano.function([flat], n_nonfinite, updates=updates), n_nonfinite
 
 

@@ -1,6 +1,7 @@
 """Small helpers shared by several scripts: Theano set-up, logit, run directories.
 
-Importing this module configures Theano (SPEC section 10) before Theano itself is
+Importing this module configures Theano (docs/paper_and_code.md, section 7) before
+Theano itself is
 imported, so every script imports util before theano; and, with DIFFUSION_ISA=avx2, pins
 the instruction set before numpy is imported (pin_isa).
 """
@@ -114,7 +115,8 @@ BASE_FLAGS = {'floatX': 'float32', 'warn_float64': 'ignore',
 def find_openblas():
     """Path of an LP64 OpenBLAS shared library, or None.
 
-    Prefers the copy inside the scipy wheel (SPEC section 10), then a system one.
+    Prefers the copy inside the scipy wheel (docs/paper_and_code.md, section 7),
+    then a system one.
     numpy's own copy is ILP64 with suffixed symbols, so Theano cannot link it.
     """
     spec = importlib.util.find_spec('scipy')
@@ -151,7 +153,7 @@ def theano_flags(user_flags, openblas):
 
     With no OpenBLAS, blas.ldflags is set empty (Theano's NumPy C-API BLAS) which
     avoids the import-time crash under numpy 1.23; openmp is then left off, because
-    that BLAS called from OpenMP threads aborts the process (SPEC section 10).
+    that BLAS called from OpenMP threads aborts the process (docs/paper_and_code.md, section 7).
     """
     flags = dict(BASE_FLAGS)
     if pinned_isa():  # Theano adds no -march=native flags when one is given

@@ -1,4 +1,5 @@
-"""bench.py's pieces that need no timing: op names of the per-op table, flag checks."""
+"""bench.py's pieces that need no timing: op names of the per-op table, flag checks, the
+parameter count it reports."""
 import pytest
 import theano.tensor as T
 
@@ -20,3 +21,15 @@ def test_bad_flags_exit_before_measuring(argv, capsys):
         bench.main(argv)
     assert e.value.code == 2
     assert capsys.readouterr().err  # argparse's message
+
+
+def test_cifar_configuration_reports_the_released_networks_parameter_count():
+    """13,385,280 parameters, counted by hand from the released code's CIFAR-10 architecture
+    with the untied biases of its Blocks convolutions (docs/paper_and_code.md, section 5):
+    dense 3072-1000x5-5120, conv 3-100x6 with biases of 100 x 34 x 34 per layer, per-pixel
+    105-100-100-100, read-out 100-60; the schedule has no parameters in the code preset."""
+    dense = 3072 * 1000 + 4 * 1000 * 1000 + 1000 * 5120 + 5 * 1000 + 5120
+    conv = 3 * 100 * 9 + 5 * 100 * 100 * 9 + 6 * 100 * 34 * 34
+    per_pixel = (105 * 100 + 100) + 2 * (100 * 100 + 100) + (100 * 60 + 60)
+    exp, _, _ = bench.build('cifar')
+    assert bench.n_params(exp) == dense + conv + per_pixel == 13385280

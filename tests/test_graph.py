@@ -1,6 +1,7 @@
 """The compiled Theano graphs of an image model: float32 throughout, and the matrix
 products and convolutions on BLAS (Dot22 / Gemm, CorrMM), which is where the time goes
-(SPEC section 10). A float64 constant slipped into the model upcasts the whole chain
+(docs/paper_and_code.md, section 7). A float64 constant slipped into the model upcasts
+the whole chain
 behind it and runs at half speed; these tests find it by the variables' dtypes (Sum's
 internal acc_dtype=float64 is an op parameter, not a variable, and does not count)."""
 import numpy as np

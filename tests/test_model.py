@@ -1,4 +1,4 @@
-"""The diffusion math of model.py against brute force (SPEC sections 1-2)."""
+"""The diffusion math of model.py against brute force (paper Sec. 2 and Appendix B)."""
 import itertools
 
 import numpy as np
@@ -170,7 +170,7 @@ def test_fixed_schedule_is_the_released_codes():
     assert beta[0] == pytest.approx(floor_1 + (1 / 1000) * (1 - floor_1 - 1e-5), rel=1e-6)
     assert beta[1] == pytest.approx(1e-6 + (1 / 999) * (1 - 1e-6 - 1e-5), rel=1e-6)
     A_T = np.prod(1 - beta.astype(np.float64))
-    assert 1e-4 < A_T < 1e-2  # SPEC: about 1e-3
+    assert 1e-4 < A_T < 1e-2  # the released code's A_T: about 1e-3
     assert sched.params == []
 
 

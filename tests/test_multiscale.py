@@ -76,14 +76,16 @@ def test_upsample_sum_matches_theano(shape, activation):
     values = [normal(rng, (n, C, H >> s, W >> s)) for s in range(n_scales)] + [normal(rng, C)]
     cot = normal(rng, (n, C, H, W))
     f = THEANO_ACTIVATION[activation]
-    for bias, factor in ((b, 1.0), (None, 1.0 / 3)):
-        inputs = parts + ([b] if bias is not None else [])
+    untied, untied_value = T.tensor3('b_untied'), normal(rng, (C, H, W))  # one bias per channel and pixel
+    for bias, factor in ((b, 1.0), (None, 1.0 / 3), (untied, 1.0)):
+        inputs = parts + ([bias] if bias is not None else [])
+        bias_values = {None: [], b: [values[-1]], untied: [untied_value]}[bias]
         pre = factor * sum(R.upsample_nearest(p, 2 ** s) for s, p in enumerate(parts))
         if bias is not None:
-            pre = pre + b.dimshuffle('x', 0, 'x', 'x')
-        ref = values_and_grads([f(pre)], inputs, values[:len(inputs)], [cot])
+            pre = pre + (b.dimshuffle('x', 0, 'x', 'x') if bias is b else untied.dimshuffle('x', 0, 1, 2))
+        ref = values_and_grads([f(pre)], inputs, values[:n_scales] + bias_values, [cot])
         ours = values_and_grads([M.upsample_sum(parts, bias, activation, factor)], inputs,
-                                values[:len(inputs)], [cot])
+                                values[:n_scales] + bias_values, [cot])
         for a, r in zip(ours, ref):
             assert a.shape == r.shape
             assert_close(a, r)
@@ -145,6 +147,8 @@ def test_upsample_sum_verify_grad(activation):
     values = ([away_from_zero(rng, (2, 3, 4, 8))]
               + [rng.uniform(-0.05, 0.05, (2, 3, 4 >> s, 8 >> s)).astype('float32') for s in (1, 2)]
               + [rng.uniform(-0.05, 0.05, 3).astype('float32')])
+    verify_grad(lambda p0, p1, p2, b: M.upsample_sum([p0, p1, p2], b, activation, 0.5), values)
+    values[-1] = rng.uniform(-0.05, 0.05, (3, 4, 8)).astype('float32')  # untied: per channel and pixel
     verify_grad(lambda p0, p1, p2, b: M.upsample_sum([p0, p1, p2], b, activation, 0.5), values)
 
 
@@ -260,6 +264,13 @@ def test_upsample_sum_bad_shapes():
         fn(z(2, 3, 8, 6), z(2, 3, 4, 3), z(4))
     with pytest.raises(ValueError, match=r'output sides \(8 x 6\) must be divisible by 2\^2'):
         theano.function([p0, p1], M.upsample_sum([p0, p1, p1]))(z(2, 3, 8, 6), z(2, 3, 4, 3))
+    b3 = T.tensor3('b3')
+    fn = theano.function([p0, b3], M.upsample_sum([p0], b3, 'tanh'))
+    fn(z(2, 3, 8, 6), z(3, 8, 6))
+    with pytest.raises(ValueError, match='the untied bias is 8 x 5 per channel for an output of 8 x 6'):
+        fn(z(2, 3, 8, 6), z(3, 8, 5))
+    with pytest.raises(ValueError, match='the bias has 2 values for 3 channels'):
+        fn(z(2, 3, 8, 6), z(2, 8, 6))
 
 
 def test_bias_activation_bad_shape():

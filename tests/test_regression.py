@@ -25,7 +25,8 @@ def np_leaky(x):
 
 
 def np_correlate_same(x, w, b):
-    """3x3 'same' cross-correlation with zero padding, by explicit sums over offsets."""
+    """3x3 'same' cross-correlation with zero padding, by explicit sums over offsets; b one
+    bias per filter (F,) or per filter and pixel (F, h, w)."""
     n, c, h, wd = x.shape
     xp = np.zeros((n, c, h + 2, wd + 2))
     xp[:, :, 1:-1, 1:-1] = x
@@ -34,7 +35,7 @@ def np_correlate_same(x, w, b):
         for a in range(3):
             for bb in range(3):
                 out[:, f] += np.einsum('nchw,c->nhw', xp[:, :, a:a + h, bb:bb + wd], w[f, :, a, bb])
-        out[:, f] += b[f]
+        out[:, f] += b[f]  # a number, or an (h, w) plane
     return out
 
 
@@ -73,6 +74,31 @@ def test_multiscale_conv_matches_numpy(n_scales, placement, nonlinearity, conv_i
     want = np_multiscale(x.astype(np.float64), [w.get_value() for w in layer.W],
                          [b.get_value() for b in layer.b], np_f, placement)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('conv_impl', ['corrmm', 'winograd'])
+@pytest.mark.parametrize('placement', ['after_sum', 'per_scale'])
+def test_untied_biases_are_the_centre_of_the_full_output_shape(placement, conv_impl):
+    """tied_biases=False (released code): scale s has biases of the 'full' output's shape
+    (F, h_s + 2, w_s + 2); the 'same' output takes their central (F, h_s, w_s), the outer ring
+    reaches nothing (zero gradient)."""
+    rng = np.random.default_rng(5)
+    layer = R.MultiScaleConv('ms', 2, 3, 2, rng, 'softplus', placement, conv_impl=conv_impl,
+                             tied_biases=False, image_size=(8, 12))
+    assert [b.get_value().shape for b in layer.b] == [(3, 10, 14), (3, 6, 8)]
+    for p in layer.params:
+        p.set_value(rng.normal(size=p.get_value().shape).astype(floatX))
+    x = rng.normal(size=(2, 2, 8, 12)).astype(floatX)
+    xs = T.tensor4('x')
+    y = layer(xs)
+    got, *grads = theano.function([xs], [y] + T.grad(y.sum(), layer.b))(x)
+    want = np_multiscale(x.astype(np.float64), [w.get_value() for w in layer.W],
+                         [b.get_value()[:, 1:-1, 1:-1] for b in layer.b], np_softplus, placement)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    for g in grads:
+        ring = np.ones(g.shape, bool)
+        ring[:, 1:-1, 1:-1] = False
+        assert not g[ring].any() and np.abs(g[~ring]).min() > 0
 
 
 @pytest.mark.parametrize('n_in,expected', [(3, ['corrmm'] * 3), (20, ['corrmm'] * 3),
@@ -152,22 +178,54 @@ def image_net(dataset, fidelity, shape, **overrides):
 
 
 def test_parameter_count_mnist_code_defaults():
-    """About 1.69M (SPEC section 3): dense 784-500-500-500-1568 (1,679,068), conv
-    1-20-20-20-20 (11,060), per-pixel 22-20 and read-out 20-20 (880)."""
-    assert count(image_net('MNIST', 'code', MNIST_SHAPE)) == 1691008
+    """The released code's MNIST network (docs/paper_and_code.md, section 5): dense
+    784-500-500-500-1568 (1,679,068); conv 1-20-20-20-20 weights (10,980) with untied biases
+    of 20 x 30 x 30 per layer (72,000); per-pixel 22-20 and read-out 20-20 (880)."""
+    assert count(image_net('MNIST', 'code', MNIST_SHAPE)) == 1679068 + 10980 + 72000 + 880 == 1762928
+    assert count(image_net('MNIST', 'code', MNIST_SHAPE, tied_biases=True)) == 1691008
 
 
 def test_parameter_count_cifar10_code_configuration():
-    """About 12.7M (SPEC section 3): dense 3072-1000x5-5120, conv 3-100x6, per-pixel
-    105-100-100-100 and read-out 100-60."""
-    assert count(image_net('CIFAR10', 'code', CIFAR_SHAPE)) == 12692280
+    """The released code's CIFAR-10 network (docs/paper_and_code.md, section 5): dense
+    3072-1000x5-5120 (12,202,120); conv 3-100x6 weights (452,700) with untied biases of
+    100 x 34 x 34 per layer (693,600); per-pixel 105-100-100-100 and read-out 100-60
+    (36,860)."""
+    assert count(image_net('CIFAR10', 'code', CIFAR_SHAPE)) == 12202120 + 452700 + 693600 + 36860 == 13385280
+    assert count(image_net('CIFAR10', 'code', CIFAR_SHAPE, tied_biases=True)) == 12692280
 
 
 def test_paper_mnist_network_is_dense_only():
     net = image_net('MNIST', 'paper', MNIST_SHAPE)
     assert not net.conv
-    # the code network minus the conv path (11,060) and the 20 conv inputs of the first per-pixel layer
-    assert count(net) == 1691008 - 11060 - 20 * 20
+    # the code network's dense path (1,679,068), per-pixel 2-20 and read-out 20-20
+    assert count(net) == 1679068 + 60 + 420 == 1691008 - 11060 - 20 * 20
+
+
+@pytest.mark.parametrize('dense_upper', [2, 1])
+def test_feature_scaling_divides_each_lower_path_by_the_root_of_its_width(dense_upper):
+    """feature_scaling=True (released code): the first per-pixel layer (or the read-out) sees
+    conv / sqrt(n_hidden_conv) and dense / sqrt(n_hidden_dense_lower_output) concatenated;
+    with one lower path, nothing is scaled."""
+    kw = dict(SMALL, n_hidden_conv=4, n_hidden_dense_lower_output=3, n_layers_dense_upper=dense_upper)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 1, 4, 4)).astype(floatX)
+    xs = T.tensor4('x')
+    net = R.ImageNetwork((1, 4, 4), np.random.default_rng(0), feature_scaling=True, **kw)
+    conv, dense = theano.function([xs], net.lower_paths(xs))(x)
+    features = np.concatenate([conv / 2, dense / np.sqrt(3)], axis=1).transpose(0, 2, 3, 1).reshape(2, 16, 7)
+    layer = net.dense_upper[0] if net.dense_upper else net.readout
+    pre = features @ layer.W.get_value() + layer.b.get_value()
+    want = np_leaky(pre) if net.dense_upper else pre  # f_dense of nonlinearity='code'
+    h = net.hidden(xs) if net.dense_upper else net(xs)
+    got = theano.function([xs], h)(x)
+    if not net.dense_upper:  # the read-out's output (n, C, H, W, 2, J) in the read-out's column order
+        got = got.transpose(0, 2, 3, 1, 4, 5).reshape(2, 16, -1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for path in ('conv_path', 'dense_path'):  # one path: the same network with or without the key
+        nets = [R.ImageNetwork((1, 4, 4), np.random.default_rng(0), feature_scaling=s, **dict(kw, **{path: False}))
+                for s in (False, True)]
+        y0, y1 = (theano.function([xs], n(xs))(x) for n in nets)
+        np.testing.assert_array_equal(y0, y1)
 
 
 # ---------------------------------------------------------------- preset switches
@@ -250,7 +308,7 @@ def test_presets_differ_in_named_image_keys_only_and_spare_the_toy_sets():
     assert differ == {'learn_beta', 'code_mu', 'code_sigma', 'kl_factor', 'basis_width',
                       't_per_minibatch', 'nonlinearity', 'scale_nonlinearity',
                       'dense_depth_from_conv', 'dequantisation', 'norm_from_minibatch',
-                      'skip_last_step'}
+                      'skip_last_step', 'tied_biases', 'feature_scaling', 'nonfinite_gradient'}
     assert presets.model_args('MNIST', 'paper', {})['conv_path'] is False
     assert presets.model_args('MNIST', 'code', {})['conv_path'] is True
     for fidelity in ('paper', 'code'):
@@ -259,3 +317,21 @@ def test_presets_differ_in_named_image_keys_only_and_spare_the_toy_sets():
         assert set(presets.model_args('heartbeat', fidelity, {})) == set(presets.MODEL_ARGS['heartbeat'])
     toy_paper = presets.model_args('swissroll', 'paper', {})
     assert toy_paper['beta_init'] == presets.MODEL_ARGS['swissroll']['beta_init']
+
+
+def test_checkpoint_from_before_the_three_keys_builds_the_network_it_trained():
+    """A code-preset image checkpoint written before tied_biases, feature_scaling and
+    nonfinite_gradient existed loads with one bias per filter, unscaled features and dropped
+    non-finite steps (presets.ADDED_KEYS), as it was trained."""
+    model = presets.model_args('digits', 'code', {})
+    for key in ('tied_biases', 'feature_scaling', 'nonfinite_gradient'):
+        del model[key]
+    config = presets.checkpoint_model_config({'config': {'args': {'dataset': 'digits'}, 'model': model}})
+    assert (config['tied_biases'], config['feature_scaling'], config['nonfinite_gradient']) == (True, False, 'drop_step')
+    net = R.ImageNetwork((1, 8, 8), np.random.default_rng(0), **{k: config[k] for k in experiments.IMAGE_NET_KEYS})
+    assert all(b.get_value().ndim == 1 for layer in net.conv for b in layer.b)
+    assert net.feature_scales == [1.0, 1.0]
+    roll = presets.model_args('swissroll', 'code', {})
+    del roll['nonfinite_gradient']
+    assert presets.checkpoint_model_config({'config': {'args': {'dataset': 'swissroll'}, 'model': roll}})[
+        'nonfinite_gradient'] == 'drop_step'

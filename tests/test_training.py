@@ -48,6 +48,44 @@ def test_nonfinite_step_is_dropped_and_counted(bad):
     assert np.all(rule.state[0].get_value() == 0)  # optimiser state untouched too
 
 
+def rmsprop_by_hand(p, ms, g, lr=0.01, decay=0.9):
+    """(p, ms) after one of training.RMSProp's steps (eps negligible here)."""
+    ms = decay * ms + (1 - decay) * np.square(g)
+    return p - lr * g / np.sqrt(ms), ms
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf])
+@pytest.mark.parametrize('flat', [False, True])
+def test_zero_gradient_rule_steps_the_other_parameters_and_decays_the_mean_square(bad, flat):
+    """nonfinite='zero_gradient' (the released RemoveNotFinite before RMSProp): a NaN or inf in
+    one parameter's gradient gives that parameter a zero step and decays its running mean
+    square by 0.9, while the other parameter steps and updates its state as usual; the step
+    is counted. The same through the data-parallel flat step."""
+    a0, b0 = np.array([1.0, 2.0]), np.array([3.0, -1.0])
+    a, b = (theano.shared(v.astype('float32'), name=n) for v, n in ((a0, 'a'), (b0, 'b')))
+    rule = training.RMSProp(learning_rate=0.01, decay=0.9)
+    if flat:
+        fn, n_bad = training.flat_gradient_step([a, b], rule, 'zero_gradient')
+        step = lambda ga, gb: fn(np.concatenate([ga, gb]).astype('float32'))  # noqa: E731
+    else:
+        ga_in, gb_in = T.vector('ga'), T.vector('gb')
+        updates, n_bad = training.descent_updates(T.sum(a * ga_in) + T.sum(b * gb_in), [a, b], rule,
+                                                  'zero_gradient')
+        fn = theano.function([ga_in, gb_in], [], updates=updates)
+        step = lambda ga, gb: fn(np.float32(ga), np.float32(gb))  # noqa: E731
+    ga1, gb1, ga2, gb2 = [0.3, -0.1], [0.2, 0.4], [0.5, 1.0], [bad, 0.1]
+    step(ga1, gb1)
+    step(ga2, gb2)
+    a_want, ms_a = rmsprop_by_hand(*rmsprop_by_hand(a0, 0, np.array(ga1)), np.array(ga2))
+    b_want, ms_b = rmsprop_by_hand(b0, 0, np.array(gb1))
+    ms = {v.name: v.get_value() for v in rule.state}
+    np.testing.assert_allclose(a.get_value(), a_want, rtol=1e-5)
+    np.testing.assert_allclose(ms['a.rms'], ms_a, rtol=1e-5)
+    np.testing.assert_allclose(b.get_value(), b_want, rtol=1e-5)  # no step at the second call
+    np.testing.assert_allclose(ms['b.rms'], 0.9 * ms_b, rtol=1e-5)  # decayed, not updated
+    assert int(n_bad.get_value()) == 1
+
+
 class Quadratic:
     """A tiny model trained by the main loop: noisy least squares, noise from the loop's rng."""
 

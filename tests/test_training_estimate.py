@@ -88,7 +88,7 @@ def test_parameter_average_follows_its_formula_and_swaps_back():
     p = theano.shared(np.zeros(3, 'float32'), name='p')
     g = T.vector('g')
     average = training.ParameterAverage([p], 0.9)
-    updates, _ = training.gradient_updates([g], [p], training.RMSProp(0.1), average)
+    updates, _ = training.gradient_updates([g], [p], training.RMSProp(0.1), average=average)
     step = theano.function([g], [], updates=updates)
     rng = np.random.default_rng(0)
     expected = np.zeros(3)
