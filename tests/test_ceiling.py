@@ -126,6 +126,8 @@ def test_command_on_the_digits(tmp_path):
     (['--dataset', 'digits', '--beta-1', '1e-3,x'], 'numbers separated by commas'),
     (['--dataset', 'digits', '--n-fit', '0'], '--n-fit 0'),
     (['--dataset', 'nosuchset'], '--dataset'),
+    (['--dataset', 'deadleaves', '--data-path', __file__], '--data-path'),
+    (['--dataset', 'digits', '--out-dir', __file__], '--out-dir'),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
