@@ -24,9 +24,11 @@ The work is split into units (one draw of one minibatch), each with its own gene
 (seed, unit), so the result depends on the seed and the batch size only: not on the
 order the units are done in, nor on which process does them.
 """
-import util  # noqa: F401  (configures Theano before it is imported)
+import util  # configures Theano before it is imported
 
+import json
 import os
+import zipfile
 
 import numpy as np
 import theano
@@ -110,14 +112,13 @@ def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=
     starts = list(range(0, n, batch_size))
     units = parallel.rank_units(list(enumerate((i, s) for i in range(n_t) for s in starts)), comm)
     params_sum = sum(float(np.abs(p.get_value()).sum()) for p in exp.params)  # which checkpoint
-    signature = np.array([n, n_t, seed, batch_size, T_steps, exp.t_mix, params_sum, comm.rank, comm.size])
+    signature = np.array(json.dumps([int(n), int(n_t), int(seed), int(batch_size), int(T_steps), float(exp.t_mix),
+                                     params_sum, comm.rank, comm.size]))  # a string: no pickle whatever the seed
     partial_path = partial_path and partial_file(partial_path, comm)
     state = {'kl_sum': np.zeros(n), 'edge_sum': np.zeros(n), 'kl_by_t': np.zeros(T_steps + 1),
              'kl2_by_t': np.zeros(T_steps + 1), 'count_by_t': np.zeros(T_steps + 1), 'units_done': 0}
     if partial_path and os.path.exists(partial_path):
-        with np.load(partial_path) as saved:
-            if set(state) <= set(saved.files) and np.array_equal(saved['signature'], signature):
-                state = {k: saved[k] if k != 'units_done' else int(saved[k]) for k in state}
+        state = load_partial(partial_path, signature) or state
     bar = tqdm(total=len(units), initial=state['units_done'], desc='bound K', disable=not progress,
                unit='batch')
     for done in range(state['units_done'], len(units)):
@@ -196,11 +197,25 @@ def with_kl_factor(result, factor):
     return result['edge_bits'] - factor * result['kl_bits']
 
 
+def load_partial(path, signature):
+    """The sums saved in the partial file `path` when its signature is `signature`, else
+    None (other settings, or a file of an older version or damaged: it is started again)."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if saved['signature'].dtype.kind != 'U' or str(saved['signature']) != str(signature):
+                return None
+            return {k: saved[k] if k != 'units_done' else int(saved[k])
+                    for k in ('kl_sum', 'edge_sum', 'kl_by_t', 'kl2_by_t', 'count_by_t', 'units_done')}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 def save_npz(path, arrays):
     """np.savez, atomically (a crash mid-write leaves the previous file)."""
     tmp = path + '.tmp.npz'
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with util.naming(path):
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- steps of the training estimate

@@ -156,15 +156,44 @@ def write_images(path, features, targets=None):
     """Write {split: uint8 (n, C, H, W)} and optionally {split: labels (n,)} to `path`.
 
     Fuel's layout as its MNIST and CIFAR-10 converters wrote it: train then test stacked
-    on axis 0, 'targets' uint8 (N, 1), axis labels on both.
+    on axis 0, 'targets' uint8 (N, 1), axis labels on both. Its checksum is kept beside it
+    (write_checksum).
     """
     n_train, n_test = len(features['train']), len(features['test'])
     sources = {'features': np.concatenate([features[s] for s in SPLITS])}
     if targets is not None:
         sources['targets'] = np.concatenate([targets[s] for s in SPLITS]).reshape(-1, 1)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if os.path.exists(checksum_file(path)):  # the old file's: gone before the file changes
+        os.remove(checksum_file(path))
     streams.write_fuel_hdf5(path, sources, {'train': (0, n_train),
                                             'test': (n_train, n_train + n_test)}, IMAGE_AXES)
+    write_checksum(path)
+
+
+def checksum_file(path):
+    """Where the SHA-256 of a data file made here is kept: beside it, PATH.sha256."""
+    return path + '.sha256'
+
+
+def write_checksum(path):
+    """Keep the SHA-256 of the data file `path` beside it, in sha256sum's format."""
+    with open(checksum_file(path), 'w') as f:
+        f.write('{}  {}\n'.format(archives.digests(path, ['sha256'])['sha256'], os.path.basename(path)))
+
+
+def verify_checksum(path, remedy):
+    """archives.ChecksumError (one line ending in `remedy`, what to do) when the data file
+    `path` no longer has the SHA-256 kept beside it. A file made before checksums were kept,
+    or by other software, has none and is not checked."""
+    try:
+        with open(checksum_file(path)) as f:
+            kept = f.read().split()[:1]
+    except FileNotFoundError:
+        return
+    if kept != [archives.digests(path, ['sha256'])['sha256']]:
+        raise archives.ChecksumError('{} is damaged: its SHA-256 is not the one kept in {} when it was made; {}'.format(
+            path, checksum_file(path), remedy))
 
 
 def read_images(path, split, shape=None):
@@ -347,9 +376,13 @@ def load_images(name, split, data_path=None, **options):
     if name in ('MNIST', 'CIFAR10', 'digits') and options:
         raise ValueError('{} takes no options (got {})'.format(name, ', '.join(options)))
     if name in DOWNLOADS:
-        return read_images(downloaded_file(name, data_path), split, DOWNLOADS[name]['shape'])
+        path = downloaded_file(name, data_path)
+        verify_checksum(path, 'delete it and make it again: python datasets.py fetch {} (or convert)'.format(name))
+        return read_images(path, split, DOWNLOADS[name]['shape'])
     if name == 'deadleaves':
-        return read_images(deadleaves_file(data_path, **options), split)
+        path = deadleaves_file(data_path, **options)
+        verify_checksum(path, 'delete it and run again to generate it anew')
+        return read_images(path, split)
     if name == 'bark':
         return bark(**options)[split]
     if name == 'digits':
@@ -406,7 +439,7 @@ def main(argv=None):
             print(convert(args.name, args.raw, folder))
         else:
             info(args.name, args.data_path)
-    except (DataMissing, archives.FormatError, streams.LayoutError, OSError) as e:
+    except (DataMissing, archives.FormatError, archives.ChecksumError, streams.LayoutError, OSError) as e:
         print('datasets.py: error: {}'.format(e), file=sys.stderr)
         return 2
     return 0

@@ -17,7 +17,7 @@ a pixel together). Natural logarithms inside, divided by ln 2 at the end.
 """
 import util  # configures Theano before it is imported
 
-import json
+import math
 import os
 import sys
 import time
@@ -29,11 +29,15 @@ from tqdm import tqdm
 import bound
 import experiments
 import figures
+import memory
 import parallel
 import sampler
 import training
 
 LOG2 = np.log(2.0)
+# A bound this many times |L_null| below L_null is far worse than the null model N(0, I) (or
+# Bernoulli(p)), which needs no training; an untrained network starts within 2 bits of it.
+ABSURD_MARGIN = 10
 PARZEN_SIGMAS = np.logspace(-2, 0, 21)  # kernel widths tried on the validation set, in [0, 1] pixel units
 
 
@@ -73,11 +77,25 @@ def heldout_report(exp, x, n_t, seed, comm=None, **options):
     trained on crops the bound on held-out crops too (crops_bound): what train.py's final
     evaluation and evaluate.py report."""
     r = bound.heldout_bound(exp, x, n_t, seed, comm=comm, **options)
+    warning = implausible(r['K_bits'], exp.null_bits, exp.unit)
+    if warning:
+        r['warning'] = warning
+        if (comm or parallel.SingleProcess()).is_writer:
+            print('warning: ' + warning, file=sys.stderr, flush=True)
     if exp.diffusion.kl_factor != exp.diffusion.T_steps - 1:
         r['K_bits_code_factor'] = bound.with_kl_factor(r, exp.diffusion.kl_factor)
     if exp.crop:  # whole images above; the crops the network trained on here
         r['crops'] = crops_bound(exp, x, n_t, seed, comm)
     return r
+
+
+def implausible(K_bits, null_bits, unit):
+    """What is wrong with a bound K below the null model's L_null by more than
+    ABSURD_MARGIN |L_null| (a diverged run), or None."""
+    if K_bits - null_bits < -ABSURD_MARGIN * abs(null_bits):
+        return ('K = {:.6g} {} is far below the null model\'s L_null = {:.4g} (which needs no training): the '
+                'run has diverged; train again with a lower --lr'.format(K_bits, unit, null_bits))
+    return None
 
 
 # ---------------------------------------------------------------- discrete bits per dimension
@@ -329,6 +347,8 @@ def check_arguments(args):
                         ('--seed', args.seed)):
         if value < 0:
             util.fail('{} {}: must be an integer >= 0'.format(flag, value))
+    if args.seed > util.MAX_SEED:
+        util.fail('--seed {}: must be at most {} (numpy\'s seed range)'.format(args.seed, util.MAX_SEED))
     try:
         ks = tuple(int(k) for k in args.iw_k.split(',') if k.strip())
     except ValueError:
@@ -341,8 +361,16 @@ def check_arguments(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     ks = check_arguments(args)
-    with parallel.abort_on_error() as comm:  # under mpiexec the processes share the work
-        return evaluate_command(args, ks, comm)
+    with parallel.abort_on_error() as comm, training.signals_raise():  # under mpiexec the processes share the work
+        try:
+            return evaluate_command(args, ks, comm)
+        except training.Interrupted as e:
+            if comm.is_writer:
+                print('evaluate.py: stopped by {}; the bound\'s partial sums are kept: the same command goes on '
+                      'from them'.format(e), file=sys.stderr)
+            sys.exit(parallel.INTERRUPTED)
+        except OSError as e:  # writing the results, or the partial sums
+            util.fail('{}: {}'.format(e.filename, e.strerror or e))
 
 
 def evaluate_command(args, ks, comm):
@@ -357,6 +385,14 @@ def evaluate_command(args, ks, comm):
             exp.diffusion.entropy_bounds(exp.diffusion.beta_values())
         except ValueError as e:
             util.fail('--entropy-n: {}'.format(e))
+    n = len(exp.test_x if args.split == 'test' else exp.train_x)
+    too_large = memory.check_evaluation(
+        {'n_t': args.n_t, 'batch_size': args.batch_size or exp.eval_batch_size, 'iw_k': ks, 'iw_n': args.iw_n,
+         'parzen_samples': args.parzen_samples},
+        {'n_t': 10, 'batch_size': exp.eval_batch_size, 'iw_k': (), 'iw_n': 100, 'parzen_samples': 0},
+        min(args.n_examples or n, n), int(np.prod(exp.train_x.shape[1:])), exp.diffusion.T_steps)
+    if too_large:
+        util.fail(too_large)
     out_dir = args.out_dir or run_dir
     os.makedirs(out_dir, exist_ok=True)
     averaged = args.ema if exp.args.get('ema') else None
@@ -376,7 +412,11 @@ def evaluate_command(args, ks, comm):
     print('Parameters: {}. Written to {}'.format(out['parameters'], os.path.join(
         out_dir, 'evaluation_{}{}.json'.format(args.split, '_last' if averaged is False else ''))), file=human)
     if args.json:
-        print(json.dumps(out, indent=2, default=float))
+        print(util.to_json(out, indent=2))
+    if not math.isfinite(b['K_bits']):
+        print('evaluate.py: error: the bound is not a number (null in the results): the checkpoint gives no '
+              'finite bound', file=sys.stderr)
+        sys.exit(parallel.NONFINITE)
     return out
 
 

@@ -377,9 +377,25 @@ def from_checkpoint(path, data_path=None, ema=True):
     run's --data-path. Raises ValueError (one line) when the file is not a checkpoint or
     does not fit the model it describes."""
     state = training.load_checkpoint(path)
+    training.require(state, path, (('config.args', dict), ('config.args.dataset', str), ('config.args.seed', int),
+                                   ('config.model', dict)))
     run_args = state['config']['args']
-    exp = build(run_args['dataset'], presets.checkpoint_model_config(state), run_args['seed'],
-                data_path or run_args.get('data_path'))
+    if run_args['dataset'] not in presets.MODEL_ARGS:
+        raise ValueError('{} is not a checkpoint of this project, or is damaged: its dataset is {!r}'.format(
+            path, run_args['dataset']))
+    try:
+        exp = build(run_args['dataset'], presets.checkpoint_model_config(state), run_args['seed'],
+                    data_path or run_args.get('data_path'))
+    except KeyError as e:  # a model argument the network needs
+        raise ValueError('{} is not a complete checkpoint of this project: its model lacks {}'.format(
+            path, e.args[0]))
+    load_parameters(exp, state, path)
+    return exp
+
+
+def load_parameters(exp, state, path):
+    """Set the experiment's parameters from the checkpoint `state` (read from `path`) by
+    name; ValueError (one line) when one is missing or has another shape."""
     for p in exp.params:
         name = training.AVERAGE_PREFIX + p.name if ema and exp.args.get('ema') else p.name
         if name not in state['shared']:
@@ -389,4 +405,3 @@ def from_checkpoint(path, data_path=None, ema=True):
             raise ValueError('{}: parameter {} is {}, the model has {}'.format(
                 path, p.name, np.shape(value), np.shape(p.get_value())))
         p.set_value(np.asarray(value, dtype=p.dtype))
-    return exp

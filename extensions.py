@@ -4,7 +4,6 @@ stopping, the learning-rate schedule, evaluation and plots.
 Each extension says when it is due (every N batches or epochs, before or after
 training, on an interrupt) and is called with the main loop.
 """
-import json
 import math
 import os
 import sys
@@ -17,6 +16,7 @@ import figures
 import parallel
 import sampler
 import training
+import util
 
 
 class Extension:
@@ -98,8 +98,8 @@ class JSONLog(Extension):
         if event == 'before_training':
             self.cut(loop.status)
         if loop.record:
-            with open(self.path, 'a') as f:
-                f.write(json.dumps(loop.record, default=float) + '\n')
+            with util.naming(self.path), open(self.path, 'a') as f:
+                f.write(util.to_json(loop.record) + '\n')
                 loop.status['log_bytes'] = f.tell()
 
     def cut(self, status):
@@ -152,7 +152,8 @@ class Checkpoint(Extension):
     `best_path` too whenever the held-out monitor has just given its highest K so far (the
     run's best parameters, for a network that starts to overfit a small training set).
 
-    On Ctrl-C or SIGTERM it writes one and says how to resume.
+    On Ctrl-C or SIGTERM it writes one and says how to resume. Parameters that are NaN or
+    inf are never written: the last finite checkpoint stays (NonFiniteGuard stops the run).
     """
 
     def __init__(self, path, every_n_batches=None, resume_hint=None, best_path=None):
@@ -162,10 +163,14 @@ class Checkpoint(Extension):
 
     def __call__(self, loop, event):
         state = loop.state_dict()
+        if not training.finite(state['shared'].values()):
+            return
         training.save_checkpoint(self.path, state)
         evaluations = loop.status['evaluations']
+        bounds = [e['heldout_K_bits'] for e in evaluations  # a NaN bound (null once stored) is never the best
+                  if isinstance(e['heldout_K_bits'], float) and math.isfinite(e['heldout_K_bits'])]
         if (self.best_path and evaluations and evaluations[-1]['iteration'] == loop.status['iterations_done']
-                and evaluations[-1]['heldout_K_bits'] >= max(e['heldout_K_bits'] for e in evaluations)):
+                and evaluations[-1]['heldout_K_bits'] in bounds and evaluations[-1]['heldout_K_bits'] >= max(bounds)):
             training.save_checkpoint(self.best_path, state)
         if event == 'interrupt':
             print('Checkpoint written to {} after {} minibatches. Resume with:\n  {}'.format(
@@ -173,9 +178,10 @@ class Checkpoint(Extension):
 
 
 class NonFiniteGuard(Extension):
-    """Stops training when `patience` minibatches in a row had a non-finite gradient
-    (each such step is dropped, or the affected parameters' gradients zeroed, by the step
-    rule; this says so instead of spinning)."""
+    """Stops training when it has gone non-finite, and says why in loop.nonfinite: at once
+    when the parameters have become NaN or inf (a step that overflowed), or when `patience`
+    minibatches in a row had a NaN or inf cost or gradient (each such step is dropped, or the
+    affected parameters' gradients zeroed, by the step rule; this stops instead of spinning). Every process decides the same."""
 
     def __init__(self, patience=100):
         super().__init__(every_n_batches=1)
@@ -185,12 +191,17 @@ class NonFiniteGuard(Extension):
 
     def __call__(self, loop, event):
         count = loop.record.get('n_nonfinite', 0)
-        self.streak = self.streak + 1 if self.last is not None and count > self.last else 0
+        cost_finite = all(math.isfinite(v) for v in loop.record.values() if isinstance(v, float))
+        dropped = self.last is not None and count > self.last
+        self.streak = self.streak + 1 if dropped or not cost_finite else 0
         self.last = count
-        if self.streak >= self.patience:
-            print('Stopping: {} minibatches in a row had NaN or inf gradients. '
-                  'Resume from the last checkpoint with a lower --lr.'.format(self.streak),
-                  file=sys.stderr, flush=True)
+        i = loop.status['iterations_done']
+        if not cost_finite and not training.finite(v.get_value() for v in loop.shared.values()):
+            loop.nonfinite = 'the parameters became NaN or inf at minibatch {}'.format(i)
+        elif self.streak >= self.patience:
+            loop.nonfinite = '{} minibatches in a row, up to minibatch {}, had a NaN or inf cost or gradient'.format(
+                self.streak, i)
+        if loop.nonfinite:
             loop.stop_requested = True
 
 

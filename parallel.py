@@ -117,6 +117,7 @@ def rank_units(units, comm=None):
 
 
 INTERRUPTED = 130  # the exit code of a run stopped by SIGINT or SIGTERM, which every process takes
+NONFINITE = 3  # the exit code of a run stopped because it went NaN or inf, which every process takes
 
 
 @contextmanager
@@ -124,15 +125,16 @@ def abort_on_error():
     """Ends the whole job when this process fails: the others would wait in a collective.
 
     An exception or an exit with an error (a one-line user error) is reported with the
-    rank and every process is stopped with comm.Abort within seconds. An interrupted run
-    (exit INTERRUPTED, taken by all processes together after the same minibatch) ends
-    normally, so that the writer finishes its checkpoint. A single process just raises.
+    rank and every process is stopped with comm.Abort within seconds. An interrupted or a
+    non-finite run (exit INTERRUPTED or NONFINITE, taken by all processes together after the
+    same minibatch) ends normally, so that the writer finishes its checkpoint. A single
+    process just raises.
     """
     comm = world()
     try:
         yield comm
     except SystemExit as e:
-        if comm.size > 1 and e.code not in (0, None, INTERRUPTED):
+        if comm.size > 1 and e.code not in (0, None, INTERRUPTED, NONFINITE):
             print('process {} of {} stopped (exit {}); ending the job'.format(comm.rank, comm.size, e.code),
                   file=sys.stderr, flush=True)
             comm.abort(e.code if isinstance(e.code, int) else 1)

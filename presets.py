@@ -289,11 +289,25 @@ class Folder:
         return 'an existing folder or None'
 
 
+class Float32Probability(Real):
+    """A number in (0, 1) that float32, the precision the model computes in, holds as
+    neither 0 nor 1 (p = 1e-320 is 0 in float32, and its log, -inf, makes every bound NaN)."""
+
+    def __init__(self):
+        super().__init__(0, 1)
+
+    def accepts(self, v):
+        return super().accepts(v) and 0 < np.float32(v) < 1
+
+    def __str__(self):
+        return 'a number in (0, 1) that float32 holds as neither 0 nor 1 (about 1.4e-45 to 1 - 6e-8)'
+
+
 BOOL = OneOf(True, False)
 ARG_RULES = {
     # the diffusion and its schedule
     'T': Int(2), 'beta_init': OneOf('harmonic', 'geometric', 'logit'), 'beta_1': Real(0, 1),
-    'beta_min': Real(0, 1, closed_lo=True), 'p': Real(0, 1),
+    'beta_min': Real(0, 1, closed_lo=True), 'p': Float32Probability(),
     # presets (docs/paper_and_code.md, section 3)
     'learn_beta': BOOL, 'code_mu': BOOL, 'code_sigma': BOOL, 'kl_factor': OneOf('T-1', 'T'),
     'basis_width': OneOf('paper', 'code'), 't_per_minibatch': BOOL, 'nonlinearity': OneOf('paper', 'code'),

@@ -24,6 +24,7 @@ seeded by --seed, so the samples do not depend on the batch size.
 """
 import util  # configures Theano before it is imported
 
+import math
 import os
 
 import matplotlib
@@ -401,8 +402,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.n < 1 or args.frames < 1 or args.batch_size < 1:
         util.fail('--n, --frames and --batch-size must be positive')
-    if args.noise_std <= 0:
-        util.fail('--noise-std must be positive')
+    if not (math.isfinite(args.noise_std) and args.noise_std > 0):
+        util.fail('--noise-std {}: must be a finite number > 0'.format(args.noise_std))
+    if args.seed < 0:
+        util.fail('--seed {}: must be an integer >= 0'.format(args.seed))
+    if args.seed > util.MAX_SEED:
+        util.fail('--seed {}: must be at most {} (numpy\'s seed range)'.format(args.seed, util.MAX_SEED))
     if args.mode == 'inpaint' and args.mask not in ('left', 'centre') and not os.path.isfile(args.mask):
         util.fail('--mask {!r} is neither left, centre nor a file'.format(args.mask))
     with parallel.abort_on_error() as comm:  # under mpiexec the processes share the samples
@@ -416,6 +421,8 @@ def main(argv=None):
                          args.batch_size, skip, progress=comm.is_writer, comm=comm)
         except ValueError as e:
             util.fail(str(e))
+        if not np.isfinite(result['samples']).all():
+            util.fail('the samples hold NaN or inf: the checkpoint\'s model does not sample (nothing written)')
         if comm.is_writer:
             for path in save(result, exp, args.out or os.path.dirname(os.path.abspath(args.checkpoint)), args.mode):
                 print(path)

@@ -9,7 +9,7 @@ setup(
     python_requires='>=3.11,<3.12',
     py_modules=['util', 'parallel', 'streams', 'archives', 'datasets', 'multiscale', 'conv3x3', 'regression',
                 'model', 'presets', 'training', 'extensions', 'experiments', 'bound', 'figures', 'sampler',
-                'evaluate', 'ceiling', 'report', 'bench', 'train'],
+                'evaluate', 'ceiling', 'report', 'bench', 'train', 'memory'],
     install_requires=[
         'theano==1.0.5',
         'numpy==1.23.5',     # the newest Theano 1.0.5 runs with (docs/paper_and_code.md, section 7)

@@ -23,12 +23,15 @@ import os
 import shlex
 import sys
 
+import numpy as np
+
 import bound
 import datasets
 import evaluate
 import experiments
 import extensions as E
 import figures
+import memory
 import parallel
 import presets
 import streams
@@ -42,6 +45,15 @@ DEFAULTS = {'fidelity': 'paper', 'model_args': {}, 'optimizer': 'rmsprop', 'seed
 FIXED_ON_RESUME = ('dataset', 'fidelity', 'model_args', 'seed', 'batch_size', 'optimizer')
 OVERRIDABLE = ('max_batches', 'max_epochs', 'max_minutes', 'ext_every_n', 'lr', 'lr_final', 'data_path')
 NEW_RUN_ONLY = ('output_dir', 'suffix')
+# What a checkpoint must hold to resume (training.require); settings it lacks beyond these
+# take DEFAULTS.
+NUMBER = (int, float)
+RESUME_FIELDS = (('config.args', dict), ('config.model', dict), ('config.args.dataset', str),
+                 ('config.args.fidelity', str), ('config.args.model_args', dict), ('config.args.seed', int),
+                 ('config.args.batch_size', int), ('config.args.optimizer', str), ('config.args.lr', NUMBER),
+                 ('config.args.lr_final', NUMBER + (type(None),)), ('config.args.max_batches', (int, type(None))),
+                 ('config.args.ext_every_n', int), ('status.epochs_done', int), ('status.batch_in_epoch', int),
+                 ('status.seed', int), ('status.wall_s', NUMBER), ('status.evaluations', list))
 
 
 def parse_model_args(text):
@@ -94,6 +106,9 @@ def build_parser():
     p.add_argument('--plot_before_training', '--plot-before-training', action='store_true')
     p.add_argument('--convert-checkpoint', metavar='OLD.pkl',
                    help='write the .npz form of an old pickle checkpoint beside it, and exit')
+    p.add_argument('--overwrite', action='store_true',
+                   help='let --convert-checkpoint replace an existing .npz, and --resume_file of a file other '
+                        'than RUN_DIR/checkpoint.npz replace that one')
     return p
 
 
@@ -124,7 +139,7 @@ def resumed_settings(given, saved):
     given with another value, or a NEW_RUN_ONLY one, is a user error."""
     settings, overrides = dict(saved), []
     for key, value in given.items():
-        if value is None or key in ('resume_file', 'plot_before_training', 'convert_checkpoint'):
+        if value is None or key in ('resume_file', 'plot_before_training', 'convert_checkpoint', 'overwrite'):
             continue
         flag = '--' + key.replace('_', '-')
         if key in NEW_RUN_ONLY:
@@ -152,6 +167,7 @@ def check_settings(s):
              ('lr_final', 'a finite number > 0 and at most --lr',
               lambda v: math.isfinite(v) and 0 < v <= s['lr']),
              ('seed', 'an integer >= 0', lambda v: v >= 0),
+             ('seed', 'at most {} (numpy\'s seed range)'.format(util.MAX_SEED), lambda v: v <= util.MAX_SEED),
              ('max_batches', 'an integer >= 1', lambda v: v >= 1),
              ('max_epochs', 'an integer >= 1', lambda v: v >= 1),
              ('max_minutes', 'a finite number > 0', lambda v: math.isfinite(v) and v > 0),
@@ -192,12 +208,12 @@ def build_extensions(s, exp, run_dir, lr, plot_before_training, comm, average=No
     everywhere = [E.FinishAfter(s['max_batches'], s['max_epochs'], max_s),
                   E.LearningRateSchedule(lr, **s['lr_schedule']),
                   E.HeldOutBound(exp, every_n_batches=every, before_training=plot_before_training, comm=comm,
-                                 average=average)]
+                                 average=average),
+                  E.NonFiniteGuard()]
     if not comm.is_writer:
         return everywhere
     checkpoint = os.path.join(run_dir, 'checkpoint.npz')
     return everywhere + [
-        E.NonFiniteGuard(),
         E.Plots(exp, run_dir, every_n_batches=every, average=average),
         E.SamplePlots(exp, run_dir, every_n_batches=every, average=average),
         E.Printing(every),
@@ -260,34 +276,80 @@ def settings_and_experiment(args):
     """(settings, checkpoint or None, overrides, experiment): everything checked, nothing
     written; a user error is one line and exit 2."""
     given = {k: v for k, v in vars(args).items()
-             if k not in ('resume_file', 'plot_before_training', 'convert_checkpoint')}
+             if k not in ('resume_file', 'plot_before_training', 'convert_checkpoint', 'overwrite')}
     checkpoint, overrides = None, []
     if args.resume_file:
         try:
             checkpoint = training.load_checkpoint(args.resume_file)
+            check_resumable(checkpoint, args.resume_file)
         except ValueError as e:
             util.fail(str(e))
-        s, overrides = resumed_settings(given, checkpoint['config']['args'])
+        s, overrides = resumed_settings(given, dict(DEFAULTS, **checkpoint['config']['args']))
     else:
         s = new_run_settings(given)
     check_settings(s)
     try:
         config = (presets.checkpoint_model_config(checkpoint) if checkpoint else
                   presets.model_args(s['dataset'], s['fidelity'], s['model_args']))
+        too_large = memory.check_training(s['dataset'], s['fidelity'], config, s['batch_size'])
+        if too_large:
+            util.fail(too_large)
         exp = experiments.build(s['dataset'], config, s['seed'], s['data_path'])
+        if checkpoint:  # before anything is compiled (the main loop loads them again, with the rest)
+            experiments.load_parameters(exp, checkpoint, args.resume_file)
     except (ValueError, KeyError) as e:  # a bad --model-args value, a missing data file
         util.fail(str(e).strip('"\''))
     return s, checkpoint, overrides, exp
 
 
+def check_resumable(checkpoint, path):
+    """ValueError (one line) unless the checkpoint holds what a resumed run needs."""
+    training.require(checkpoint, path, RESUME_FIELDS)
+    saved = checkpoint['config']['args']
+    for key, known in (('dataset', presets.MODEL_ARGS), ('fidelity', presets.PRESETS),
+                       ('optimizer', training.STEP_RULES)):
+        if saved[key] not in known:
+            raise ValueError('{} is not a checkpoint of this project, or is damaged: its {} is {!r}'.format(
+                path, key, saved[key]))
+    missing = set(presets.model_args(saved['dataset'], saved['fidelity'], {})) - set(
+        presets.checkpoint_model_config(checkpoint))
+    if missing:
+        raise ValueError('{} is not a complete checkpoint of this project: its model lacks {}'.format(
+            path, ', '.join(sorted(missing))))
+
+
+def resumed_log(run_dir, checkpoint):
+    """Check RUN_DIR/log.jsonl before a resume (JSONLog cuts it back to the checkpoint): a
+    checkpoint alone in its folder starts a new log, said in one line; a log shorter than
+    the checkpoint's records is another run's, one line and exit 2."""
+    log, status = os.path.join(run_dir, 'log.jsonl'), checkpoint['status']
+    if not os.path.exists(log):
+        if status.get('log_bytes') != 0:
+            print('No log.jsonl beside the checkpoint: a new one starts at minibatch {} (the records before '
+                  'it are not in {}).'.format(status['iterations_done'], run_dir), file=sys.stderr)
+        status['log_bytes'] = 0
+    elif status.get('log_bytes') and os.path.getsize(log) < status['log_bytes']:
+        util.fail('{} has {} bytes and the checkpoint expects at least {}: it is not this run\'s log; move it '
+                  'away to start a new log at minibatch {}'.format(log, os.path.getsize(log), status['log_bytes'],
+                                                                  status['iterations_done']))
+
+
 def run_directory(s, args, checkpoint, overrides, comm):
     """The run's directory: the checkpoint's for a resumed run; else made by the writer."""
     if checkpoint:
+        run_dir = os.path.dirname(os.path.abspath(args.resume_file))
+        target = os.path.join(run_dir, 'checkpoint.npz')
+        if os.path.abspath(args.resume_file) != target and os.path.exists(target) and not args.overwrite:
+            util.fail('resuming {} would replace {} (and cut log.jsonl back to {} minibatches): add --overwrite, '
+                      'or copy it into a folder of its own'.format(args.resume_file, target,
+                                                                 checkpoint['status']['iterations_done']))
+        if comm.is_writer:
+            resumed_log(run_dir, checkpoint)
         print('Resuming {} from {} ({} minibatches done).'.format(
             s['dataset'], args.resume_file, checkpoint['status']['iterations_done']))
         for o in overrides:
             print('{flag} {given} replaces the checkpoint\'s {checkpoint!r}'.format(**o))
-        return os.path.dirname(os.path.abspath(args.resume_file))
+        return run_dir
     if not comm.is_writer:
         return None
     try:
@@ -326,7 +388,7 @@ def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
         loop.status['resumed_from'] = done
     flags = {o['flag'] for o in overrides}
     if '--lr' in flags:
-        step_rule.lr.set_value(step_rule.lr.dtype.type(s['lr']))
+        step_rule.lr.set_value(np.asarray(s['lr'], dtype=step_rule.lr.dtype))
     if 'lr_schedule' not in s:  # a new run, or a checkpoint of the old format: the run's plan
         s['lr_schedule'] = lr_schedule(s, s['lr'], 0, len(exp.train_x))
     elif '--lr-final' in flags:  # re-planned from here
@@ -334,9 +396,61 @@ def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
     return loop
 
 
+def lock_run_directory(run_dir, comm):
+    """The writer's lock on the run directory (util.RunLock), None on the other processes;
+    one line and exit 2 while another process holds it."""
+    if not comm.is_writer:
+        return None
+    lock = util.RunLock(run_dir)
+    try:
+        previous = lock.acquire()
+    except ValueError as e:
+        util.fail(str(e))
+    if previous and previous.get('pid') != os.getpid():
+        print('{} of process {} on {}, which no longer runs, is taken over.'.format(
+            lock.path, previous.get('pid', '?'), previous.get('host', '?')), file=sys.stderr)
+    return lock
+
+
+def kept(run_dir):
+    """What a stopped run leaves: 'kept: RUN_DIR/checkpoint.npz (N minibatches); resume
+    with: ...', or that there is no checkpoint."""
+    path = os.path.join(run_dir, 'checkpoint.npz') if run_dir else None
+    try:
+        done = training.load_checkpoint(path)['status']['iterations_done'] if path else None
+    except ValueError:
+        done = None
+    if done is None:
+        return 'no checkpoint was written'
+    return 'kept: {} ({} minibatches); resume with: python train.py --resume_file {}'.format(
+        path, done, shlex.quote(path))
+
+
 def run(args, comm):
-    s, checkpoint, overrides, exp = settings_and_experiment(args)
-    run_dir = run_directory(s, args, checkpoint, overrides, comm)
+    """Set up, train and evaluate; a signal outside the minibatches, an error writing the
+    run directory and a run gone non-finite each end in one line saying what was kept."""
+    run_dir = lock = None
+    try:
+        s, checkpoint, overrides, exp = settings_and_experiment(args)
+        run_dir = run_directory(s, args, checkpoint, overrides, comm)
+        lock = lock_run_directory(run_dir, comm)
+        return train_and_evaluate(s, args, checkpoint, overrides, exp, run_dir, comm)
+    except training.Interrupted as e:
+        if comm.is_writer:
+            print('train.py: stopped by {}; {}'.format(e, kept(run_dir)), file=sys.stderr)
+        sys.exit(parallel.INTERRUPTED)
+    except OSError as e:
+        if run_dir is None:
+            raise
+        util.fail('cannot write {}: {}; {}'.format(e.filename or run_dir, e.strerror or e, kept(run_dir)))
+    finally:
+        if lock:
+            lock.release()
+        if not args.resume_file and run_dir and os.path.isdir(run_dir) and not os.listdir(run_dir):
+            os.rmdir(run_dir)  # a new run stopped before it wrote anything
+
+
+def train_and_evaluate(s, args, checkpoint, overrides, exp, run_dir, comm):
     if comm.size > 1:
         print('{} processes; each takes its share of every minibatch of {}'.format(comm.size, s['batch_size']))
     print('Run directory: {}'.format(run_dir), flush=True)
@@ -348,21 +462,34 @@ def run(args, comm):
     loop.run()
     if loop.interrupted:
         sys.exit(parallel.INTERRUPTED)
+    if loop.nonfinite:
+        if comm.is_writer:
+            print('train.py: error: the run went non-finite: {}; {} (try a lower --lr than {:g}, or other '
+                  '--model-args)'.format(loop.nonfinite, kept(run_dir), s['lr']), file=sys.stderr)
+        sys.exit(parallel.NONFINITE)
     results = final_evaluation(loop, exp, run_dir, average)
     if results:
         print_results(results, run_dir)
+        if not math.isfinite(results['K_bits']):
+            print('train.py: error: the held-out bound is not a number (null in {}): the model gives no finite '
+                  'bound; check --model-args and --lr'.format(os.path.join(run_dir, 'results.json')),
+                  file=sys.stderr)
+            sys.exit(parallel.NONFINITE)
     return results
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    for flag, value in (('--resume_file', args.resume_file), ('--convert-checkpoint', args.convert_checkpoint)):
+        if value is not None and not value.strip():
+            util.fail('{} is empty: give the checkpoint\'s file'.format(flag))
     if args.convert_checkpoint:
         try:
-            print(training.convert_checkpoint(args.convert_checkpoint))
+            print(training.convert_checkpoint(args.convert_checkpoint, args.overwrite))
         except ValueError as e:
             util.fail(str(e))
         return None
-    with parallel.abort_on_error() as comm:
+    with parallel.abort_on_error() as comm, training.signals_raise():
         if not comm.is_writer:  # one writer: process 0 prints and writes
             sys.stdout = open(os.devnull, 'w')
         return run(args, comm)

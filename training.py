@@ -10,6 +10,7 @@ import util  # configures Theano before it is imported
 import contextlib
 import functools
 import glob
+import io
 import json
 import os
 import pickle
@@ -19,6 +20,7 @@ import sys
 import time
 import zipfile
 import zlib
+from contextlib import contextmanager
 
 import numpy as np
 import theano
@@ -225,19 +227,27 @@ def save_checkpoint(path, state):
     meta = {'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION,
             'config': state.get('config', {}), 'status': state['status']}
     arrays = {SHARED_PREFIX + name: np.asarray(v) for name, v in state['shared'].items()}
-    arrays['meta'] = np.array(json.dumps(meta, default=float))
-    for stale in glob.glob(glob.escape(path) + '.tmp*'):  # left by a process killed mid-write
-        os.remove(stale)
-    tmp = '{}.tmp{}'.format(path, os.getpid())
-    try:
-        with open(tmp, 'wb') as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    arrays['meta'] = np.array(util.to_json(meta))
+    with util.naming(path):
+        for stale in glob.glob(glob.escape(path) + '.tmp*'):  # left by a process killed mid-write
+            os.remove(stale)
+        tmp = '{}.tmp{}'.format(path, os.getpid())
+        try:
+            with open(tmp, 'wb') as f:
+                archive = io.BytesIO()  # made in memory: a full disk then fails in one plain write
+                np.savez(archive, **arrays)
+                f.write(archive.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def finite(arrays):
+    """True when no floating-point array of `arrays` holds NaN or inf."""
+    return all(np.isfinite(a).all() for a in map(np.asarray, arrays) if np.issubdtype(a.dtype, np.floating))
 
 
 def checkpoint_in(path):
@@ -263,7 +273,10 @@ def load_checkpoint(path):
     if magic[:1] == b'\x80':  # pickle protocol 2+
         return load_pickle_checkpoint(path)
     try:
-        with np.load(path, allow_pickle=False) as f:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError('a single array, not an .npz archive')
+        with archive as f:
             arrays = {k: f[k] for k in f.files}
         meta = json.loads(str(arrays.pop('meta')))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
@@ -274,8 +287,29 @@ def load_checkpoint(path):
     if meta.get('version') != CHECKPOINT_VERSION:
         raise ValueError('{} is a checkpoint of format version {}; this code reads version {}'.format(
             path, meta.get('version'), CHECKPOINT_VERSION))
+    require(meta, path, CHECKPOINT_FIELDS)
     shared = {k[len(SHARED_PREFIX):]: v for k, v in arrays.items() if k.startswith(SHARED_PREFIX)}
     return {'shared': shared, 'config': meta['config'], 'status': meta['status']}
+
+
+# What every checkpoint holds; train.py, experiments.py and evaluate.py ask for more.
+CHECKPOINT_FIELDS = (('config', dict), ('status', dict), ('status.iterations_done', int))
+MISSING = object()
+
+
+def require(state, path, fields):
+    """ValueError (one line naming the file and the field) unless every field, a dotted
+    path into the dict `state` ('config.args.seed'), is there and has its type (a type or
+    a tuple of types)."""
+    for name, kind in fields:
+        value = state
+        for key in name.split('.'):
+            value = value.get(key, MISSING) if isinstance(value, dict) else MISSING
+        if value is MISSING:
+            raise ValueError('{} is not a complete checkpoint of this project: it has no {}'.format(path, name))
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise ValueError('{} is not a checkpoint of this project, or is damaged: {} is {!r}'.format(
+                path, name, value))
 
 
 def load_pickle_checkpoint(path, warn=True):
@@ -292,16 +326,18 @@ def load_pickle_checkpoint(path, warn=True):
             state = util.ArrayUnpickler(f).load()
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as e:
         raise ValueError('cannot read checkpoint {}: {}'.format(path, e))
-    if not isinstance(state, dict) or 'shared' not in state or 'status' not in state:
+    if not isinstance(state, dict) or not isinstance(state.get('shared'), dict):
         raise ValueError('{} is not a checkpoint of this project'.format(path))
+    require(dict(state, config=state.get('config', {})), path, CHECKPOINT_FIELDS)
     status = dict(state['status'], log_bytes=None,
                   evaluations=[evaluation_record(r) for r in state.get('log', []) if EVALUATION_KEY in r])
     return {'shared': state['shared'], 'config': state.get('config', {}), 'status': status}
 
 
-def convert_checkpoint(path):
+def convert_checkpoint(path, overwrite=False):
     """Write the .npz form of the old pickle checkpoint `path` beside it (same name,
-    .npz); returns the new path. log_bytes is found from RUN_DIR/log.jsonl if it is there."""
+    .npz); returns the new path. log_bytes is found from RUN_DIR/log.jsonl if it is there.
+    ValueError when the .npz exists already, unless `overwrite`."""
     if not os.path.isfile(path):
         raise ValueError('cannot read checkpoint {}: no such file'.format(path))
     state = load_pickle_checkpoint(path, warn=False)
@@ -309,6 +345,8 @@ def convert_checkpoint(path):
     if os.path.exists(log):
         state['status']['log_bytes'] = log_offset(log, state['status']['iterations_done'])
     target = os.path.splitext(path)[0] + '.npz'
+    if os.path.exists(target) and not overwrite:
+        raise ValueError('{} exists already; add --overwrite to replace it'.format(target))
     save_checkpoint(target, state)
     return target
 
@@ -351,9 +389,10 @@ class MainLoop:
     Extension events: 'before_training', 'batch', 'epoch', 'after_training', 'interrupt'.
     `record` is the newest minibatch's dict of values; extensions add theirs to it.
     SIGINT (Ctrl-C) and SIGTERM (what schedulers send before killing) finish the current
-    minibatch, then the 'interrupt' event writes a checkpoint. comm (parallel.world()):
-    with several processes, a stop or an interrupt on any of them stops all after the
-    same minibatch.
+    minibatch, then the 'interrupt' event writes a checkpoint; a second one raises
+    Interrupted at once. comm (parallel.world()): with several processes, a stop or an
+    interrupt on any of them stops all after the same minibatch (_stop_agreed).
+    An extension that finds the run non-finite sets `nonfinite` (why) and stops it.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -369,6 +408,8 @@ class MainLoop:
         self.record = {}
         self.stop_requested = False
         self.interrupted = False
+        self.signalled = None  # the signal received, if any (set by _on_signal alone)
+        self.nonfinite = None
 
     def state_dict(self):
         return {'shared': {n: v.get_value() for n, v in self.shared.items()},
@@ -395,12 +436,14 @@ class MainLoop:
         previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
         try:
             self._notify('before_training')
-            while not self.stop_requested and not self.interrupted:
+            while not self._stop_agreed():
                 self._run_epoch()
             self._notify('interrupt' if self.interrupted else 'after_training')
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+        if self.signalled and not self.interrupted:  # came after the last agreement: the checkpoint is written
+            raise Interrupted(self.signalled)
         return self
 
     def _run_epoch(self):
@@ -417,10 +460,7 @@ class MainLoop:
             self.record = dict(values, iteration=s['iterations_done'], epoch=s['epochs_done'],
                                step_s=step_s)
             self._notify('batch')
-            if self.comm.size > 1:  # every process stops after the same minibatch
-                self.stop_requested, self.interrupted = (
-                    self.comm.allreduce_sum(np.array([self.stop_requested, self.interrupted], np.int32)) > 0)
-            if self.stop_requested or self.interrupted:
+            if self._stop_agreed():
                 return
         if n_batches == 0 and s['batch_in_epoch'] == 0:
             raise ValueError('the data stream gave no minibatch in epoch {}'.format(s['epochs_done']))
@@ -436,10 +476,44 @@ class MainLoop:
                 if event in ('batch', 'epoch'):
                     self.status['wall_s'] += time.time() - start
 
+    def _stop_agreed(self):
+        """Whether every process stops now: a stop requested or a signal received on any of
+        them (a reduction; one process's own flags). The reduced flags are combined with
+        the loop's, never assigned: a signal that arrives while the reduction runs is kept
+        in `signalled` and stops the run after the next minibatch."""
+        flags = np.array([self.stop_requested, self.signalled is not None], np.int32)
+        stop, interrupted = self.comm.allreduce_sum(flags) > 0
+        self.stop_requested = self.stop_requested or bool(stop)
+        self.interrupted = self.interrupted or bool(interrupted)
+        return self.stop_requested or self.interrupted
+
     def _on_signal(self, signum, frame):
-        if self.interrupted:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
+        if self.signalled:  # a second Ctrl-C stops at once
+            raise Interrupted(signum)
         if self.comm.is_writer:
             print('\n{}: finishing this minibatch and writing a checkpoint (Ctrl-C again to abort '
                   'without one).'.format(signal.Signals(signum).name), file=sys.stderr, flush=True)
-        self.interrupted = True
+        self.signalled = signum
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM where no minibatch can be finished first: while a run is set up
+    or compiled, during its final evaluation, or a second signal during training."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def signals_raise():
+    """SIGINT and SIGTERM raise Interrupted inside this block (MainLoop.run takes them
+    over while it runs)."""
+    def raise_interrupted(signum, frame):
+        raise Interrupted(signum)
+    previous = {s: signal.signal(s, raise_interrupted) for s in MainLoop.SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
