@@ -312,12 +312,14 @@ class AdaptiveSteps(ProposalSteps):
         self.count.set_value(count)
 
 
-TRAIN_T = ('uniform', 'harmonic', 'adaptive')
+TRAIN_T = ('uniform', 'harmonic', 'adaptive', 'gradient')
 
 
 def training_steps(diffusion, train_t='uniform', uniform_share=0.5, history=10):
     """The step sampler of a training run: --model-args train_t (and train_t_uniform,
-    train_t_history)."""
+    train_t_history). 'adaptive' and 'gradient' are the same sampler, fed each example's
+    KL or the norm of its gradient with respect to the network's outputs
+    (experiments.Experiment.training_terms)."""
     if train_t == 'uniform':
         return UniformSteps(diffusion)
     if train_t == 'harmonic':

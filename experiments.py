@@ -155,15 +155,23 @@ class Experiment:
         return [x0.astype(floatX), t, self.diffusion.draw_noise(rng, x0), weights]
 
     def training_terms(self):
-        """(symbolic inputs, K per example in nats, KL per example): the training estimate of
-        Eq. 14, importance-weighted when the steps come from a proposal (bound.py)."""
+        """(symbolic inputs, K per example in nats, what the step sampler records per
+        example): the training estimate of Eq. 14, importance-weighted when the steps come
+        from a proposal (bound.py). The sampler records each example's KL, or for
+        train_t='gradient' the norm of the KL's gradient with respect to the network's
+        outputs (what the step contributes to the parameters' gradient, without the part of
+        the KL that no network can remove)."""
         inputs = [self.x0, self.t, self.noise]
         if not self.steps.weighted:
             return inputs, self.K_nats, None
         weight = T.vector('t_weight')
-        kl = self.diffusion.kl_term(self.x0, self.t, self.noise)
+        kl, z = self.diffusion.kl_and_outputs(self.x0, self.t, self.noise)
         K = -self.diffusion.kl_factor * weight * kl + self.diffusion.edge_entropies(self.x0)
-        return inputs + [weight], K, kl
+        signal = kl
+        if self.args.get('train_t') == 'gradient':
+            grads = T.grad(kl.sum(), list(z))
+            signal = T.sqrt(sum(M.per_example(T.sqr(g)) for g in grads))
+        return inputs + [weight], K, signal
 
     def compile_train(self, step_rule, comm=None, average=None):
         """(step function for the main loop, counter of dropped non-finite steps); the cost
@@ -389,13 +397,14 @@ def from_checkpoint(path, data_path=None, ema=True):
     except KeyError as e:  # a model argument the network needs
         raise ValueError('{} is not a complete checkpoint of this project: its model lacks {}'.format(
             path, e.args[0]))
-    load_parameters(exp, state, path)
+    load_parameters(exp, state, path, ema)
     return exp
 
 
-def load_parameters(exp, state, path):
+def load_parameters(exp, state, path, ema=False):
     """Set the experiment's parameters from the checkpoint `state` (read from `path`) by
-    name; ValueError (one line) when one is missing or has another shape."""
+    name, their average 'ema/<name>' if `ema` and the run kept one; ValueError (one line)
+    when one is missing or has another shape."""
     for p in exp.params:
         name = training.AVERAGE_PREFIX + p.name if ema and exp.args.get('ema') else p.name
         if name not in state['shared']:

@@ -193,21 +193,31 @@ class GaussianDiffusion:
 
     def reverse_kernel(self, xt, t, beta=None):
         """mu, Sigma of p(x^{t-1} | x^t), t (n,) in 1..T (Eq. 64-65 or the code's form)."""
+        return self.read_out(xt, t, self.net(xt, t), beta)
+
+    def read_out(self, xt, t, z, beta=None):
+        """mu, Sigma of p(x^{t-1} | x^t) from the network's outputs z = (z_mu, z_Sigma)
+        (Eq. 64-65 or the code's form)."""
         beta = self.schedule.beta() if beta is None else beta
         beta_t = bcast(beta[t - 1], xt)
-        z_mu, z_sigma = self.net(xt, t)
+        z_mu, z_sigma = z
         sigma = readout_sigma(z_sigma, beta_t, self.T_steps, self.code_sigma)
         return readout_mu(xt, z_mu, sigma, beta_t, self.code_mu), sigma
 
     def kl_term(self, x0, t, noise):
         """KL(q(x^{t-1} | x^t, x^0) || p(x^{t-1} | x^t)) summed over dimensions, (n,), nats,
         at x^t drawn from q(x^t | x^0) with the reparameterised `noise`."""
+        return self.kl_and_outputs(x0, t, noise)[0]
+
+    def kl_and_outputs(self, x0, t, noise):
+        """kl_term, and the network's outputs z it was read out from (a tuple)."""
         beta = self.schedule.beta()
         A, N = alpha_bar(beta), noise_variance(beta)
         xt = q_sample(x0, bcast(A[t - 1], x0), bcast(N[t - 1], x0), noise)
         mu_q, var_q = q_posterior(x0, xt, bcast(A[t - 2], x0), bcast(N[t - 2], x0), bcast(beta[t - 1], x0))
-        mu_p, var_p = self.reverse_kernel(xt, t, beta)
-        return per_example(kl_gaussian(mu_q, var_q, mu_p, var_p))
+        z = tuple(self.net(xt, t))
+        mu_p, var_p = self.read_out(xt, t, z, beta)
+        return per_example(kl_gaussian(mu_q, var_q, mu_p, var_p)), z
 
     def edge_entropies(self, x0):
         """H_q(X^T|X^0) - H_q(X^1|X^0) - H_p(X^T) of Eq. 14 (Appendix B.2), all dimensions,
@@ -362,18 +372,27 @@ class BinomialDiffusion:
         time reversal of one forward step under the stationary Bern(p), so an
         untrained network starts at a sensible kernel, as Eq. 64 does with logit(b_t).
         """
+        return self.read_out(xt, t, (self.net(xt, t),))
+
+    def read_out(self, xt, t, z):
+        """(f_b,) from the network's output z = (z,) (reverse_kernel)."""
         beta_t = bcast(T.constant(self.beta_np.astype(floatX))[t - 1], xt)
         stay = T.clip(xt * (1 - beta_t) + self.p * beta_t, 1e-6, 1 - 1e-6)
-        return (T.nnet.sigmoid(self.net(xt, t) + logit(stay, T)),)
+        return (T.nnet.sigmoid(z[0] + logit(stay, T)),)
 
     def kl_term(self, x0, t, uniform):
         """Summed KL(q(x^{t-1}|x^t,x^0) || p(x^{t-1}|x^t)), (n,), nats; x^t drawn by `uniform`."""
+        return self.kl_and_outputs(x0, t, uniform)[0]
+
+    def kl_and_outputs(self, x0, t, uniform):
+        """kl_term, and the network's output z it was read out from (a tuple)."""
         A = T.constant(self.A_np.astype(floatX))
         beta = T.constant(self.beta_np.astype(floatX))
         xt = T.cast(T.lt(uniform, self.marginal(x0, bcast(A[t - 1], x0))), floatX)
         q = self.q_posterior(x0, xt, bcast(A[t - 2], x0), bcast(beta[t - 1], x0))
-        f = T.clip(self.reverse_kernel(xt, t)[0], 1e-7, 1 - 1e-7)
-        return per_example(bernoulli_kl(T.clip(q, 1e-12, 1 - 1e-12), f))
+        z = (self.net(xt, t),)
+        f = T.clip(self.read_out(xt, t, z)[0], 1e-7, 1 - 1e-7)
+        return per_example(bernoulli_kl(T.clip(q, 1e-12, 1 - 1e-12), f)), z
 
     def edge_entropies(self, x0):
         """H_q(X^T|X^0) - H_q(X^1|X^0) - H_p(X^T) of Eq. 14 with Bernoulli entropies, nats, per

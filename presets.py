@@ -326,7 +326,7 @@ ARG_RULES = {
     'folder': Folder(), 'patch': Int(2), 'image_size': Int(2), 'crop': OptionalInt(2),
     'conv_impl': OneOf('auto', 'corrmm', 'winograd', 'im2col'),
     # how training estimates K (TRAINING_ESTIMATE)
-    'train_t': OneOf('uniform', 'harmonic', 'adaptive'), 'train_t_uniform': Real(0, 1, closed_lo=True),
+    'train_t': OneOf('uniform', 'harmonic', 'adaptive', 'gradient'), 'train_t_uniform': Real(0, 1, closed_lo=True),
     'train_t_history': Int(1), 'ema': OptionalReal(0, 1),
 }
 

@@ -240,7 +240,7 @@ def write_checkpoint(path, fidelity='paper'):
         p.set_value((p.get_value() + 0.01 * rng.standard_normal(p.get_value().shape)).astype(floatX))
     args = {'dataset': 'swissroll', 'fidelity': fidelity, 'model_args': SMALL_ROLL, 'seed': 0,
             'data_path': None}
-    training.save_checkpoint(path, {'shared': {p.name: p.get_value() for p in exp.params}, 'status': {},
+    training.save_checkpoint(path, {'shared': {p.name: p.get_value() for p in exp.params}, 'status': {'iterations_done': 0},
                                     'config': {'args': args, 'model': exp.args}})
     return exp
 

@@ -35,14 +35,14 @@ def test_importance_weights_undo_the_proposal():
     assert np.sum(q * bound.importance_weights(q, t) * cost) == pytest.approx(cost.mean(), rel=1e-12)
 
 
-@pytest.mark.parametrize('train_t', ['harmonic', 'adaptive'])
+@pytest.mark.parametrize('train_t', ['harmonic', 'adaptive', 'gradient'])
 def test_weighted_training_cost_has_the_uniform_mean_on_a_fixed_network(train_t):
     """The mean of the training estimate of K over many draws is the same whether t is
     uniform or drawn from a proposal and weighted (what keeps the gradient unbiased). The
     adaptive sampler is given a steep loss history first, so that its proposal is far from
     uniform."""
     uniform, weighted = roll(), roll(train_t=train_t, train_t_uniform=0.1, train_t_history=2)
-    if train_t == 'adaptive':
+    if train_t in ('adaptive', 'gradient'):
         steps = np.repeat(np.arange(2, 13), 2)
         weighted.steps.record(steps, 100.0 / (steps - 1.0) ** 2)
         assert weighted.steps.proposal()[0] > 20 * weighted.steps.proposal()[-1]
@@ -148,3 +148,18 @@ def test_estimate_spread_matches_draws_and_is_smallest_for_the_rms_proposal():
     assert bound.estimate_std(mean, second, q) == pytest.approx(draws.std(), rel=0.02)
     spread = bound.training_estimate_spread(mean, second)
     assert spread['adaptive u=0.01'] < spread['harmonic u=0.5'] < spread['uniform']
+
+
+def test_gradient_signal_is_each_examples_gradient_norm_at_the_network_outputs():
+    """train_t='gradient' records |d KL_i / d z_i| per example i, z the network's outputs:
+    checked against the gradient of each example's KL alone."""
+    exp = roll(train_t='gradient')
+    inputs, _, signal = exp.training_terms()
+    kl, z = exp.diffusion.kl_and_outputs(exp.x0, exp.t, exp.noise)
+    i = T.lscalar('i')
+    one = theano.function(inputs[:3] + [i], [T.sqrt(sum(T.sum(T.sqr(g)) for g in T.grad(kl[i], list(z))))])
+    x0, t, noise, w = exp.draw_training_inputs(np.random.default_rng(2), exp.train_x[:5])
+    got = theano.function(inputs, signal, on_unused_input='ignore')(x0, t, noise, w)
+    expected = [one(x0, t, noise, j)[0] for j in range(5)]
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    assert np.ptp(got) > 0
