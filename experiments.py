@@ -225,9 +225,9 @@ class Experiment:
             part = np.zeros(1 + n_kl + n_params, floatX)
             if b > a:
                 local = gradient(x0[a:b], t[a:b], noise[a:b], *extra, to_bits)
-                part[:1], part[1 + n_kl:] = local[:1], local[1 + b - a:]
-                if weighted:
-                    part[1 + a:1 + b] = local[1:1 + b - a]
+                n_local = b - a if weighted else 0
+                part[:1], part[1 + n_kl:] = local[:1], local[1 + n_local:]
+                part[1 + a:1 + a + n_local] = local[1:1 + n_local]
             total = comm.allreduce_sum(part)
             if weighted:
                 self.steps.record(t, total[1:1 + n])

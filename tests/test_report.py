@@ -70,7 +70,7 @@ def test_run_without_recorded_commands_gets_one_from_its_checkpoint(tmp_path):
     import training
     run = write_run(tmp_path, sessions=[])
     args = {'dataset': 'swissroll', 'fidelity': 'paper', 'model_args': {}, 'seed': 0, 'max_batches': 100}
-    training.save_checkpoint(str(run / 'checkpoint.npz'), {'shared': {}, 'status': {}, 'config': {'args': args}})
+    training.save_checkpoint(str(run / 'checkpoint.npz'), {'shared': {}, 'status': {'iterations_done': 100}, 'config': {'args': args}})
     assert report.run_row(str(run))['commands'] == [
         'python train.py --dataset swissroll --fidelity paper --seed 0 --max-batches 100']
 
