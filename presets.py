@@ -37,11 +37,14 @@ PRESETS['fast'] = dict(PRESETS['paper'], **FAST)
 # run settings of the fast preset (train.py), where the data set's defaults differ
 FAST_RUN_SETTINGS = {'optimizer': 'adam'}
 FAST_CHOICES = {
-    'train_t': ('t uniform on 2..T', 'to be measured'),
-    'train_t_uniform': ('-', 'to be measured'),
-    'ema': ('no average', 'to be measured'),
+    'train_t': ('t uniform on 2..T', 'adaptive: +0.27 bits/pixel on dead leaves after 3000 minibatches (K of the '
+                'last parameters -0.166 +- 0.038 against -0.435 +- 0.012); the harmonic proposal lost 1.3 at 1500'),
+    'train_t_uniform': ('-', 'the uniform share of the adaptive proposal: 0.1, the one value measured'),
+    'ema': ('no average', '+0.17 bits/pixel over the last parameters of the same dead-leaves run after 3000 '
+            'minibatches (0.008 +- 0.010 against -0.166 +- 0.038)'),
 }
-FAST_OPTIMIZER = ('optimizer', 'SFO', 'to be measured')
+FAST_OPTIMIZER = ('optimizer', 'SFO', 'Adam, learning rate 1e-3: +0.23 bits/pixel over RMSProp on dead leaves after '
+                  '3000 minibatches (-0.203 +- 0.009 against -0.435 +- 0.012); 3e-3 learned slower')
 
 # Preset keys that only the image sets have (docs/paper_and_code.md, section 3).
 IMAGE_PRESET_KEYS = ('nonlinearity', 'scale_nonlinearity', 'conv_path', 'dense_path', 'dense_depth_from_conv',

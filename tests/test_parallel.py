@@ -56,6 +56,23 @@ def test_two_processes_train_the_same_parameters_as_one(digits_runs):
     assert two['config']['sessions'][0]['processes'] == 2
 
 
+@pytest.fixture(scope='module')
+def fast_runs(tmp_path_factory):
+    fast = TINY_DIGITS + ['--fidelity', 'fast']
+    return train(fast, 1, tmp_path_factory.mktemp('fast1')), train(fast, 2, tmp_path_factory.mktemp('fast2'))
+
+
+def test_two_processes_train_a_fast_run_as_one(fast_runs):
+    """The adaptive proposal sees every example's KL, summed over processes, so both
+    runs draw the same steps; the average and Adam's moments agree too."""
+    one, two = (training.load_checkpoint(os.path.join(d, 'checkpoint.npz'))['shared'] for d in fast_runs)
+    assert sorted(one) == sorted(two) and 'train_t.losses' in one and any(k.startswith('ema/') for k in one)
+    for name, a in one.items():
+        np.testing.assert_allclose(two[name], a, rtol=1e-4, atol=1e-4 * max(1e-8, np.abs(a).max()), err_msg=name)
+    r1, r2 = (json.load(open(os.path.join(d, 'results.json'))) for d in fast_runs)
+    assert abs(r1['K_bits'] - r2['K_bits']) < 1e-3
+
+
 def test_two_processes_report_one_processs_bound(digits_runs):
     one, two = (json.load(open(os.path.join(d, 'results.json'))) for d in digits_runs)
     assert abs(one['K_bits'] - two['K_bits']) < 1e-4 and one['n_eval'] == two['n_eval']

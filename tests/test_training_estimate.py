@@ -106,10 +106,10 @@ def test_parameter_average_follows_its_formula_and_swaps_back():
     np.testing.assert_array_equal(p.get_value(), last)
 
 
-TINY = ['--dataset', 'digits', '--seed', '3', '--ext-every-n', '10', '--batch-size', '50',
+TINY = ['--dataset', 'digits', '--fidelity', 'fast', '--seed', '3', '--ext-every-n', '10', '--batch-size', '50',
         '--model-args', 'T=20,n_temporal_basis=3,n_hidden_dense_lower=16,n_hidden_dense_lower_output=2,'
         'n_hidden_dense_upper=8,n_hidden_conv=6,n_layers_conv=2,n_layers_dense_lower=2,n_layers_dense_upper=2,'
-        'train_t=adaptive,train_t_history=2,ema=0.9']
+        'train_t_history=2,ema=0.9']  # the fast preset: adaptive t, an average, Adam
 
 
 def train(args, out):
@@ -119,7 +119,7 @@ def train(args, out):
     return r
 
 
-def test_adaptive_run_with_an_average_resumes_to_the_last_digit(tmp_path):
+def test_fast_run_resumes_to_the_last_digit(tmp_path):
     train(TINY + ['--max-batches', '30', '--output-dir', str(tmp_path / 'full')], tmp_path)
     train(TINY + ['--max-batches', '20', '--output-dir', str(tmp_path / 'part')], tmp_path)
     part, = glob.glob(str(tmp_path / 'part' / 'diffusion_*'))
@@ -133,6 +133,9 @@ def test_adaptive_run_with_an_average_resumes_to_the_last_digit(tmp_path):
     results = [json.load(open(os.path.join(d, 'results.json'))) for d in (full, part)]
     assert results[0]['K_bits'] == results[1]['K_bits']
     assert results[0]['ema'] == 0.9 and 'K_bits' in results[0]['without_ema']
+    assert results[0]['fidelity'] == 'fast'
+    assert {'key': 'optimizer', 'value': 'adam'}.items() <= [c for c in results[0]['not_the_paper']
+                                                             if c['key'] == 'optimizer'][0].items()
 
 
 def test_estimate_spread_matches_draws_and_is_smallest_for_the_rms_proposal():
