@@ -11,7 +11,9 @@ and, for a paper-preset run, below the table, where the run is not the paper.
 import util  # configures Theano before it is imported
 
 import json
+import math
 import os
+import re
 import shlex
 import sys
 
@@ -22,8 +24,22 @@ import figures
 import presets
 import training
 
-COLUMNS = ('run', 'data set', 'preset', 'K', '+-', 'K - L_null', 'paper K', 'K - paper', 'paper K - L_null',
-           'difference', 'unit', 'minibatches', 'training', 'source', 'environment')
+COLUMNS = ('run', 'data set', 'preset', 'K', '+-', 'paper K', 'against the paper', 'K - L_null', 'paper K - L_null',
+           'unit', 'minibatches', 'training', 'source', 'environment')
+
+# Below the paper by at most this many standard errors: "within n standard errors".
+WITHIN_STDERRS = 2
+
+# The data sets whose files need the network; a report without a run of one says what a run
+# would take (bench.py on this project's 2-core AMD EPYC, 2026-11-29).
+NOT_RUN = {
+    'MNIST': ('paper', 'python datasets.py fetch MNIST && python train.py --dataset MNIST',
+              'the code\'s network 0.50 s per minibatch of 512 (bench.py, 2-core AMD EPYC): 14 h per 100,000 '
+              'minibatches; the paper preset\'s dense-only network less'),
+    'CIFAR10': ('code', 'python datasets.py fetch CIFAR10 && python train.py --dataset CIFAR10 --fidelity code',
+                '4.1 s per minibatch of 200 (bench.py, 2-core AMD EPYC): the released run\'s ~850,000 '
+                'minibatches, 40 days'),
+}
 
 
 def read_json(path):
@@ -52,9 +68,9 @@ def environment_summary(env):
     threads = env.get('openblas_threads') or env.get('OPENBLAS_NUM_THREADS') or '?'
     commit = (env.get('git_commit') or '')[:7] + ('+' if env.get('git_dirty') else '')
     isa = '{}, C code {}'.format(env['isa'], env.get('c_march')) if env.get('isa') else 'instruction set not recorded'
-    return '{} ({}); OpenBLAS {} x{}; numpy {}, Theano {}; {}'.format(
+    return without_paths('{} ({}); OpenBLAS {} x{}; numpy {}, Theano {}; {}'.format(
         env.get('cpu'), isa, env.get('openblas_core', '?'), threads, env.get('numpy'), env.get('theano'),
-        commit or 'no commit')
+        commit or 'no commit'))
 
 
 def run_row(run_dir):
@@ -71,9 +87,10 @@ def run_row(run_dir):
            'commands': [s['environment'].get('command') for s in sessions],
            'environment': sessions[-1]['environment'] if sessions else None,
            'not_the_paper': results.get('not_the_paper', [])}
-    checkpoint = training.checkpoint_in(run_dir)
-    if not any(row['commands']) and os.path.exists(checkpoint):  # a run from before commands were recorded
-        row['commands'] = [train_command(training.load_checkpoint(checkpoint)['config']['args'])]
+    args = run_args(run_dir)
+    if not any(row['commands']) and args:  # a run from before commands were recorded
+        row['commands'] = [train_command(args)]
+    row['stand_in'] = stand_in(row['dataset'], (args or {}).get('model_args') or {})
     evaluation = os.path.join(run_dir, 'evaluation_test.json')
     if os.path.exists(evaluation):
         e = read_json(evaluation)
@@ -87,26 +104,81 @@ def run_row(run_dir):
             row['iw'] = (ks[0], iw[str(ks[0])]['gain_over_k1_bits'])
         if e.get('parzen'):
             row['parzen'] = (e['parzen']['ll_bits'], e['parzen']['stderr_bits'])
+    row.update(verdict=verdict(row['K'], row['stderr'], row['paper_K'], row['stand_in']),
+               training='' if row['wall_s'] is None else '{:.1f} min'.format(row['wall_s'] / 60),
+               environment_cell=environment_summary(row['environment']))
     return row
+
+
+def run_args(run_dir):
+    """The run's train.py settings from its checkpoint, or None without a readable one."""
+    checkpoint = training.checkpoint_in(run_dir)
+    if not os.path.exists(checkpoint):
+        return None
+    try:
+        return training.load_checkpoint(checkpoint)['config']['args']
+    except ValueError:
+        return None
+
+
+def stand_in(dataset, model_args):
+    """What replaces the paper's data, or None when the data are the paper's."""
+    if dataset == 'digits':
+        return 'stand-in data: scikit-learn\'s 8x8 digits instead of MNIST'
+    if dataset == 'bark' and model_args.get('folder') is None:
+        return 'stand-in data: scikit-image\'s grass, gravel and brick textures instead of the paper\'s bark images'
+    return None
+
+
+def verdict(K, stderr, paper_K, stand_in=None):
+    """The run against the paper's Table 1 K, with the numbers that decide it: reproduced
+    when K is at or above the paper's; within n standard errors when below it by at most
+    WITHIN_STDERRS of them; below the paper otherwise. Data that are a stand-in for the
+    paper's are not compared."""
+    if stand_in:
+        return 'not comparable: ' + stand_in
+    if K is None:
+        return 'no K'
+    if paper_K is None:
+        return 'no Table 1 figure'
+    gap = K - paper_K
+    errors = abs(gap) / stderr if stderr else math.inf
+    if gap >= 0:
+        return 'reproduced: {:.3f} above the paper ({:.1f} standard errors)'.format(gap, errors)
+    if round(errors, 1) <= WITHIN_STDERRS:  # as printed
+        return 'within {:.1f} standard errors: {:.3f} below the paper'.format(errors, -gap)
+    return 'below the paper: {:.3f} below it, {:.1f} standard errors'.format(-gap, errors)
+
+
+def without_paths(text):
+    """text with each absolute path cut to its last part (.../scipy.libs): the cell says what,
+    not where on one machine."""
+    return re.sub(r'(?:^|(?<=[\s=,:"(])|(?<=-L))/(?:[^\s/,"]+/)*([^\s/,"]+)', r'.../\1', str(text))
+
+
+def not_run_rows(rows):
+    """A row for each data set of NOT_RUN that no run covers: its command and its cost."""
+    done = {r['dataset'] for r in rows}
+    return [{'run': 'not run here', 'dataset': name, 'preset': preset, 'K': None, 'stderr': None,
+             'K_minus_Lnull': None, 'paper_K': presets.TABLE_1.get(name, (None, None))[0],
+             'paper_K_minus_Lnull': presets.TABLE_1.get(name, (None, None))[1],
+             'verdict': 'not run here: `{}`'.format(command), 'unit': 'bits/pixel', 'iterations': '',
+             'training': cost, 'source': '', 'environment_cell': ''}
+            for name, (preset, command, cost) in NOT_RUN.items() if name not in done]
 
 
 def fmt(v, digits=3):
     return '' if v is None else '{:.{}f}'.format(v, digits)
 
 
-def difference(a, b):
-    return a - b if None not in (a, b) else None
-
-
 def report_table(rows):
-    """The Markdown table of runs (README can include it)."""
+    """The Markdown table of runs (README can include it), then a row for each data set of
+    NOT_RUN that no run covers."""
     lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|---' * len(COLUMNS) + '|']
-    for r in rows:
-        minutes = '' if r['wall_s'] is None else '{:.1f} min'.format(r['wall_s'] / 60)
-        cells = [r['run'], r['dataset'], r['preset'], fmt(r['K']), fmt(r['stderr']), fmt(r['K_minus_Lnull']),
-                 fmt(r['paper_K']), fmt(difference(r['K'], r['paper_K'])), fmt(r['paper_K_minus_Lnull']),
-                 fmt(difference(r['K_minus_Lnull'], r['paper_K_minus_Lnull'])), r['unit'], r['iterations'],
-                 minutes, r['source'], environment_summary(r['environment'])]
+    for r in rows + not_run_rows(rows):
+        cells = [r['run'], r['dataset'], r['preset'], fmt(r['K']), fmt(r['stderr']), fmt(r['paper_K']),
+                 r['verdict'], fmt(r['K_minus_Lnull']), fmt(r['paper_K_minus_Lnull']), r['unit'], r['iterations'],
+                 r['training'], r['source'], r['environment_cell']]
         lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
     return '\n'.join(lines)
 
@@ -114,6 +186,8 @@ def report_table(rows):
 def run_section(r):
     """Below the table: a run's extra numbers, commands, environment and non-paper choices."""
     lines = ['## {}'.format(r['run']), '']
+    if r.get('stand_in'):
+        lines.append('- caveat: {}, so K is not comparable with the paper\'s'.format(r['stand_in']))
     if r.get('discrete') is not None:
         lines.append('- discrete NLL {:.3f} bits/dim'.format(r['discrete']))
     if r.get('iw'):
@@ -129,9 +203,10 @@ def run_section(r):
                      '{cores} cores; BLAS {blas} (kernel {kernel}, {threads} threads); OMP_NUM_THREADS={omp}; '
                      'THEANO_FLAGS={flags}; project {version}, commit {commit}{dirty}'.format(
                          kernel=env.get('openblas_core'), threads=env.get('openblas_threads'),
-                         omp=env.get('OMP_NUM_THREADS'), flags=env.get('theano_flags'),
+                         omp=env.get('OMP_NUM_THREADS'), flags=without_paths(env.get('theano_flags')),
                          version=env.get('project_version'), commit=env.get('git_commit'),
-                         dirty=' (with uncommitted changes)' if env.get('git_dirty') else '', **env))
+                         dirty=' (with uncommitted changes)' if env.get('git_dirty') else '',
+                         **dict(env, blas=without_paths(env.get('blas')))))
     if r['not_the_paper']:
         lines.append('- not the paper (paper preset):')
         lines += ['  - `{key}` = {value!r} (paper: {paper}): {reason}'.format(**c) for c in r['not_the_paper']]
@@ -145,7 +220,10 @@ def write_report(run_dirs, path):
              'K is the lower bound of Eq. 14 on the held-out set in the paper\'s unit (bits per data '
              'vector, bits per pixel of z-scored images), estimated with the KL factor T - 1 and t '
              'stratified (bound.py); +- is its standard error; paper values from Table 1 '
-             '(docs/paper_and_code.md, section 5). '
+             '(docs/paper_and_code.md, section 5). "against the paper": reproduced when K is at or above '
+             'the paper\'s, "within n standard errors" when below it by at most ' + str(WITHIN_STDERRS) +
+             ' of them, "below the paper" otherwise; runs on stand-in data are not compared, and a data '
+             'set without a run here has a row with the command and what it would cost. '
              '"source" says whether the numbers come from training\'s final evaluation '
              '(results.json) or from evaluate.py (the whole test set, more draws). "environment" is '
              'where the numbers were made: CPU, OpenBLAS kernel and threads, versions, commit.',

@@ -1,5 +1,6 @@
 """report.py: REPORT.md from the JSON files of run directories."""
 import json
+import re
 
 import pytest
 
@@ -30,7 +31,8 @@ def test_report_row_commands_environment_and_non_paper_keys(tmp_path):
     run = write_run(tmp_path)
     text = report.write_report([str(run)], str(tmp_path / 'REPORT.md'))
     row = [line for line in text.splitlines() if line.startswith('| diffusion_swissroll_x')][0]
-    assert '| 1.500 | 0.020 | 5.594 | 2.350 | -0.850 | 6.450 | -0.856 |' in row
+    assert ('| 1.500 | 0.020 | 2.350 | below the paper: 0.850 below it, 42.5 standard errors | 5.594 | 6.450 | bits '
+            '| 100 | 1.5 min |') in row
     assert '1.5 min' in row and ('AMD EPYC (instruction set not recorded); OpenBLAS Haswell x2; numpy 1.23.5, '
                                  'Theano 1.0.5; 0123456') in row
     isa = dict(ENV, isa='AVX-512', c_march='x86-64-v3')
@@ -92,3 +94,63 @@ def test_extrapolation_recovers_a_known_curve():
     assert report.extrapolate(evaluations, 3.0)['fraction_never_reached'] > 0.99
     with pytest.raises(ValueError, match='at least 4'):
         report.extrapolate(evaluations[:3], 1.9)
+
+
+def test_verdict_from_K_its_standard_error_and_the_paper():
+    """At or above the paper: reproduced; below by at most 2 standard errors: within; further
+    below: below the paper; each with the gap and its size in standard errors."""
+    assert report.verdict(2.586, 0.019, 2.35) == 'reproduced: 0.236 above the paper (12.4 standard errors)'
+    assert report.verdict(-2.418, 0.005, -2.414) == 'within 0.8 standard errors: 0.004 below the paper'
+    assert report.verdict(0.96, 0.02, 1.0).startswith('within 2.0 standard errors')
+    assert report.verdict(0.958, 0.02, 1.0) == 'below the paper: 0.042 below it, 2.1 standard errors'
+    assert report.verdict(0.147, 0.010, 1.489) == 'below the paper: 1.342 below it, 134.2 standard errors'
+    assert report.verdict(0.9, 0.0, 1.0).startswith('below the paper')  # no standard error: no slack
+    assert report.verdict(1.2, 0.1, None) == 'no Table 1 figure'
+    assert report.verdict(-0.065, 0.165, -0.55, 'stand-in data: x') == 'not comparable: stand-in data: x'
+
+
+def test_stand_in_data_are_not_compared(tmp_path):
+    """Bark from the built-in textures, and the digits, carry a caveat instead of a verdict;
+    bark from a folder of the paper's images is compared."""
+    import training
+    assert 'scikit-image' in report.stand_in('bark', {})
+    assert report.stand_in('bark', {'folder': '/data/uiuc'}) is None
+    assert 'instead of MNIST' in report.stand_in('digits', {})
+    assert report.stand_in('deadleaves', {}) is None
+    run = write_run(tmp_path, dataset='bark', unit='bits/pixel', K_bits=-0.065, stderr_bits=0.165,
+                    paper_K_bits=-0.55, paper_K_minus_Lnull_bits=1.5, not_the_paper=[])
+    text = report.write_report([str(run)], str(tmp_path / 'REPORT.md'))
+    assert "not comparable: stand-in data: scikit-image's grass, gravel and brick textures" in text
+    row = [line for line in text.splitlines() if line.startswith('| diffusion_swissroll_x')][0]
+    assert '- caveat: stand-in data' in text and 'reproduced' not in row
+    args = {'dataset': 'bark', 'fidelity': 'paper', 'model_args': {'folder': str(tmp_path)}, 'seed': 0}
+    training.save_checkpoint(str(run / 'checkpoint.npz'),
+                             {'shared': {}, 'status': {'iterations_done': 100}, 'config': {'args': args}})
+    assert report.run_row(str(run))['verdict'] == 'reproduced: 0.485 above the paper (2.9 standard errors)'
+
+
+def test_data_sets_without_a_run_get_their_command_and_cost(tmp_path):
+    swissroll = write_run(tmp_path)
+    text = report.report_table([report.run_row(str(swissroll))])
+    not_run = [line for line in text.splitlines() if line.startswith('| not run here')]
+    assert len(not_run) == 2
+    assert '| MNIST |' in not_run[0]
+    assert '`python datasets.py fetch MNIST && python train.py --dataset MNIST`' in not_run[0]
+    assert '| CIFAR10 | code |' in not_run[1] and '| 5.400 |' in not_run[1] and '40 days' in not_run[1]
+    cifar = report.run_row(str(swissroll))
+    cifar['dataset'] = 'CIFAR10'
+    assert '| CIFAR10 | code |' not in report.report_table([cifar])
+
+
+def test_no_duplicated_columns_and_no_absolute_paths(tmp_path):
+    env = dict(ENV, theano_flags='blas.ldflags=-L/home/me/.venv/scipy.libs -l:libopenblasp.so -Wl,-rpath,/home/me/x')
+    # K - L_null as far from the paper's as K (the same L_null): a column of their differences
+    # would repeat one of K and the paper's K
+    run = write_run(tmp_path, sessions=[{'from_iteration': 0, 'environment': env}], K_minus_Lnull_bits=5.6)
+    text = report.write_report([str(run)], str(tmp_path / 'REPORT.md'))
+    table = [line.split(' | ') for line in text.splitlines() if line.startswith('| ')]
+    columns = list(zip(*table[1:]))
+    assert len(set(report.COLUMNS)) == len(report.COLUMNS) == len(table[0])
+    assert all(a != b for i, a in enumerate(columns) for b in columns[i + 1:] if any(a))
+    assert not re.search(r'(?<![\w.])/(home|x)\b', text)
+    assert 'BLAS .../libopenblas.so' in text and '-L.../scipy.libs' in text
