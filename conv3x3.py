@@ -133,7 +133,7 @@ class Conv3x3(Conv3x3Base):
                  Conv3x3GradW(self.impl, self.workspace)(x, dpre)]
         if len(inputs) == 3:
             # float64 accumulation: measured as fast as float32 on CIFAR-10's 20M-element
-            # gradient (20 ms either way) and 400x more accurate (README "Performance")
+            # gradient (20 ms either way) and 400x more accurate (docs/performance.md)
             grads.append(dpre.sum(axis=(0, 2, 3), acc_dtype='float64'))
         return grads
 

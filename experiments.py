@@ -22,7 +22,7 @@ floatX = theano.config.floatX
 L_NULL_BITS_PER_DIM = -0.5 * np.log2(2 * np.pi * np.e)  # N(0, 1) on unit-variance data
 IMAGE_T_MIX = 0.5  # images: half the held-out bound's draws from the harmonic proposal (bound.py)
 # train_t (bound.training_steps): a share of uniform steps mixed into the proposal, and the
-# losses kept per step by the adaptive one (measured, README "K per hour")
+# losses kept per step by the adaptive one (measured: docs/k_per_hour.md)
 TRAIN_T_UNIFORM, TRAIN_T_HISTORY = 0.5, 10
 IMAGE_NET_KEYS = ('n_temporal_basis', 'n_hidden_dense_lower', 'n_hidden_dense_lower_output',
                   'n_hidden_dense_upper', 'n_hidden_conv', 'n_layers_conv', 'n_layers_dense_lower',

@@ -30,7 +30,7 @@ PRESETS = {
                  tied_biases=False, feature_scaling=True, nonfinite_gradient='zero_gradient'),
 }
 # 'fast': the paper preset's model and bound, trained the fastest way measured here (the
-# README's "K per hour" ablation); each change is ours, not the paper's (FAST_CHOICES), and
+# ablation of docs/k_per_hour.md); each change is ours, not the paper's (FAST_CHOICES), and
 # is listed with the paper's own non-paper choices in results.json and REPORT.md.
 FAST = dict(train_t='adaptive', train_t_uniform=0.1, ema=0.999)
 PRESETS['fast'] = dict(PRESETS['paper'], **FAST)
@@ -85,7 +85,7 @@ MODEL_ARGS = {
 # conv_impl: the 3x3 convolution; 'auto' takes Winograd F(2x2, 3x3) of conv3x3.py at the
 # full-resolution scale of layers with 32 or more input channels and Theano's CorrMM (the
 # released code's) elsewhere, the faster on each (regression.WINOGRAD_MIN_CHANNELS,
-# README "Performance"); 'corrmm', 'winograd', 'im2col' force one.
+# docs/performance.md); 'corrmm', 'winograd', 'im2col' force one.
 IMAGE_DEFAULTS = dict(T=1000, n_temporal_basis=10, beta_init='harmonic', beta_1=1e-3,
                       n_hidden_dense_lower=500, n_hidden_dense_lower_output=2,
                       n_hidden_dense_upper=20, n_hidden_conv=20, n_layers_conv=4,

@@ -247,7 +247,7 @@ class MultiScaleConv(Layer):
     channels, biases 0 (released code). The convolution is a cross-correlation (what
     CorrMM computes with filter_flip=False); conv_impl: 'corrmm' (Theano's), 'winograd' or
     'im2col' (conv3x3.py), or 'auto' (WINOGRAD_MIN_CHANNELS: the faster of the two on this
-    project's layers, README "Performance").
+    project's layers, docs/performance.md).
     tied_biases=True: one bias per filter, b_s (n_filters,). False (the released code, whose
     Blocks convolutions of 2015 defaulted to untied biases): one per filter and position of
     the 'full' convolution's output at that scale, b_s (n_filters, h_s + 2 pad, w_s + 2 pad)

@@ -211,7 +211,7 @@ def default_threads():
 # Idle threads sleep at once instead of spinning (libgomp spins for a while by default,
 # OpenBLAS up to 2^28 cycles): Theano's OpenMP loops, conv3x3's transforms and OpenBLAS's
 # products take turns on the same cores, and a spinning pool slowed the CIFAR-10 step
-# from 4.1 s to 4.5-6.9 s and more (README "Performance"). The user's settings win.
+# from 4.1 s to 4.5-6.9 s and more (docs/performance.md). The user's settings win.
 THREAD_WAIT = {'OMP_WAIT_POLICY': 'PASSIVE', 'OPENBLAS_THREAD_TIMEOUT': '4'}
 
 
