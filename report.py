@@ -67,10 +67,16 @@ def environment_summary(env):
         return 'not recorded'
     threads = env.get('openblas_threads') or env.get('OPENBLAS_NUM_THREADS') or '?'
     commit = (env.get('git_commit') or '')[:7] + ('+' if env.get('git_dirty') else '')
+    installed = env.get('source') == 'installed package' and 'installed {}'.format(env.get('project_version'))
     isa = '{}, C code {}'.format(env['isa'], env.get('c_march')) if env.get('isa') else 'instruction set not recorded'
     return without_paths('{} ({}); OpenBLAS {} x{}; numpy {}, Theano {}; {}'.format(
         env.get('cpu'), isa, env.get('openblas_core', '?'), threads, env.get('numpy'), env.get('theano'),
-        commit or 'no commit'))
+        commit or installed or 'no commit'))
+
+
+def code_origin(env):
+    """'commit <hash>', else where the code came from (util.code_source)."""
+    return 'commit {}'.format(env['git_commit']) if env.get('git_commit') else env.get('source', 'commit None')
 
 
 def run_row(run_dir):
@@ -201,10 +207,10 @@ def run_section(r):
         env = r['environment']
         lines.append('- environment: Python {python}, numpy {numpy}, scipy {scipy}, Theano {theano}; {cpu}, '
                      '{cores} cores; BLAS {blas} (kernel {kernel}, {threads} threads); OMP_NUM_THREADS={omp}; '
-                     'THEANO_FLAGS={flags}; project {version}, commit {commit}{dirty}'.format(
+                     'THEANO_FLAGS={flags}; project {version}, {origin}{dirty}'.format(
                          kernel=env.get('openblas_core'), threads=env.get('openblas_threads'),
                          omp=env.get('OMP_NUM_THREADS'), flags=without_paths(env.get('theano_flags')),
-                         version=env.get('project_version'), commit=env.get('git_commit'),
+                         version=env.get('project_version'), origin=code_origin(env),
                          dirty=' (with uncommitted changes)' if env.get('git_dirty') else '',
                          **dict(env, blas=without_paths(env.get('blas')))))
     if r['not_the_paper']:

@@ -1,5 +1,23 @@
-"""Diffusion probabilistic models (Sohl-Dickstein et al. 2015), reproduced on Theano 1.0.5."""
+"""Diffusion probabilistic models (Sohl-Dickstein et al. 2015), reproduced on Theano 1.0.5.
+
+The checkout is flat (`python train.py`); installed, its modules live in one package,
+diffusion_thermodynamics, and run through the console commands of commands.py."""
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+PACKAGE = 'diffusion_thermodynamics'
+MODULES = ['util', 'parallel', 'streams', 'archives', 'datasets', 'multiscale', 'conv3x3', 'regression',
+           'model', 'presets', 'training', 'extensions', 'experiments', 'bound', 'figures', 'sampler',
+           'evaluate', 'ceiling', 'report', 'bench', 'train', 'memory', 'commands']
+COMMANDS = {'train': 'train', 'evaluate': 'evaluate', 'sample': 'sampler', 'report': 'report',
+            'datasets': 'datasets', 'ceiling': 'ceiling', 'bench': 'bench'}
+
+
+class BuildModules(build_py):
+    """Installs MODULES only: the package's folder is the checkout's root, which may hold other files."""
+    def find_package_modules(self, package, package_dir):
+        return [m for m in super().find_package_modules(package, package_dir) if m[1] in MODULES]
+
 
 setup(
     name='diffusion-thermodynamics',
@@ -7,9 +25,12 @@ setup(
     description='Deep Unsupervised Learning using Nonequilibrium Thermodynamics, on Theano',
     license='MIT',
     python_requires='>=3.11,<3.12',
-    py_modules=['util', 'parallel', 'streams', 'archives', 'datasets', 'multiscale', 'conv3x3', 'regression',
-                'model', 'presets', 'training', 'extensions', 'experiments', 'bound', 'figures', 'sampler',
-                'evaluate', 'ceiling', 'report', 'bench', 'train', 'memory'],
+    packages=[PACKAGE],
+    package_dir={PACKAGE: '.'},
+    package_data={PACKAGE: ['conv3x3.c', 'multiscale.c']},  # the C ops read them beside their modules
+    cmdclass={'build_py': BuildModules},
+    entry_points={'console_scripts': ['diffusion-{} = {}.commands:{}'.format(name, PACKAGE, module)
+                                      for name, module in COMMANDS.items()]},
     install_requires=[
         'theano==1.0.5',
         'numpy==1.23.5',     # the newest Theano 1.0.5 runs with (docs/paper_and_code.md, section 7)

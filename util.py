@@ -393,6 +393,7 @@ class ArrayUnpickler(pickle.Unpickler):
 # ---------------------------------------------------------------- the environment of a run
 
 PROJECT = 'diffusion-thermodynamics'
+PACKAGE = 'diffusion_thermodynamics'  # the installed modules' folder (setup.py)
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -412,16 +413,17 @@ def openblas_info():
 
 
 def git_commit():
-    """(commit, dirty) of the project's git checkout, or (None, None) outside one."""
+    """(commit, dirty) of the project's git checkout, or (None, None) when the modules are not
+    the top of one (an installed package, even inside another project's checkout)."""
     def git(*args):
         return subprocess.run(['git', '-C', PROJECT_DIR] + list(args), capture_output=True,
                               text=True, timeout=10)
     try:
-        head = git('rev-parse', 'HEAD')
-        if head.returncode:
+        top = git('rev-parse', '--show-toplevel')
+        if top.returncode or os.path.realpath(top.stdout.strip()) != os.path.realpath(PROJECT_DIR):
             return None, None
         dirty = git('status', '--porcelain', '--untracked-files=no').stdout.strip() != ''
-        return head.stdout.strip(), dirty
+        return git('rev-parse', 'HEAD').stdout.strip(), dirty
     except (OSError, subprocess.SubprocessError):
         return None, None
 
@@ -431,6 +433,18 @@ def package_version(name):
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def code_source(commit):
+    """Where the running code comes from: 'git checkout' (with `commit`), 'installed package'
+    (a wheel or sdist install; project_version tells which), else 'source folder'."""
+    if commit:
+        return 'git checkout'
+    try:
+        installed = importlib.metadata.distribution(PROJECT).locate_file(PACKAGE + '/util.py')
+    except importlib.metadata.PackageNotFoundError:
+        return 'source folder'
+    return 'installed package' if os.path.realpath(installed) == os.path.realpath(__file__) else 'source folder'
 
 
 def numpy_simd():
@@ -478,7 +492,7 @@ def environment():
         'cores': os.cpu_count(), 'processes': launched_processes()[0],
         'platform': '{} {}'.format(platform.system(), platform.release()),
         'theano_flags': os.environ.get('THEANO_FLAGS'), 'project_version': package_version(PROJECT),
-        'git_commit': commit, 'git_dirty': dirty,
+        'git_commit': commit, 'git_dirty': dirty, 'source': code_source(commit),
         'command': ' '.join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv),
     }, **openblas_info(), **isa_record())
 

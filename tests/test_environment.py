@@ -52,10 +52,10 @@ def test_readme_and_ci_run_the_same_commands(command):
 
 
 def test_every_module_is_installed():
-    """setup.py's py_modules lists every module of the project (an editable install maps
-    only those: a module left out imports in the source folder but not from elsewhere)."""
+    """setup.py's MODULES lists every module of the project (the wheel installs only those: a
+    module left out imports in the checkout but not from an installed package)."""
     tree = ast.parse(open(os.path.join(ROOT, 'setup.py')).read())
-    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, 'id', '') == 'setup')
-    listed = set(next(ast.literal_eval(k.value) for k in call.keywords if k.arg == 'py_modules'))
+    listed = next(ast.literal_eval(n.value) for n in tree.body
+                  if isinstance(n, ast.Assign) and getattr(n.targets[0], 'id', '') == 'MODULES')
     modules = {name[:-3] for name in os.listdir(ROOT) if name.endswith('.py') and name != 'setup.py'}
-    assert listed == modules
+    assert set(listed) == modules and len(listed) == len(modules)

@@ -55,8 +55,8 @@ RUNS = {
 PINNED = {'DIFFUSION_ISA': 'avx2', 'OMP_NUM_THREADS': '2', 'OPENBLAS_NUM_THREADS': '2'}
 # environment entries that do not bear on the numbers; 'isa' (the machine's) is shown only
 # beside a difference of the pinned ones
-NOT_NUMERIC = ('command', 'git_commit', 'git_dirty', 'project_version', 'cores', 'platform', 'cpu', 'isa',
-               'NPY_DISABLE_CPU_FEATURES')
+NOT_NUMERIC = ('command', 'git_commit', 'git_dirty', 'project_version', 'source', 'cores', 'platform', 'cpu',
+               'isa', 'NPY_DISABLE_CPU_FEATURES')
 # what the instruction set changes (util.isa_record), named first when a figure differs
 ISA_KEYS = ('isa_pinned', 'c_march', 'openblas_core', 'numpy_simd', 'cxx')
 

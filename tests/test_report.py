@@ -42,6 +42,15 @@ def test_report_row_commands_environment_and_non_paper_keys(tmp_path):
     assert open(tmp_path / 'REPORT.md').read() == text
 
 
+def test_a_run_of_an_installed_package_names_its_version_instead_of_a_commit(tmp_path):
+    installed = dict(ENV, git_commit=None, git_dirty=None, source='installed package')
+    assert report.environment_summary(installed).endswith('Theano 1.0.5; installed 0.1.0')
+    assert report.environment_summary(ENV).endswith('; 0123456')
+    run = write_run(tmp_path, sessions=[{'from_iteration': 0, 'environment': installed}])
+    text = report.write_report([str(run)], str(tmp_path / 'REPORT.md'))
+    assert 'project 0.1.0, installed package\n' in text and 'commit None' not in text
+
+
 def test_evaluation_file_takes_precedence(tmp_path):
     run = write_run(tmp_path)
     json.dump({'bound': {'K_bits': 1.7, 'K_minus_Lnull_bits': 5.8, 'stderr_bits': 0.01, 'n_t': 10},
