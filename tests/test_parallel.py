@@ -58,7 +58,7 @@ def test_two_processes_train_the_same_parameters_as_one(digits_runs):
 
 @pytest.fixture(scope='module')
 def fast_runs(tmp_path_factory):
-    fast = TINY_DIGITS + ['--fidelity', 'fast']
+    fast = TINY_DIGITS[:-1] + [TINY_DIGITS[-1] + ',ema=0.9', '--fidelity', 'fast']  # and an average
     return train(fast, 1, tmp_path_factory.mktemp('fast1')), train(fast, 2, tmp_path_factory.mktemp('fast2'))
 
 
