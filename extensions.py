@@ -159,7 +159,7 @@ class Checkpoint(Extension):
     def __init__(self, path, every_n_batches=None, resume_hint=None, best_path=None):
         super().__init__(every_n_batches=every_n_batches, after_training=True, on_interrupt=True)
         self.path, self.best_path = path, best_path
-        self.resume_hint = resume_hint or 'python train.py --resume_file ' + path
+        self.resume_hint = resume_hint or 'python train.py --resume ' + path
 
     def __call__(self, loop, event):
         state = loop.state_dict()

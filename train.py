@@ -3,7 +3,7 @@
     python train.py --dataset swissroll
     python train.py --dataset heartbeat --max-batches 2000
     python train.py --dataset deadleaves --fidelity code --max-batches 200
-    python train.py --resume_file runs/.../checkpoint.npz [--max-batches N]
+    python train.py --resume runs/<run> [--max-batches N]
     python train.py --convert-checkpoint runs/.../checkpoint.pkl
 
 Each run writes into its own directory under --output-dir: log.jsonl (every
@@ -102,12 +102,13 @@ def build_parser():
     p.add_argument('--output-dir', help='default runs')
     p.add_argument('--suffix')
     p.add_argument('--data-path', help='folder of data files (else $FUEL_DATA_PATH)')
-    p.add_argument('--resume_file', '--resume-file', dest='resume_file')
+    p.add_argument('--resume', '--resume_file', '--resume-file', dest='resume', metavar='RUN_DIR|CHECKPOINT',
+                   help='continue the run in RUN_DIR (from its checkpoint.npz), or from the checkpoint file given')
     p.add_argument('--plot_before_training', '--plot-before-training', action='store_true')
     p.add_argument('--convert-checkpoint', metavar='OLD.pkl',
                    help='write the .npz form of an old pickle checkpoint beside it, and exit')
     p.add_argument('--overwrite', action='store_true',
-                   help='let --convert-checkpoint replace an existing .npz, and --resume_file of a file other '
+                   help='let --convert-checkpoint replace an existing .npz, and --resume of a file other '
                         'than RUN_DIR/checkpoint.npz replace that one')
     return p
 
@@ -139,11 +140,11 @@ def resumed_settings(given, saved):
     given with another value, or a NEW_RUN_ONLY one, is a user error."""
     settings, overrides = dict(saved), []
     for key, value in given.items():
-        if value is None or key in ('resume_file', 'plot_before_training', 'convert_checkpoint', 'overwrite'):
+        if value is None or key in ('resume', 'plot_before_training', 'convert_checkpoint', 'overwrite'):
             continue
         flag = '--' + key.replace('_', '-')
         if key in NEW_RUN_ONLY:
-            util.fail('{} cannot be used with --resume_file: a resumed run continues in its own '
+            util.fail('{} cannot be used with --resume: a resumed run continues in its own '
                       'directory'.format(flag))
         if key == 'dataset':
             try:
@@ -219,7 +220,7 @@ def build_extensions(s, exp, run_dir, lr, plot_before_training, comm, average=No
         E.Printing(every),
         E.JSONLog(os.path.join(run_dir, 'log.jsonl')),
         E.Checkpoint(checkpoint, every_n_batches=every, best_path=os.path.join(run_dir, 'best.npz'),
-                     resume_hint='python train.py --resume_file {}'.format(shlex.quote(checkpoint))),
+                     resume_hint=resume_command(run_dir)),
     ]
 
 
@@ -276,12 +277,12 @@ def settings_and_experiment(args):
     """(settings, checkpoint or None, overrides, experiment): everything checked, nothing
     written; a user error is one line and exit 2."""
     given = {k: v for k, v in vars(args).items()
-             if k not in ('resume_file', 'plot_before_training', 'convert_checkpoint', 'overwrite')}
+             if k not in ('resume', 'plot_before_training', 'convert_checkpoint', 'overwrite')}
     checkpoint, overrides = None, []
-    if args.resume_file:
+    if args.resume:
         try:
-            checkpoint = training.load_checkpoint(args.resume_file)
-            check_resumable(checkpoint, args.resume_file)
+            checkpoint = training.load_checkpoint(args.resume)
+            check_resumable(checkpoint, args.resume)
         except ValueError as e:
             util.fail(str(e))
         s, overrides = resumed_settings(given, dict(DEFAULTS, **checkpoint['config']['args']))
@@ -296,7 +297,7 @@ def settings_and_experiment(args):
             util.fail(too_large)
         exp = experiments.build(s['dataset'], config, s['seed'], s['data_path'])
         if checkpoint:  # before anything is compiled (the main loop loads them again, with the rest)
-            experiments.load_parameters(exp, checkpoint, args.resume_file)
+            experiments.load_parameters(exp, checkpoint, args.resume)
     except (ValueError, KeyError) as e:  # a bad --model-args value, a missing data file
         util.fail(str(e).strip('"\''))
     return s, checkpoint, overrides, exp
@@ -337,16 +338,16 @@ def resumed_log(run_dir, checkpoint):
 def run_directory(s, args, checkpoint, overrides, comm):
     """The run's directory: the checkpoint's for a resumed run; else made by the writer."""
     if checkpoint:
-        run_dir = os.path.dirname(os.path.abspath(args.resume_file))
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
         target = os.path.join(run_dir, 'checkpoint.npz')
-        if os.path.abspath(args.resume_file) != target and os.path.exists(target) and not args.overwrite:
+        if os.path.abspath(args.resume) != target and os.path.exists(target) and not args.overwrite:
             util.fail('resuming {} would replace {} (and cut log.jsonl back to {} minibatches): add --overwrite, '
-                      'or copy it into a folder of its own'.format(args.resume_file, target,
+                      'or copy it into a folder of its own'.format(args.resume, target,
                                                                  checkpoint['status']['iterations_done']))
         if comm.is_writer:
             resumed_log(run_dir, checkpoint)
         print('Resuming {} from {} ({} minibatches done).'.format(
-            s['dataset'], args.resume_file, checkpoint['status']['iterations_done']))
+            s['dataset'], args.resume, checkpoint['status']['iterations_done']))
         for o in overrides:
             print('{flag} {given} replaces the checkpoint\'s {checkpoint!r}'.format(**o))
         return run_dir
@@ -414,7 +415,7 @@ def lock_run_directory(run_dir, comm):
 
 def kept(run_dir):
     """What a stopped run leaves: 'kept: RUN_DIR/checkpoint.npz (N minibatches); resume
-    with: ...', or that there is no checkpoint."""
+    with: python train.py --resume RUN_DIR', or that there is no checkpoint."""
     path = os.path.join(run_dir, 'checkpoint.npz') if run_dir else None
     try:
         done = training.load_checkpoint(path)['status']['iterations_done'] if path else None
@@ -422,8 +423,12 @@ def kept(run_dir):
         done = None
     if done is None:
         return 'no checkpoint was written'
-    return 'kept: {} ({} minibatches); resume with: python train.py --resume_file {}'.format(
-        path, done, shlex.quote(path))
+    return 'kept: {} ({} minibatches); resume with: {}'.format(path, done, resume_command(run_dir))
+
+
+def resume_command(run_dir):
+    """The command that resumes the run in run_dir."""
+    return 'python train.py --resume {}'.format(shlex.quote(run_dir))
 
 
 def run(args, comm):
@@ -446,7 +451,7 @@ def run(args, comm):
     finally:
         if lock:
             lock.release()
-        if not args.resume_file and run_dir and os.path.isdir(run_dir) and not os.listdir(run_dir):
+        if not args.resume and run_dir and os.path.isdir(run_dir) and not os.listdir(run_dir):
             os.rmdir(run_dir)  # a new run stopped before it wrote anything
 
 
@@ -480,9 +485,11 @@ def train_and_evaluate(s, args, checkpoint, overrides, exp, run_dir, comm):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    for flag, value in (('--resume_file', args.resume_file), ('--convert-checkpoint', args.convert_checkpoint)):
+    for flag, value in (('--resume', args.resume), ('--convert-checkpoint', args.convert_checkpoint)):
         if value is not None and not value.strip():
-            util.fail('{} is empty: give the checkpoint\'s file'.format(flag))
+            util.fail('{} is empty: give the run directory or the checkpoint\'s file'.format(flag))
+    if args.resume:
+        args.resume = training.checkpoint_in(args.resume)
     if args.convert_checkpoint:
         try:
             print(training.convert_checkpoint(args.convert_checkpoint, args.overwrite))

@@ -53,6 +53,7 @@ def train_cli(*args, **kw):
     (['--suffix', 'a/b'], "--suffix 'a/b': must not contain"),
     (['--data-path', __file__], 'is a file, not a folder'),
     (['--resume_file', '/nonexistent/ckpt.npz'], 'cannot read checkpoint'),
+    (['--resume', os.path.join(ROOT, 'docs')], 'cannot read checkpoint {}'.format(os.path.join(ROOT, 'docs', 'checkpoint.npz'))),
     (['--convert-checkpoint', '/nonexistent/ckpt.pkl'], 'cannot read checkpoint'),
     (['--output-dir', '/proc/no/such/place'], '--output-dir /proc/no/such/place'),
 ])
@@ -65,6 +66,11 @@ def test_bad_value_of_every_flag_is_one_line_exit_2_and_leaves_no_run_directory(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], lines
     assert not out.exists() or os.listdir(out) == []
+
+
+@pytest.mark.parametrize('flag', ['--resume', '--resume_file', '--resume-file'])
+def test_resume_and_its_old_spellings_are_one_option(flag):
+    assert train.build_parser().parse_args([flag, 'runs/x']).resume == 'runs/x'
 
 
 def test_bad_flag_on_the_real_command_line():
@@ -139,18 +145,18 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGKILL])
 def test_printed_resume_command_reproduces_the_uninterrupted_run(tmp_path, uninterrupted, signum):
     """Ctrl-C writes a checkpoint and prints the command; kill -9 leaves the last periodic
-    checkpoint. Either way `--resume_file` alone finishes the run as planned, exactly."""
+    checkpoint. Either way `--resume RUN_DIR` alone finishes the run as planned, exactly."""
     # the progress line comes just before the periodic checkpoint: kill -9 one line later
     code, err, run_dir = start_and_stop(tmp_path, signum, 'iter 100' if signum == signal.SIGINT else 'iter 200')
     ckpt = os.path.join(run_dir, 'checkpoint.npz')
     if signum == signal.SIGINT:
         assert code == 130 and 'Traceback' not in err
-        assert 'python train.py --resume_file {}'.format(ckpt) in err
+        assert 'python train.py --resume {}'.format(run_dir) in err
     else:
         assert code == -signal.SIGKILL
     done = training.load_checkpoint(ckpt)['status']['iterations_done']
     assert 100 <= done < 300
-    r = train_cli('--resume_file', ckpt)
+    r = train_cli('--resume', run_dir)
     assert r.returncode == 0, r.stderr
     results, log = finished(run_dir), open(os.path.join(run_dir, 'log.jsonl')).read().splitlines()
     expected, expected_log = uninterrupted
@@ -167,7 +173,7 @@ def test_extended_run_keeps_its_learning_rate_plan_and_flags_are_checked(tmp_pat
     ckpt = os.path.join(run_dir, 'checkpoint.npz')
     assert training.load_checkpoint(ckpt)['shared']['optimizer.lr'] == pytest.approx(1e-4, rel=1e-3)
     for args, message in [(['--seed', '8'], '--seed cannot change when resuming'),
-                          (['--output-dir', str(tmp_path)], '--output-dir cannot be used with --resume_file'),
+                          (['--output-dir', str(tmp_path)], '--output-dir cannot be used with --resume'),
                           (['--max-batches', '0'], '--max-batches 0: must be')]:
         bad = train_cli('--resume_file', ckpt, *args)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
