@@ -25,17 +25,24 @@ import sys
 
 import numpy as np
 
-import bound
-import datasets
-import evaluate
-import experiments
-import extensions as E
-import figures
-import memory
-import parallel
-import presets
-import streams
-import training
+# Loaded at their first use, so that --help and usage errors answer without Theano.
+bound = util.lazy('bound')
+datasets = util.lazy('datasets')
+evaluate = util.lazy('evaluate')
+experiments = util.lazy('experiments')
+E = util.lazy('extensions')
+figures = util.lazy('figures')
+memory = util.lazy('memory')
+parallel = util.lazy('parallel')
+presets = util.lazy('presets')
+streams = util.lazy('streams')
+training = util.lazy('training')
+
+# The choices of the command line, written out so that the parser needs no Theano (the
+# tests check them against presets.MODEL_ARGS, presets.PRESETS and training.STEP_RULES).
+DATASETS = ('swissroll', 'heartbeat', 'MNIST', 'CIFAR10', 'bark', 'deadleaves', 'digits')
+FIDELITIES = ('code', 'fast', 'paper')
+OPTIMIZERS = ('adam', 'rmsprop')
 
 # Run settings and their defaults when a data set gives none (presets.RUN_DEFAULTS
 # gives batch_size, lr, lr_final, max_batches and ext_every_n per data set).
@@ -81,30 +88,38 @@ def model_args_type(text):
 
 def build_parser():
     """Every option defaults to None, so that the options given can be told apart (resume)."""
-    p = util.OneLineParser(description=__doc__.split('\n')[0])
-    p.add_argument('--dataset', help='one of: ' + ', '.join(presets.MODEL_ARGS) + ' (any case)')
-    p.add_argument('--fidelity', choices=sorted(presets.PRESETS),
+    per_set = ' (default: the data set\'s, presets.RUN_DEFAULTS)'
+    p = util.command_parser(__doc__)
+    p.add_argument('--dataset', help='one of: ' + ', '.join(DATASETS) + ' (any case; default swissroll)')
+    p.add_argument('--fidelity', choices=FIDELITIES,
                    help='paper (default): the paper\'s choices; code: the released code\'s '
                         '(docs/paper_and_code.md, section 3); fast: the paper\'s model and bound, '
                         'trained the fastest way measured here')
-    p.add_argument('--model-args', type=model_args_type, help='key=value,... overriding model defaults')
-    p.add_argument('--batch-size', type=int)
-    p.add_argument('--lr', type=float, help='initial learning rate')
+    p.add_argument('--model-args', type=model_args_type,
+                   help='key=value,... overriding the preset\'s model arguments (default: none)')
+    p.add_argument('--batch-size', type=int, help='examples per minibatch' + per_set)
+    p.add_argument('--lr', type=float, help='initial learning rate' + per_set)
     p.add_argument('--lr-final', type=float,
-                   help='decay the learning rate exponentially to this value over --max-batches '
-                        '(default for the toy sets); otherwise the released code\'s schedule')
-    p.add_argument('--optimizer', choices=sorted(training.STEP_RULES), help='default rmsprop')
-    p.add_argument('--seed', type=int, help='default 0')
-    p.add_argument('--max-batches', type=int, help='stop after this many minibatches, counted from the run\'s start')
-    p.add_argument('--max-epochs', type=int)
-    p.add_argument('--max-minutes', type=float, help='stop after this much training time, counted from the run\'s start')
-    p.add_argument('--ext-every-n', type=int, help='evaluate, print and checkpoint every N minibatches')
-    p.add_argument('--output-dir', help='default runs')
-    p.add_argument('--suffix')
-    p.add_argument('--data-path', help='folder of data files (else $FUEL_DATA_PATH)')
-    p.add_argument('--resume', '--resume_file', '--resume-file', dest='resume', metavar='RUN_DIR|CHECKPOINT',
-                   help='continue the run in RUN_DIR (from its checkpoint.npz), or from the checkpoint file given')
-    p.add_argument('--plot_before_training', '--plot-before-training', action='store_true')
+                   help='decay the learning rate exponentially to this value over --max-batches; '
+                        'without it, the released code\'s schedule' + per_set)
+    p.add_argument('--optimizer', choices=OPTIMIZERS, help='default: rmsprop (adam with --fidelity fast)')
+    p.add_argument('--seed', type=int, help='seed of the data order, the noise and the initial parameters '
+                                            '(default: 0)')
+    p.add_argument('--max-batches', type=int,
+                   help='stop after this many minibatches, counted from the run\'s start' + per_set)
+    p.add_argument('--max-epochs', type=int,
+                   help='stop after this many passes over the training set (default: no limit)')
+    p.add_argument('--max-minutes', type=float,
+                   help='stop after this much training time, counted from the run\'s start (default: no limit)')
+    p.add_argument('--ext-every-n', type=int, help='evaluate, print and checkpoint every N minibatches' + per_set)
+    p.add_argument('--output-dir', help='folder in which the run makes its own directory (default: runs)')
+    p.add_argument('--suffix', help='added to the run directory\'s name (default: none)')
+    p.add_argument('--data-path', help='folder of data files (default: $FUEL_DATA_PATH)')
+    p.add_argument('--resume', metavar='RUN_DIR',
+                   help='continue the run in RUN_DIR (from its checkpoint.npz); a checkpoint file is taken too')
+    p.add_argument('--resume_file', '--resume-file', dest='resume', help=argparse.SUPPRESS)  # the old names
+    p.add_argument('--plot_before_training', '--plot-before-training', action='store_true',
+                   help='evaluate the held-out bound once before the first minibatch')
     p.add_argument('--convert-checkpoint', metavar='OLD.pkl',
                    help='write the .npz form of an old pickle checkpoint beside it, and exit')
     p.add_argument('--overwrite', action='store_true',

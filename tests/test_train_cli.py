@@ -186,3 +186,32 @@ def test_extended_run_keeps_its_learning_rate_plan_and_flags_are_checked(tmp_pat
     assert state['config']['overrides'] == [{'flag': '--max-batches', 'checkpoint': 200, 'given': 300,
                                              'iteration': 200}]
     assert len(state['config']['sessions']) == 2
+
+
+# ---------------------------------------------------------------- the command lines of train, evaluate, sampler
+
+@pytest.mark.parametrize('script', ['train', 'evaluate', 'sampler'])
+def test_help_answers_without_theano_and_shows_the_defaults(script):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, script + '.py'), '--help'],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert '--output-dir' in r.stdout and '(default: ' in r.stdout and 'examples:' in r.stdout
+    check = ('import sys; import {0}; p = {0}.build_parser(); '
+             'assert p.description.rstrip().endswith("."), p.description; '
+             'assert "theano" not in sys.modules, "theano loaded"').format(script)
+    r = subprocess.run([sys.executable, '-c', check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_choices_of_train_py_are_the_projects():
+    import presets
+    assert train.DATASETS == tuple(presets.MODEL_ARGS)
+    assert train.FIDELITIES == tuple(sorted(presets.PRESETS))
+    assert train.OPTIMIZERS == tuple(sorted(training.STEP_RULES))
+
+
+@pytest.mark.parametrize('script, flag', [('evaluate', '--output-dir'), ('evaluate', '--out-dir'),
+                                          ('sampler', '--output-dir'), ('sampler', '--out')])
+def test_one_name_for_the_output_folder_and_the_old_ones(script, flag):
+    module = __import__(script)
+    assert module.build_parser().parse_args(['runs/x', flag, 'elsewhere']).output_dir == 'elsewhere'
