@@ -7,7 +7,8 @@
     python train.py --convert-checkpoint runs/.../checkpoint.pkl
 
 Each run writes into its own directory under --output-dir: log.jsonl (every
-monitored value), checkpoint.npz, figures, and results.json at the end.
+monitored value), progress.csv (the printed progress lines), checkpoint.npz, figures,
+and results.json at the end.
 
 A resumed run takes every setting from its checkpoint. Given again, --max-batches,
 --max-epochs, --max-minutes, --ext-every-n, --lr, --lr-final and --data-path override
@@ -22,6 +23,7 @@ import math
 import os
 import shlex
 import sys
+import time
 
 import numpy as np
 
@@ -221,7 +223,8 @@ def build_extensions(s, exp, run_dir, lr, plot_before_training, comm, average=No
     the monitor, the figures and the samples are the average's."""
     every = s['ext_every_n']
     max_s = s['max_minutes'] * 60 if s['max_minutes'] else None
-    everywhere = [E.FinishAfter(s['max_batches'], s['max_epochs'], max_s),
+    finish = E.FinishAfter(s['max_batches'], s['max_epochs'], max_s, -(-len(exp.train_x) // s['batch_size']))
+    everywhere = [finish,
                   E.LearningRateSchedule(lr, **s['lr_schedule']),
                   E.HeldOutBound(exp, every_n_batches=every, before_training=plot_before_training, comm=comm,
                                  average=average),
@@ -232,7 +235,7 @@ def build_extensions(s, exp, run_dir, lr, plot_before_training, comm, average=No
     return everywhere + [
         E.Plots(exp, run_dir, every_n_batches=every, average=average),
         E.SamplePlots(exp, run_dir, every_n_batches=every, average=average),
-        E.Printing(every),
+        E.Printing(every, finish, os.path.join(run_dir, 'progress.csv'), lr),
         E.JSONLog(os.path.join(run_dir, 'log.jsonl')),
         E.Checkpoint(checkpoint, every_n_batches=every, best_path=os.path.join(run_dir, 'best.npz'),
                      resume_hint=resume_command(run_dir)),
@@ -248,6 +251,8 @@ def final_evaluation(loop, exp, run_dir, average=None):
     themselves, on the monitor's examples, is beside it (without_ema). The bound is
     computed by every process; the writer alone writes."""
     x = exp.test_x[:exp.final_examples]
+    print('The held-out bound on {} examples, {} stratified draws each ...'.format(len(x), exp.final_draws),
+          flush=True)
     with training.averaged(average):
         r = evaluate.heldout_report(exp, x, exp.final_draws, seed=2, comm=loop.comm)
     if average is not None:
@@ -380,7 +385,9 @@ def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
     the learning-rate schedule planned (lr_schedule). The checkpoint holds the parameters,
     the optimiser's state, the step sampler's (an adaptive proposal) and the average's."""
     print('Compiling the training function (the first run takes a minute or two) ...', flush=True)
+    start = time.time()
     step, n_nonfinite = exp.compile_train(step_rule, comm, average)
+    print('Compiled in {:.1f} s.'.format(time.time() - start), flush=True)
     state = exp.params + step_rule.state + list(exp.steps.state) + (average.state if average else [])
     shared = {p.name: p for p in state}
     shared.update({'optimizer.lr': step_rule.lr, 'optimizer.n_nonfinite': n_nonfinite})

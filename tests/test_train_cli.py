@@ -53,7 +53,8 @@ def train_cli(*args, **kw):
     (['--suffix', 'a/b'], "--suffix 'a/b': must not contain"),
     (['--data-path', __file__], 'is a file, not a folder'),
     (['--resume_file', '/nonexistent/ckpt.npz'], 'cannot read checkpoint'),
-    (['--resume', os.path.join(ROOT, 'docs')], 'cannot read checkpoint {}'.format(os.path.join(ROOT, 'docs', 'checkpoint.npz'))),
+    (['--resume', os.path.join(ROOT, 'docs')],  # a folder without a checkpoint
+     'cannot read checkpoint {}'.format(os.path.join(ROOT, 'docs', 'checkpoint.npz'))),
     (['--convert-checkpoint', '/nonexistent/ckpt.pkl'], 'cannot read checkpoint'),
     (['--output-dir', '/proc/no/such/place'], '--output-dir /proc/no/such/place'),
 ])
