@@ -507,9 +507,10 @@ def train_and_evaluate(s, args, checkpoint, overrides, exp, run_dir, comm):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    for flag, value in (('--resume', args.resume), ('--convert-checkpoint', args.convert_checkpoint)):
+    for flag, value, what in (('--resume', args.resume, 'the run directory or the checkpoint\'s file'),
+                              ('--convert-checkpoint', args.convert_checkpoint, 'the checkpoint\'s file')):
         if value is not None and not value.strip():
-            util.fail('{} is empty: give the run directory or the checkpoint\'s file'.format(flag))
+            util.fail('{} is empty: give {}'.format(flag, what))
     if args.resume:
         args.resume = training.checkpoint_in(args.resume)
     if args.convert_checkpoint:
