@@ -7,7 +7,7 @@ importance-weighted bound, the MNIST Parzen estimate and the entropy bounds of E
     python evaluate.py runs/<run> --parzen-samples 10000 --entropy-n 100
 
 Results go to RUN_DIR/evaluation_<split>.json (and .png figures) beside the
-checkpoint, or to --out-dir; --json prints them on stdout (and nothing else). A long
+checkpoint, or to --output-dir; --json prints them on stdout (and nothing else). A long
 evaluation saves its partial sums to evaluation_<split>_partial.npz after every chunk and
 picks them up when started again with the same arguments. REPORT.md over runs: report.py.
 
@@ -26,13 +26,14 @@ import numpy as np
 from scipy.special import logsumexp
 from tqdm import tqdm
 
-import bound
-import experiments
-import figures
-import memory
-import parallel
-import sampler
-import training
+# Loaded at their first use, so that --help and usage errors answer without Theano.
+bound = util.lazy('bound')
+experiments = util.lazy('experiments')
+figures = util.lazy('figures')
+memory = util.lazy('memory')
+parallel = util.lazy('parallel')
+sampler = util.lazy('sampler')
+training = util.lazy('training')
 
 LOG2 = np.log(2.0)
 # A bound this many times |L_null| below L_null is far worse than the null model N(0, I) (or
@@ -316,19 +317,21 @@ def evaluate(exp, checkpoint, out_dir, split='test', n_t=10, seed=0, n_examples=
 # ---------------------------------------------------------------- command line
 
 def build_parser():
-    p = util.OneLineParser(description=__doc__.split('\n')[0])
-    p.add_argument('path', help='a checkpoint or run directory')
-    p.add_argument('--split', default='test', choices=('test', 'train'))
+    p = util.command_parser(__doc__)
+    p.add_argument('path', help='a run directory (its checkpoint.npz) or a checkpoint file')
+    p.add_argument('--split', default='test', choices=('test', 'train'), help='the examples bounded')
     p.add_argument('--n-t', type=int, default=10, help='draws of (t, noise) per example')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--n-examples', type=int, default=None, help='only the first N examples (quick runs)')
-    p.add_argument('--batch-size', type=int, default=None)
-    p.add_argument('--iw-k', default='', help='importance-weighted bound for these k, e.g. 1,4,16')
+    p.add_argument('--seed', type=int, default=0, help='seed of those draws')
+    p.add_argument('--n-examples', type=int, help='only the first N examples (quick runs; default: all)')
+    p.add_argument('--batch-size', type=int, help='examples per network evaluation (default: the data set\'s)')
+    p.add_argument('--iw-k', default='', help='importance-weighted bound for these k, e.g. 1,4,16 (default: none)')
     p.add_argument('--iw-n', type=int, default=100, help='examples for the importance-weighted bound')
-    p.add_argument('--parzen-samples', type=int, default=0, help='Parzen estimate from this many samples')
+    p.add_argument('--parzen-samples', type=int, default=0,
+                   help='Parzen estimate from this many samples (image data sets)')
     p.add_argument('--entropy-n', type=int, default=0, help='entropy bounds (Eq. 24) over this many examples')
-    p.add_argument('--out-dir', default=None, help='default: the run directory')
-    p.add_argument('--data-path', default=None)
+    p.add_argument('--output-dir', '--out-dir', dest='output_dir',
+                   help='folder for the results and figures (default: the run directory)')
+    p.add_argument('--data-path', help='folder of data files (default: $FUEL_DATA_PATH)')
     p.add_argument('--no-ema', dest='ema', action='store_false',
                    help='evaluate the last parameters, not their average (runs with --model-args ema=...)')
     p.add_argument('--json', action='store_true', help='print the results as JSON on stdout, and nothing else')
@@ -393,7 +396,7 @@ def evaluate_command(args, ks, comm):
         min(args.n_examples or n, n), int(np.prod(exp.train_x.shape[1:])), exp.diffusion.T_steps)
     if too_large:
         util.fail(too_large)
-    out_dir = args.out_dir or run_dir
+    out_dir = args.output_dir or run_dir
     os.makedirs(out_dir, exist_ok=True)
     averaged = args.ema if exp.args.get('ema') else None
     out = evaluate(exp, checkpoint, out_dir, args.split, args.n_t, args.seed, args.n_examples, args.batch_size,

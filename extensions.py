@@ -4,6 +4,7 @@ stopping, the learning-rate schedule, evaluation and plots.
 Each extension says when it is due (every N batches or epochs, before or after
 training, on an interrupt) and is called with the main loop.
 """
+import csv
 import math
 import os
 import sys
@@ -41,11 +42,26 @@ class Extension:
 
 
 class FinishAfter(Extension):
-    """Stop after a number of minibatches, epochs or seconds, counted from the run's start."""
+    """Stop after a number of minibatches, epochs or seconds, counted from the run's start.
+    batches_per_epoch: for time_left with max_epochs."""
 
-    def __init__(self, max_batches=None, max_epochs=None, max_seconds=None):
+    def __init__(self, max_batches=None, max_epochs=None, max_seconds=None, batches_per_epoch=None):
         super().__init__(every_n_batches=1, every_n_epochs=1, before_training=True)
         self.max_batches, self.max_epochs, self.max_seconds = max_batches, max_epochs, max_seconds
+        self.batches_per_epoch = batches_per_epoch
+
+    def time_left(self, status, rate):
+        """(seconds, flag) to the limit that ends the run first, at `rate` minibatches per
+        second of training time; None without a limit."""
+        left = []
+        if rate and self.max_batches is not None:
+            left.append(((self.max_batches - status['iterations_done']) / rate, '--max-batches'))
+        if rate and self.max_epochs is not None and self.batches_per_epoch:
+            batches = (self.max_epochs - status['epochs_done']) * self.batches_per_epoch - status['batch_in_epoch']
+            left.append((batches / rate, '--max-epochs'))
+        if self.max_seconds is not None:
+            left.append((self.max_seconds - status['wall_s'], '--max-minutes'))
+        return min(((max(seconds, 0.0), flag) for seconds, flag in left), default=None)
 
     def __call__(self, loop, event):
         s = loop.status
@@ -116,35 +132,110 @@ class JSONLog(Extension):
         status['log_bytes'] = keep
 
 
-class Printing(Extension):
-    """One progress line every N minibatches: iteration, epoch, training time, and the mean
-    of each monitored value over the minibatches since the last line."""
+def duration(seconds):
+    """'45 s', '12 min', '3 h 05 min'."""
+    if seconds < 100:
+        return '{:.0f} s'.format(seconds)
+    minutes = round(seconds / 60)
+    return '{} min'.format(minutes) if minutes < 100 else '{} h {:02d} min'.format(minutes // 60, minutes % 60)
 
-    def __init__(self, every_n_batches, stream=sys.stdout):
-        super().__init__(every_n_batches=every_n_batches, after_training=True)
-        self.every_n = every_n_batches
+
+class Printing(Extension):
+    """A progress line every N minibatches, and whenever `quiet_s` seconds of wall time
+    passed without one: iteration, epoch, training time, the rate since the last line
+    (minibatches per second of training time, evaluations included), the time left to the
+    limit that ends the run first (FinishAfter.time_left) and the mean of each monitored
+    value over the minibatches since the last line. With csv_path, each line is also a row
+    of that CSV file (progress.csv): iteration, epoch, wall_s, minibatches_per_s,
+    cost_bits_per_dim, heldout_K_bits (where the monitor ran) and lr. On resume the file
+    is cut back to the checkpoint's minibatch, as log.jsonl is, and appended to."""
+
+    CSV_FIELDS = ('iteration', 'epoch', 'wall_s', 'minibatches_per_s', 'cost_bits_per_dim', 'heldout_K_bits', 'lr')
+
+    def __init__(self, every_n_batches, finish=None, csv_path=None, lr=None, quiet_s=30.0, stream=None):
+        super().__init__(every_n_batches=every_n_batches, before_training=True, after_training=True)
+        self.every_n, self.finish, self.csv_path, self.lr, self.quiet_s = (
+            every_n_batches, finish, csv_path, lr, quiet_s)
         self.stream = stream
         self.sums, self.counts = {}, {}
+        self.last = None  # (iteration, training time, wall clock) of the last line
 
     def due(self, event, status):
         return event == 'batch' or super().due(event, status)
 
     def __call__(self, loop, event):
+        s = loop.status
+        if event == 'before_training':
+            self.last = (s['iterations_done'], s['wall_s'], time.time())
+            if self.csv_path:
+                cut_csv(self.csv_path, s['iterations_done'])
+            return
         if event == 'batch':
             for k, v in loop.record.items():
                 if k not in ('iteration', 'epoch', 'wall_s') and isinstance(v, (int, float)):
                     self.sums[k] = self.sums.get(k, 0.0) + v
                     self.counts[k] = self.counts.get(k, 0) + 1
-            if loop.status['iterations_done'] % self.every_n:
+            if s['iterations_done'] % self.every_n and time.time() - self.last[2] < self.quiet_s:
                 return
-        if not self.counts:
-            return
+        if self.counts:
+            self.line(loop)
+
+    def line(self, loop):
+        """Print the line (and write the row) of the minibatches since the last one."""
         s = loop.status
+        means = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        seconds = s['wall_s'] - self.last[1]
+        rate = (s['iterations_done'] - self.last[0]) / seconds if seconds > 0 else None
         parts = ['iter {:d}'.format(s['iterations_done']), 'epoch {:d}'.format(s['epochs_done']),
                  '{:.0f}s'.format(s['wall_s'])]
-        parts += ['{} {:.4g}'.format(k, self.sums[k] / self.counts[k]) for k in self.sums]
-        print(' | '.join(parts), file=self.stream, flush=True)
+        if rate:
+            parts.append('{:.3g} minibatches/s'.format(rate))
+        left = self.finish.time_left(s, rate) if self.finish else None
+        if left:
+            parts.append('{} left ({})'.format(duration(left[0]), left[1]))
+        parts += ['{} {:.4g}'.format(k, v) for k, v in means.items()]
+        print(' | '.join(parts), file=self.stream or sys.stdout, flush=True)
+        if self.csv_path:
+            lr = float(self.lr.get_value()) if self.lr is not None else None
+            append_csv(self.csv_path, self.CSV_FIELDS, {
+                'iteration': s['iterations_done'], 'epoch': s['epochs_done'], 'wall_s': round(s['wall_s'], 3),
+                'minibatches_per_s': number(rate), 'cost_bits_per_dim': number(means.get('cost_bits_per_dim')),
+                'heldout_K_bits': number(loop.record.get('heldout_K_bits')), 'lr': number(lr)})
         self.sums, self.counts = {}, {}
+        self.last = (s['iterations_done'], s['wall_s'], time.time())
+
+
+def number(value):
+    """A CSV cell: 6 significant digits, empty for None."""
+    return '' if value is None else '{:.6g}'.format(value)
+
+
+def append_csv(path, fields, row):
+    """Append `row` (a dict) to the CSV file `path`, writing the header first when the file
+    is new or empty."""
+    with util.naming(path), open(path, 'a', newline='') as f:
+        writer = csv.DictWriter(f, fields)
+        if f.tell() == 0:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def cut_csv(path, iteration):
+    """Keep the header and the rows of the CSV file `path` up to `iteration` (a resumed
+    run's file then goes on from its checkpoint)."""
+    if not os.path.exists(path):
+        return
+    with util.naming(path), open(path, newline='') as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        kept = [r for r in rows if int(r['iteration']) <= iteration]
+    if len(kept) == len(rows):
+        return
+    with util.naming(path), open(path + '.tmp', 'w', newline='') as f:  # then renamed: a kill keeps the old file
+        writer = csv.DictWriter(f, reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(kept)
+    os.replace(path + '.tmp', path)
 
 
 class Checkpoint(Extension):
@@ -159,7 +250,7 @@ class Checkpoint(Extension):
     def __init__(self, path, every_n_batches=None, resume_hint=None, best_path=None):
         super().__init__(every_n_batches=every_n_batches, after_training=True, on_interrupt=True)
         self.path, self.best_path = path, best_path
-        self.resume_hint = resume_hint or 'python train.py --resume_file ' + path
+        self.resume_hint = resume_hint or 'python train.py --resume ' + path
 
     def __call__(self, loop, event):
         state = loop.state_dict()
@@ -228,7 +319,12 @@ class HeldOutBound(Extension):
 
     def __call__(self, loop, event):
         if self.fn is None:
+            start = time.time()
+            if self.comm.is_writer:
+                print('Compiling the held-out bound ...', flush=True)
             self.fn = bound.compile_terms(self.exp)
+            if self.comm.is_writer:
+                print('Compiled in {:.1f} s.'.format(time.time() - start), flush=True)
         if not self.comm.same_everywhere(self.exp.params_checksum()):
             raise RuntimeError('after {} minibatches the processes hold different parameters; stopping '
                                '(the last checkpoint is good)'.format(loop.status['iterations_done']))

@@ -1,9 +1,9 @@
 """Sampling from a trained model, and from the model multiplied by a second
 distribution r(x): inpainting, denoising and Eq. 61 (paper section 2.5, Appendix C).
 
-    python sampler.py CHECKPOINT --mode sample
-    python sampler.py CHECKPOINT --mode inpaint --mask centre
-    python sampler.py CHECKPOINT --mode denoise --noise-std 1.0
+    python sampler.py runs/<run> --mode sample
+    python sampler.py runs/<run> --mode inpaint --mask centre
+    python sampler.py runs/<run>/best.npz --mode denoise --noise-std 1.0
 
 Sampling: x^T ~ p(x^T), then x^{t-1} ~ p(x^{t-1} | x^t) for t = T..1. The released
 code stops at x^1 (model arg skip_last_step, True in the code preset).
@@ -27,23 +27,24 @@ import util  # configures Theano before it is imported
 import math
 import os
 
-import matplotlib
 import numpy as np
-import theano
-import theano.tensor as T
 from PIL import Image
 from tqdm import tqdm
 
-import experiments
-import parallel
+# Loaded at their first use, so that --help and usage errors answer without Theano (and
+# Theano itself is imported in the functions that use it).
+experiments = util.lazy('experiments')
+parallel = util.lazy('parallel')
+training = util.lazy('training')
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only back end)
-
-
-floatX = theano.config.floatX
 MODES = ('sample', 'inpaint', 'denoise')
 DISPLAY_COLUMNS = 16  # samples shown per row of the frames figure
+
+
+def float_x():
+    """Theano's floating-point type (float32 here)."""
+    import theano
+    return theano.config.floatX
 
 
 # ---------------------------------------------------------------- the reverse kernel
@@ -51,8 +52,9 @@ DISPLAY_COLUMNS = 16  # samples shown per row of the frames figure
 def compile_reverse_kernel(diffusion, x_ndim):
     """A function (xt, t) -> the parameters of p(x^{t-1} | x^t): [mu, Sigma] (Gaussian) or
     [f_b] (binomial), the tuple the diffusion's sample and log_prob take."""
-    xt = T.TensorType(floatX, (False,) * x_ndim)('xt')
-    t = T.lvector('t')
+    import theano
+    xt = theano.tensor.TensorType(float_x(), (False,) * x_ndim)('xt')
+    t = theano.tensor.lvector('t')
     return theano.function([xt, t], list(diffusion.reverse_kernel(xt, t)))
 
 
@@ -84,11 +86,11 @@ class Inpainting(Unconditioned):
     same for Gaussian and binomial diffusion."""
 
     def __init__(self, known, mask):
-        self.known = np.asarray(known, dtype=floatX)
+        self.known = np.asarray(known, dtype=float_x())
         self.mask = np.broadcast_to(mask, self.known.shape)
 
     def clamp(self, x):
-        return np.where(self.mask, self.known, x).astype(floatX)
+        return np.where(self.mask, self.known, x).astype(float_x())
 
 
 def gaussian_parameters(params, what):
@@ -103,7 +105,7 @@ class GaussianObservation(Unconditioned):
     Figure 3); the product with each Gaussian step is exact."""
 
     def __init__(self, y, noise_var):
-        self.y, self.noise_var = np.asarray(y, dtype=floatX), float(noise_var)
+        self.y, self.noise_var = np.asarray(y, dtype=float_x()), float(noise_var)
 
     def tilt(self, params, index):
         mu, var = gaussian_parameters(params, 'denoising')
@@ -116,12 +118,13 @@ class SmoothObservation(Unconditioned):
     any axes it likes); x has the samples' shape."""
 
     def __init__(self, log_r, x_ndim):
-        x = T.TensorType(floatX, (False,) * x_ndim)('x')
-        self.grad_log_r = theano.function([x], T.grad(log_r(x).sum(), x))
+        import theano
+        x = theano.tensor.TensorType(float_x(), (False,) * x_ndim)('x')
+        self.grad_log_r = theano.function([x], theano.tensor.grad(log_r(x).sum(), x))
 
     def tilt(self, params, index):
         mu, var = gaussian_parameters(params, 'Eq. 61')
-        return mu + var * self.grad_log_r(np.asarray(mu, dtype=floatX)), var
+        return mu + var * self.grad_log_r(np.asarray(mu, dtype=float_x())), var
 
 
 # ---------------------------------------------------------------- the reverse trajectory
@@ -171,18 +174,18 @@ def sample_trajectory(diffusion, kernel, shape, rng, keep=(), condition=None, sk
 
 def to_model_units(exp, x):
     """Data units -> model units: images on the [0, 1] scale are z-scored."""
-    return (exp.pixels.from_unit(x) if exp.pixels else x).astype(floatX)
+    return (exp.pixels.from_unit(x) if exp.pixels else x).astype(float_x())
 
 
 def to_data_units(exp, x):
     """Model units -> data units: images back to the [0, 1] pixel scale (not clipped)."""
-    return (exp.pixels.to_unit(x) if exp.pixels else np.asarray(x)).astype(floatX)
+    return (exp.pixels.to_unit(x) if exp.pixels else np.asarray(x)).astype(float_x())
 
 
 def originals(exp, n):
     """The first n held-out examples (repeated if there are fewer), data units."""
     x = exp.test_x[np.arange(n) % len(exp.test_x)]
-    return (x / np.float32(255) if exp.pixels else x).astype(floatX)
+    return (x / np.float32(255) if exp.pixels else x).astype(float_x())
 
 
 def make_mask(kind, example_shape):
@@ -244,7 +247,7 @@ def run(exp, mode, n=49, seed=0, noise_std=1.0, mask='centre', n_frames=8, batch
             observed = original.copy()
         else:
             known = np.zeros(shape, dtype=bool)
-            y = (x0 + noise_std * rng.standard_normal(shape)).astype(floatX)
+            y = (x0 + noise_std * rng.standard_normal(shape)).astype(float_x())
             condition = GaussianObservation(y, noise_std ** 2)
             observed = to_data_units(exp, y)
         out.update(original=original, observed=observed, mask=np.array(known))
@@ -334,6 +337,9 @@ def vector_figure(result, path):
     else the vectors as image rows (heartbeat; unknown bits grey)."""
     panels = ([('observed', display_observed(result))] if 'observed' in result else [])
     panels += [('t = {}'.format(t), f) for t, f in zip(result['frame_times'], result['frames'])]
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # here, not at the top: it takes a second to load
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.4))
     for ax, (title, x) in zip(np.atleast_1d(axes), panels):
         if x.shape[1] == 2:
@@ -368,19 +374,19 @@ def save(result, exp, out_dir, mode, arrays=True):
         np.savez_compressed(prefix + '.npz', **result)
         paths.append(prefix + '.npz')
     if exp.pixels:
-        training = exp.train_x[:len(result['samples'])] / np.float32(255)
-        return paths + image_figures(result, prefix, training)
+        train_images = exp.train_x[:len(result['samples'])] / np.float32(255)
+        return paths + image_figures(result, prefix, train_images)
     return paths + vector_figure(result, prefix + '_frames.png')
 
 
 # ---------------------------------------------------------------- command line
 
 def build_parser():
-    p = util.OneLineParser(description=__doc__.split('\n')[0])
-    p.add_argument('checkpoint')
-    p.add_argument('--mode', default='sample', choices=MODES)
+    p = util.command_parser(__doc__)
+    p.add_argument('checkpoint', help='a run directory (its checkpoint.npz) or a checkpoint file')
+    p.add_argument('--mode', default='sample', choices=MODES, help='what to draw')
     p.add_argument('--n', type=int, default=49, help='number of samples')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, default=0, help='seed of the noise')
     p.add_argument('--noise-std', type=float, default=1.0,
                    help='denoise: std s of the added noise in model units (z-scored pixels for '
                         'images); the paper\'s Figure 3 used variance 1')
@@ -388,12 +394,13 @@ def build_parser():
                    help='inpaint: left (left half unknown), centre (centred square of half the side '
                         'unknown) or a PNG file (nonzero = known)')
     p.add_argument('--frames', type=int, default=8, help='number of frame times shown and stored')
-    p.add_argument('--out', default=None, help='output folder (default: the checkpoint\'s folder)')
+    p.add_argument('--output-dir', '--out', dest='output_dir',
+                   help='folder for the samples and figures (default: the checkpoint\'s folder)')
     p.add_argument('--batch-size', type=int, default=100, help='examples per network evaluation')
-    p.add_argument('--data-path', default=None, help='folder of data files (else $FUEL_DATA_PATH)')
+    p.add_argument('--data-path', help='folder of data files (default: $FUEL_DATA_PATH)')
     p.add_argument('--no-ema', dest='ema', action='store_false',
                    help='sample with the last parameters, not their average (runs with --model-args ema=...)')
-    p.add_argument('--skip-last-step', default=None, choices=('yes', 'no'),
+    p.add_argument('--skip-last-step', choices=('yes', 'no'),
                    help='stop at x^1 like the released code (default: the model arg skip_last_step)')
     return p
 
@@ -412,7 +419,8 @@ def main(argv=None):
         util.fail('--mask {!r} is neither left, centre nor a file'.format(args.mask))
     with parallel.abort_on_error() as comm:  # under mpiexec the processes share the samples
         try:
-            exp = experiments.from_checkpoint(args.checkpoint, args.data_path, args.ema)
+            checkpoint = training.checkpoint_in(args.checkpoint)
+            exp = experiments.from_checkpoint(checkpoint, args.data_path, args.ema)
         except ValueError as e:
             util.fail(str(e))
         skip = None if args.skip_last_step is None else args.skip_last_step == 'yes'
@@ -424,7 +432,7 @@ def main(argv=None):
         if not np.isfinite(result['samples']).all():
             util.fail('the samples hold NaN or inf: the checkpoint\'s model does not sample (nothing written)')
         if comm.is_writer:
-            for path in save(result, exp, args.out or os.path.dirname(os.path.abspath(args.checkpoint)), args.mode):
+            for path in save(result, exp, args.output_dir or os.path.dirname(os.path.abspath(checkpoint)), args.mode):
                 print(path)
 
 

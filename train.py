@@ -3,11 +3,12 @@
     python train.py --dataset swissroll
     python train.py --dataset heartbeat --max-batches 2000
     python train.py --dataset deadleaves --fidelity code --max-batches 200
-    python train.py --resume_file runs/.../checkpoint.npz [--max-batches N]
+    python train.py --resume runs/<run> [--max-batches N]
     python train.py --convert-checkpoint runs/.../checkpoint.pkl
 
 Each run writes into its own directory under --output-dir: log.jsonl (every
-monitored value), checkpoint.npz, figures, and results.json at the end.
+monitored value), progress.csv (the printed progress lines), checkpoint.npz, figures,
+and results.json at the end.
 
 A resumed run takes every setting from its checkpoint. Given again, --max-batches,
 --max-epochs, --max-minutes, --ext-every-n, --lr, --lr-final and --data-path override
@@ -22,20 +23,28 @@ import math
 import os
 import shlex
 import sys
+import time
 
 import numpy as np
 
-import bound
-import datasets
-import evaluate
-import experiments
-import extensions as E
-import figures
-import memory
-import parallel
-import presets
-import streams
-import training
+# Loaded at their first use, so that --help and usage errors answer without Theano.
+bound = util.lazy('bound')
+datasets = util.lazy('datasets')
+evaluate = util.lazy('evaluate')
+experiments = util.lazy('experiments')
+E = util.lazy('extensions')
+figures = util.lazy('figures')
+memory = util.lazy('memory')
+parallel = util.lazy('parallel')
+presets = util.lazy('presets')
+streams = util.lazy('streams')
+training = util.lazy('training')
+
+# The choices of the command line, written out so that the parser needs no Theano (the
+# tests check them against presets.MODEL_ARGS, presets.PRESETS and training.STEP_RULES).
+DATASETS = ('swissroll', 'heartbeat', 'MNIST', 'CIFAR10', 'bark', 'deadleaves', 'digits')
+FIDELITIES = ('code', 'fast', 'paper')
+OPTIMIZERS = ('adam', 'rmsprop')
 
 # Run settings and their defaults when a data set gives none (presets.RUN_DEFAULTS
 # gives batch_size, lr, lr_final, max_batches and ext_every_n per data set).
@@ -81,33 +90,42 @@ def model_args_type(text):
 
 def build_parser():
     """Every option defaults to None, so that the options given can be told apart (resume)."""
-    p = util.OneLineParser(description=__doc__.split('\n')[0])
-    p.add_argument('--dataset', help='one of: ' + ', '.join(presets.MODEL_ARGS) + ' (any case)')
-    p.add_argument('--fidelity', choices=sorted(presets.PRESETS),
+    per_set = ' (default: the data set\'s, presets.RUN_DEFAULTS)'
+    p = util.command_parser(__doc__)
+    p.add_argument('--dataset', help='one of: ' + ', '.join(DATASETS) + ' (any case; default swissroll)')
+    p.add_argument('--fidelity', choices=FIDELITIES,
                    help='paper (default): the paper\'s choices; code: the released code\'s '
                         '(docs/paper_and_code.md, section 3); fast: the paper\'s model and bound, '
                         'trained the fastest way measured here')
-    p.add_argument('--model-args', type=model_args_type, help='key=value,... overriding model defaults')
-    p.add_argument('--batch-size', type=int)
-    p.add_argument('--lr', type=float, help='initial learning rate')
+    p.add_argument('--model-args', type=model_args_type,
+                   help='key=value,... overriding the preset\'s model arguments (default: none)')
+    p.add_argument('--batch-size', type=int, help='examples per minibatch' + per_set)
+    p.add_argument('--lr', type=float, help='initial learning rate' + per_set)
     p.add_argument('--lr-final', type=float,
-                   help='decay the learning rate exponentially to this value over --max-batches '
-                        '(default for the toy sets); otherwise the released code\'s schedule')
-    p.add_argument('--optimizer', choices=sorted(training.STEP_RULES), help='default rmsprop')
-    p.add_argument('--seed', type=int, help='default 0')
-    p.add_argument('--max-batches', type=int, help='stop after this many minibatches, counted from the run\'s start')
-    p.add_argument('--max-epochs', type=int)
-    p.add_argument('--max-minutes', type=float, help='stop after this much training time, counted from the run\'s start')
-    p.add_argument('--ext-every-n', type=int, help='evaluate, print and checkpoint every N minibatches')
-    p.add_argument('--output-dir', help='default runs')
-    p.add_argument('--suffix')
-    p.add_argument('--data-path', help='folder of data files (else $FUEL_DATA_PATH)')
-    p.add_argument('--resume_file', '--resume-file', dest='resume_file')
-    p.add_argument('--plot_before_training', '--plot-before-training', action='store_true')
+                   help='decay the learning rate exponentially to this value over --max-batches; '
+                        'without it, the released code\'s schedule' + per_set)
+    p.add_argument('--optimizer', choices=OPTIMIZERS, help='default: rmsprop (adam with --fidelity fast)')
+    p.add_argument('--seed', type=int, help='seed of the data order, the noise and the initial parameters '
+                                            '(default: 0)')
+    p.add_argument('--max-batches', type=int,
+                   help='stop after this many minibatches, counted from the run\'s start' + per_set)
+    p.add_argument('--max-epochs', type=int,
+                   help='stop after this many passes over the training set (default: no limit)')
+    p.add_argument('--max-minutes', type=float,
+                   help='stop after this much training time, counted from the run\'s start (default: no limit)')
+    p.add_argument('--ext-every-n', type=int, help='evaluate, print and checkpoint every N minibatches' + per_set)
+    p.add_argument('--output-dir', help='folder in which the run makes its own directory (default: runs)')
+    p.add_argument('--suffix', help='added to the run directory\'s name (default: none)')
+    p.add_argument('--data-path', help='folder of data files (default: $FUEL_DATA_PATH)')
+    p.add_argument('--resume', metavar='RUN_DIR',
+                   help='continue the run in RUN_DIR (from its checkpoint.npz); a checkpoint file is taken too')
+    p.add_argument('--resume_file', '--resume-file', dest='resume', help=argparse.SUPPRESS)  # the old names
+    p.add_argument('--plot_before_training', '--plot-before-training', action='store_true',
+                   help='evaluate the held-out bound once before the first minibatch')
     p.add_argument('--convert-checkpoint', metavar='OLD.pkl',
                    help='write the .npz form of an old pickle checkpoint beside it, and exit')
     p.add_argument('--overwrite', action='store_true',
-                   help='let --convert-checkpoint replace an existing .npz, and --resume_file of a file other '
+                   help='let --convert-checkpoint replace an existing .npz, and --resume of a file other '
                         'than RUN_DIR/checkpoint.npz replace that one')
     return p
 
@@ -139,11 +157,11 @@ def resumed_settings(given, saved):
     given with another value, or a NEW_RUN_ONLY one, is a user error."""
     settings, overrides = dict(saved), []
     for key, value in given.items():
-        if value is None or key in ('resume_file', 'plot_before_training', 'convert_checkpoint', 'overwrite'):
+        if value is None or key in ('resume', 'plot_before_training', 'convert_checkpoint', 'overwrite'):
             continue
         flag = '--' + key.replace('_', '-')
         if key in NEW_RUN_ONLY:
-            util.fail('{} cannot be used with --resume_file: a resumed run continues in its own '
+            util.fail('{} cannot be used with --resume: a resumed run continues in its own '
                       'directory'.format(flag))
         if key == 'dataset':
             try:
@@ -205,7 +223,8 @@ def build_extensions(s, exp, run_dir, lr, plot_before_training, comm, average=No
     the monitor, the figures and the samples are the average's."""
     every = s['ext_every_n']
     max_s = s['max_minutes'] * 60 if s['max_minutes'] else None
-    everywhere = [E.FinishAfter(s['max_batches'], s['max_epochs'], max_s),
+    finish = E.FinishAfter(s['max_batches'], s['max_epochs'], max_s, -(-len(exp.train_x) // s['batch_size']))
+    everywhere = [finish,
                   E.LearningRateSchedule(lr, **s['lr_schedule']),
                   E.HeldOutBound(exp, every_n_batches=every, before_training=plot_before_training, comm=comm,
                                  average=average),
@@ -216,10 +235,10 @@ def build_extensions(s, exp, run_dir, lr, plot_before_training, comm, average=No
     return everywhere + [
         E.Plots(exp, run_dir, every_n_batches=every, average=average),
         E.SamplePlots(exp, run_dir, every_n_batches=every, average=average),
-        E.Printing(every),
+        E.Printing(every, finish, os.path.join(run_dir, 'progress.csv'), lr),
         E.JSONLog(os.path.join(run_dir, 'log.jsonl')),
         E.Checkpoint(checkpoint, every_n_batches=every, best_path=os.path.join(run_dir, 'best.npz'),
-                     resume_hint='python train.py --resume_file {}'.format(shlex.quote(checkpoint))),
+                     resume_hint=resume_command(run_dir)),
     ]
 
 
@@ -232,6 +251,8 @@ def final_evaluation(loop, exp, run_dir, average=None):
     themselves, on the monitor's examples, is beside it (without_ema). The bound is
     computed by every process; the writer alone writes."""
     x = exp.test_x[:exp.final_examples]
+    print('The held-out bound on {} examples, {} stratified draws each ...'.format(len(x), exp.final_draws),
+          flush=True)
     with training.averaged(average):
         r = evaluate.heldout_report(exp, x, exp.final_draws, seed=2, comm=loop.comm)
     if average is not None:
@@ -276,12 +297,12 @@ def settings_and_experiment(args):
     """(settings, checkpoint or None, overrides, experiment): everything checked, nothing
     written; a user error is one line and exit 2."""
     given = {k: v for k, v in vars(args).items()
-             if k not in ('resume_file', 'plot_before_training', 'convert_checkpoint', 'overwrite')}
+             if k not in ('resume', 'plot_before_training', 'convert_checkpoint', 'overwrite')}
     checkpoint, overrides = None, []
-    if args.resume_file:
+    if args.resume:
         try:
-            checkpoint = training.load_checkpoint(args.resume_file)
-            check_resumable(checkpoint, args.resume_file)
+            checkpoint = training.load_checkpoint(args.resume)
+            check_resumable(checkpoint, args.resume)
         except ValueError as e:
             util.fail(str(e))
         s, overrides = resumed_settings(given, dict(DEFAULTS, **checkpoint['config']['args']))
@@ -296,7 +317,7 @@ def settings_and_experiment(args):
             util.fail(too_large)
         exp = experiments.build(s['dataset'], config, s['seed'], s['data_path'])
         if checkpoint:  # before anything is compiled (the main loop loads them again, with the rest)
-            experiments.load_parameters(exp, checkpoint, args.resume_file)
+            experiments.load_parameters(exp, checkpoint, args.resume)
     except (ValueError, KeyError) as e:  # a bad --model-args value, a missing data file
         util.fail(str(e).strip('"\''))
     return s, checkpoint, overrides, exp
@@ -337,16 +358,16 @@ def resumed_log(run_dir, checkpoint):
 def run_directory(s, args, checkpoint, overrides, comm):
     """The run's directory: the checkpoint's for a resumed run; else made by the writer."""
     if checkpoint:
-        run_dir = os.path.dirname(os.path.abspath(args.resume_file))
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
         target = os.path.join(run_dir, 'checkpoint.npz')
-        if os.path.abspath(args.resume_file) != target and os.path.exists(target) and not args.overwrite:
+        if os.path.abspath(args.resume) != target and os.path.exists(target) and not args.overwrite:
             util.fail('resuming {} would replace {} (and cut log.jsonl back to {} minibatches): add --overwrite, '
-                      'or copy it into a folder of its own'.format(args.resume_file, target,
+                      'or copy it into a folder of its own'.format(args.resume, target,
                                                                  checkpoint['status']['iterations_done']))
         if comm.is_writer:
             resumed_log(run_dir, checkpoint)
         print('Resuming {} from {} ({} minibatches done).'.format(
-            s['dataset'], args.resume_file, checkpoint['status']['iterations_done']))
+            s['dataset'], args.resume, checkpoint['status']['iterations_done']))
         for o in overrides:
             print('{flag} {given} replaces the checkpoint\'s {checkpoint!r}'.format(**o))
         return run_dir
@@ -364,7 +385,9 @@ def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
     the learning-rate schedule planned (lr_schedule). The checkpoint holds the parameters,
     the optimiser's state, the step sampler's (an adaptive proposal) and the average's."""
     print('Compiling the training function (the first run takes a minute or two) ...', flush=True)
+    start = time.time()
     step, n_nonfinite = exp.compile_train(step_rule, comm, average)
+    print('Compiled in {:.1f} s.'.format(time.time() - start), flush=True)
     state = exp.params + step_rule.state + list(exp.steps.state) + (average.state if average else [])
     shared = {p.name: p for p in state}
     shared.update({'optimizer.lr': step_rule.lr, 'optimizer.n_nonfinite': n_nonfinite})
@@ -414,7 +437,7 @@ def lock_run_directory(run_dir, comm):
 
 def kept(run_dir):
     """What a stopped run leaves: 'kept: RUN_DIR/checkpoint.npz (N minibatches); resume
-    with: ...', or that there is no checkpoint."""
+    with: python train.py --resume RUN_DIR', or that there is no checkpoint."""
     path = os.path.join(run_dir, 'checkpoint.npz') if run_dir else None
     try:
         done = training.load_checkpoint(path)['status']['iterations_done'] if path else None
@@ -422,8 +445,12 @@ def kept(run_dir):
         done = None
     if done is None:
         return 'no checkpoint was written'
-    return 'kept: {} ({} minibatches); resume with: python train.py --resume_file {}'.format(
-        path, done, shlex.quote(path))
+    return 'kept: {} ({} minibatches); resume with: {}'.format(path, done, resume_command(run_dir))
+
+
+def resume_command(run_dir):
+    """The command that resumes the run in run_dir."""
+    return 'python train.py --resume {}'.format(shlex.quote(run_dir))
 
 
 def run(args, comm):
@@ -446,7 +473,7 @@ def run(args, comm):
     finally:
         if lock:
             lock.release()
-        if not args.resume_file and run_dir and os.path.isdir(run_dir) and not os.listdir(run_dir):
+        if not args.resume and run_dir and os.path.isdir(run_dir) and not os.listdir(run_dir):
             os.rmdir(run_dir)  # a new run stopped before it wrote anything
 
 
@@ -480,9 +507,12 @@ def train_and_evaluate(s, args, checkpoint, overrides, exp, run_dir, comm):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    for flag, value in (('--resume_file', args.resume_file), ('--convert-checkpoint', args.convert_checkpoint)):
+    for flag, value, what in (('--resume', args.resume, 'the run directory or the checkpoint\'s file'),
+                              ('--convert-checkpoint', args.convert_checkpoint, 'the checkpoint\'s file')):
         if value is not None and not value.strip():
-            util.fail('{} is empty: give the checkpoint\'s file'.format(flag))
+            util.fail('{} is empty: give {}'.format(flag, what))
+    if args.resume:
+        args.resume = training.checkpoint_in(args.resume)
     if args.convert_checkpoint:
         try:
             print(training.convert_checkpoint(args.convert_checkpoint, args.overwrite))

@@ -260,6 +260,39 @@ class OneLineParser(argparse.ArgumentParser):
         fail(message, self.prog)
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help with each option's default (when it has one that its text does not already
+    give), and the description and examples as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if (action.default is None or action.default is argparse.SUPPRESS or action.nargs == 0
+                or 'default' in text or not action.option_strings):
+            return text
+        return text + ' (default: %(default)s)'
+
+
+def command_parser(doc):
+    """The parser of a command whose module docstring `doc` starts with a paragraph that
+    describes it and a paragraph of example command lines (shown after the options)."""
+    paragraphs = doc.split('\n\n')
+    return OneLineParser(description=paragraphs[0], epilog='examples:\n' + paragraphs[1],
+                         formatter_class=DefaultsHelpFormatter)
+
+
+def lazy(name):
+    """The module `name`, loaded at the first use of one of its attributes (importlib's
+    LazyLoader): a command's --help and usage errors then answer without loading Theano."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_run_dir(output_dir, model, dataset, suffix=''):
     """Create and return OUTPUT_DIR/<model>_<dataset>[_suffix]_<timestamp>."""
     stamp = time.strftime('%Y%m%d-%H%M%S')

@@ -190,7 +190,7 @@ def test_a_run_directory_that_fails_ends_in_one_line_and_keeps_the_checkpoint(tm
     assert proc.returncode == 2, err
     line = ending(err)
     match = re.fullmatch(r'train\.py: error: cannot write (\S+): {}; kept: {} \((\d+) minibatches\); resume with: '
-                         r'(python train\.py --resume_file \S+)'.format(reason, re.escape(ckpt)), line)
+                         r'(python train\.py --resume {})'.format(reason, re.escape(ckpt), re.escape(run_dir)), line)
     assert match and match.group(1).startswith(run_dir), line
     done = int(match.group(2))
     assert done >= 100 and training.load_checkpoint(ckpt)['status']['iterations_done'] == done
@@ -242,7 +242,7 @@ def test_a_signal_while_a_resumed_run_compiles_keeps_its_checkpoint(run_copy):
     r = train_with_signal_while_compiling(signal.SIGTERM, ['--resume_file', ckpt, '--max-batches', '400'])
     assert r.returncode == parallel.INTERRUPTED
     assert one_line(r.stderr) == ('train.py: stopped by SIGTERM; kept: {0} (300 minibatches); resume with: '
-                                  'python train.py --resume_file {0}'.format(ckpt))
+                                  'python train.py --resume {1}'.format(ckpt, run_dir))
     assert training.load_checkpoint(ckpt)['status']['iterations_done'] == 300
     assert not os.path.exists(os.path.join(run_dir, util.RunLock.FILE))
 
@@ -333,8 +333,9 @@ def test_a_run_that_goes_non_finite_keeps_its_last_finite_checkpoint_and_fails(r
     assert r.returncode == parallel.NONFINITE
     line = ending(r.stderr)
     assert re.fullmatch(r'train\.py: error: the run went non-finite: the parameters became NaN or inf at minibatch '
-                        r'30[12]; kept: {0} \(300 minibatches\); resume with: python train\.py --resume_file {0} '
-                        r'\(try a lower --lr than 1e\+300, or other --model-args\)'.format(re.escape(ckpt)), line), line
+                        r'30[12]; kept: {0} \(300 minibatches\); resume with: python train\.py --resume {1} '
+                        r'\(try a lower --lr than 1e\+300, or other --model-args\)'.format(
+                            re.escape(ckpt), re.escape(run_dir)), line), line
     state = training.load_checkpoint(ckpt)
     assert state['status']['iterations_done'] == 300 and training.finite(state['shared'].values())
     assert all(rec['iteration'] <= 302 for rec in strict_json_lines(os.path.join(run_dir, 'log.jsonl')))
@@ -398,12 +399,13 @@ def test_sampler_refuses_a_noise_std_that_is_not_a_finite_number(finished_run, c
 
 # ---------------------------------------------------------------- resume edge cases
 
-@pytest.mark.parametrize('flag', ['--resume_file', '--convert-checkpoint'])
+@pytest.mark.parametrize('flag', ['--resume', '--convert-checkpoint'])
 def test_an_empty_checkpoint_path_is_refused(tmp_path, capsys, flag):
     with pytest.raises(SystemExit) as stop:
         train.main([flag, '', '--max-batches', '1', '--model-args', 'n_train=500,n_eval=200'])
     assert stop.value.code == 2
-    assert error(capsys.readouterr().err) == "{} is empty: give the checkpoint's file".format(flag)
+    assert error(capsys.readouterr().err) == "{} is empty: give the {}checkpoint's file".format(
+        flag, 'run directory or the ' if flag == '--resume' else '')
 
 
 def test_a_checkpoint_alone_in_its_folder_resumes_with_a_new_log(finished_run, tmp_path):

@@ -53,6 +53,8 @@ def train_cli(*args, **kw):
     (['--suffix', 'a/b'], "--suffix 'a/b': must not contain"),
     (['--data-path', __file__], 'is a file, not a folder'),
     (['--resume_file', '/nonexistent/ckpt.npz'], 'cannot read checkpoint'),
+    (['--resume', os.path.join(ROOT, 'docs')],  # a folder without a checkpoint
+     'cannot read checkpoint {}'.format(os.path.join(ROOT, 'docs', 'checkpoint.npz'))),
     (['--convert-checkpoint', '/nonexistent/ckpt.pkl'], 'cannot read checkpoint'),
     (['--output-dir', '/proc/no/such/place'], '--output-dir /proc/no/such/place'),
 ])
@@ -65,6 +67,11 @@ def test_bad_value_of_every_flag_is_one_line_exit_2_and_leaves_no_run_directory(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], lines
     assert not out.exists() or os.listdir(out) == []
+
+
+@pytest.mark.parametrize('flag', ['--resume', '--resume_file', '--resume-file'])
+def test_resume_and_its_old_spellings_are_one_option(flag):
+    assert train.build_parser().parse_args([flag, 'runs/x']).resume == 'runs/x'
 
 
 def test_bad_flag_on_the_real_command_line():
@@ -139,18 +146,18 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGKILL])
 def test_printed_resume_command_reproduces_the_uninterrupted_run(tmp_path, uninterrupted, signum):
     """Ctrl-C writes a checkpoint and prints the command; kill -9 leaves the last periodic
-    checkpoint. Either way `--resume_file` alone finishes the run as planned, exactly."""
+    checkpoint. Either way `--resume RUN_DIR` alone finishes the run as planned, exactly."""
     # the progress line comes just before the periodic checkpoint: kill -9 one line later
     code, err, run_dir = start_and_stop(tmp_path, signum, 'iter 100' if signum == signal.SIGINT else 'iter 200')
     ckpt = os.path.join(run_dir, 'checkpoint.npz')
     if signum == signal.SIGINT:
         assert code == 130 and 'Traceback' not in err
-        assert 'python train.py --resume_file {}'.format(ckpt) in err
+        assert 'python train.py --resume {}'.format(run_dir) in err
     else:
         assert code == -signal.SIGKILL
     done = training.load_checkpoint(ckpt)['status']['iterations_done']
     assert 100 <= done < 300
-    r = train_cli('--resume_file', ckpt)
+    r = train_cli('--resume', run_dir)
     assert r.returncode == 0, r.stderr
     results, log = finished(run_dir), open(os.path.join(run_dir, 'log.jsonl')).read().splitlines()
     expected, expected_log = uninterrupted
@@ -167,7 +174,7 @@ def test_extended_run_keeps_its_learning_rate_plan_and_flags_are_checked(tmp_pat
     ckpt = os.path.join(run_dir, 'checkpoint.npz')
     assert training.load_checkpoint(ckpt)['shared']['optimizer.lr'] == pytest.approx(1e-4, rel=1e-3)
     for args, message in [(['--seed', '8'], '--seed cannot change when resuming'),
-                          (['--output-dir', str(tmp_path)], '--output-dir cannot be used with --resume_file'),
+                          (['--output-dir', str(tmp_path)], '--output-dir cannot be used with --resume'),
                           (['--max-batches', '0'], '--max-batches 0: must be')]:
         bad = train_cli('--resume_file', ckpt, *args)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
@@ -180,3 +187,32 @@ def test_extended_run_keeps_its_learning_rate_plan_and_flags_are_checked(tmp_pat
     assert state['config']['overrides'] == [{'flag': '--max-batches', 'checkpoint': 200, 'given': 300,
                                              'iteration': 200}]
     assert len(state['config']['sessions']) == 2
+
+
+# ---------------------------------------------------------------- the command lines of train, evaluate, sampler
+
+@pytest.mark.parametrize('script', ['train', 'evaluate', 'sampler'])
+def test_help_answers_without_theano_and_shows_the_defaults(script):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, script + '.py'), '--help'],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert '--output-dir' in r.stdout and '(default: ' in r.stdout and 'examples:' in r.stdout
+    check = ('import sys; import {0}; p = {0}.build_parser(); '
+             'assert p.description.rstrip().endswith("."), p.description; '
+             'assert "theano" not in sys.modules, "theano loaded"').format(script)
+    r = subprocess.run([sys.executable, '-c', check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_choices_of_train_py_are_the_projects():
+    import presets
+    assert train.DATASETS == tuple(presets.MODEL_ARGS)
+    assert train.FIDELITIES == tuple(sorted(presets.PRESETS))
+    assert train.OPTIMIZERS == tuple(sorted(training.STEP_RULES))
+
+
+@pytest.mark.parametrize('script, flag', [('evaluate', '--output-dir'), ('evaluate', '--out-dir'),
+                                          ('sampler', '--output-dir'), ('sampler', '--out')])
+def test_one_name_for_the_output_folder_and_the_old_ones(script, flag):
+    module = __import__(script)
+    assert module.build_parser().parse_args(['runs/x', flag, 'elsewhere']).output_dir == 'elsewhere'
