@@ -238,10 +238,6 @@ class Experiment:
         """A float that tells whether two processes hold the same parameters."""
         return float(sum(np.sum(p.get_value(), dtype=np.float64) * (i + 1) for i, p in enumerate(self.params)))
 
-    def compile_bound(self):
-        """x0, t, noise -> K per example, nats (the model's own KL factor)."""
-        return theano.function([self.x0, self.t, self.noise], self.K_nats)
-
     def reference_values(self):
         """The paper's Table 1 figures and what is known of the data (truth)."""
         out = {}
