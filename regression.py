@@ -323,7 +323,9 @@ class MultiScaleConv(Layer):
 class ImageNetwork(Layer):
     """The reverse-process network for images (Appendix D.2.1; released code regression.py).
 
-    x^t (n, C, H, W) -> y (n, C, H, W, 2, J): y[..., 0, j] = y^mu_j, y[..., 1, j] = y^Sigma_j.
+    x^t (n, C, H, W) -> per-pixel features h = hidden(x^t); the read-out gives from them
+    y (n, C, H, W, 2, J), y[..., 0, j] = y^mu_j, y[..., 1, j] = y^Sigma_j, which
+    TemporalReadout reads at each example's step without forming it.
     Lower paths, in parallel: n_layers_conv multi-scale convolution layers of n_hidden_conv
     channels (conv_path=False: the paper's dense-only MNIST network), and a dense path on
     the flattened image whose last layer gives n_hidden_dense_lower_output channels per
@@ -413,24 +415,13 @@ class ImageNetwork(Layer):
                 h = layer.activated(h, self.f_dense)
         return h.reshape((xt.shape[0], -1, h.shape[1]))
 
-    def __call__(self, xt):
-        n, H, W = xt.shape[0], xt.shape[2], xt.shape[3]
-        y = self.readout(self.hidden(xt).reshape((-1, self.readout.W.shape[0])))
-        return y.reshape((n, H, W, self.C, 2, self.J)).dimshuffle(0, 3, 1, 2, 4, 5)  # (n, C, H, W, 2, J)
-
 
 # ---------------------------------------------------------------- the temporal read-out (Appendix D.2.1)
 
-def temporal_readout(y, g_t):
-    """z = sum_j y_j g_j(t) (Appendix D.2.1): the network's per-basis coefficients
-    y (n, ..., J) contracted with the basis at each example's step, g_t (n, J)."""
-    return (y * g_t.dimshuffle([0] + ['x'] * (y.ndim - 2) + [1])).sum(axis=-1)
-
-
 class TemporalReadout:
-    """net(xt, t) -> (z_mu, z_Sigma) for GaussianDiffusion from an ImageNetwork whose output
-    y (n, C, H, W, 2, J) is read out at each example's step: z = sum_j y_j g_j(t)
-    (temporal_readout). As y_j = h W_j + b_j is linear in the last per-pixel features h,
+    """net(xt, t) -> (z_mu, z_Sigma) for GaussianDiffusion from an ImageNetwork whose
+    read-out gives y (n, C, H, W, 2, J), read at each example's step: z = sum_j y_j g_j(t).
+    As y_j = h W_j + b_j is linear in the last per-pixel features h,
     z = h (sum_j g_j(t) W_j) + sum_j g_j(t) b_j: one (F x 2C) matrix per example, so y
     itself, J times larger than z, is never formed."""
 
