@@ -243,7 +243,8 @@ class UniformSteps:
 
     def draw(self, rng, n, per_minibatch=False):
         """(t, weights) for n examples; one t for all if per_minibatch (released code)."""
-        return self.diffusion.draw_t(rng, n, per_minibatch), np.ones(n, floatX)
+        t = self.diffusion.draw_t(rng, 1 if per_minibatch else n)
+        return (np.repeat(t, n) if per_minibatch else t), np.ones(n, floatX)
 
     def record(self, t, losses):
         """Nothing to learn from the losses."""

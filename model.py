@@ -237,10 +237,8 @@ class GaussianDiffusion:
         kl = self.kl_term(x0, t, noise) if weight is None else weight * self.kl_term(x0, t, noise)
         return -self.kl_factor * kl + self.edge_entropies(x0)
 
-    def draw_t(self, rng, n, per_minibatch=False):
-        """Steps t uniform in 2..T; one for the whole minibatch if `per_minibatch` (code)."""
-        if per_minibatch:
-            return np.full(n, rng.integers(2, self.T_steps + 1), dtype='int64')
+    def draw_t(self, rng, n):
+        """n steps t uniform in 2..T."""
         return rng.integers(2, self.T_steps + 1, size=n).astype('int64')
 
     def draw_noise(self, rng, x0):
@@ -435,7 +433,7 @@ class BinomialDiffusion:
         h1 = bernoulli_entropy(patterns * (1 - b_1) + self.p * b_1, np).sum(1).mean()
         return float(-(kl_sum + h1) / LOG2)
 
-    def draw_t(self, rng, n, per_minibatch=False):
+    def draw_t(self, rng, n):
         return rng.integers(2, self.T_steps + 1, size=n).astype('int64')
 
     def draw_noise(self, rng, x0):
