@@ -37,7 +37,6 @@ from tqdm import tqdm
 import parallel
 
 floatX = theano.config.floatX
-LOG2 = np.log(2.0)
 
 
 def t_proposal(T_steps, t_mix):
@@ -144,7 +143,7 @@ def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=
 def summary(exp, state, n_t, offsets, n_pixels):
     """heldout_bound's result from its sums; K per data vector is divided by n_pixels."""
     T_steps = exp.diffusion.T_steps
-    to_bits = 1.0 / (LOG2 * n_pixels)
+    to_bits = 1.0 / (util.LOG2 * n_pixels)
     kl = state['kl_sum'] / n_t * to_bits
     edges = state['edge_sum'] / n_t * to_bits
     per_example = edges - (T_steps - 1) * kl

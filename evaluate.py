@@ -34,7 +34,6 @@ import parallel
 import sampler
 import training
 
-LOG2 = np.log(2.0)
 # A bound this many times |L_null| below L_null is far worse than the null model N(0, I) (or
 # Bernoulli(p)), which needs no training; an untrained network starts within 2 bits of it.
 ABSURD_MARGIN = 10
@@ -171,7 +170,7 @@ def importance_weighted_bound(exp, x, ks=(1, 4, 16), seed=0, batch_size=None, pr
         log_w[s:s + batch_size] = trajectory_log_weights(exp.diffusion, kernel, beta, x0, rng).reshape(-1, k_max)
         correction[s:s + batch_size] = exp.diffusion.eq14_correction(beta, x0).reshape(-1, k_max).mean(axis=1)
     log_w, correction = comm.allreduce_sum(log_w), comm.allreduce_sum(correction)  # each row from one process
-    to_bits = 1.0 / (LOG2 * exp.n_pixels(x))
+    to_bits = 1.0 / (util.LOG2 * exp.n_pixels(x))
     out = {'n_eval': int(len(x)), 'unit': exp.unit, 'eq14_correction_bits': float(correction.mean() * to_bits)}
     first = None
     for k in sorted(ks):
@@ -240,8 +239,8 @@ def parzen_evaluation(exp, n_samples=10000, n_valid=10000, seed=0, sigmas=PARZEN
     sigma, scores = choose_parzen_sigma(samples, valid, sigmas)
     ll = parzen_log_likelihood(samples, test, sigma)
     stderr = ll.std(ddof=1) / np.sqrt(len(ll))
-    return {'ll_nats': float(ll.mean()), 'stderr_nats': float(stderr), 'll_bits': float(ll.mean() / LOG2),
-            'stderr_bits': float(stderr / LOG2), 'sigma': sigma, 'n_samples': int(n_samples),
+    return {'ll_nats': float(ll.mean()), 'stderr_nats': float(stderr), 'll_bits': float(ll.mean() / util.LOG2),
+            'stderr_bits': float(stderr / util.LOG2), 'sigma': sigma, 'n_samples': int(n_samples),
             'n_valid': int(len(valid)), 'n_test': int(len(test)), 'valid_ll_nats_by_sigma': scores}
 
 

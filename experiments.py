@@ -194,7 +194,7 @@ class Experiment:
         inputs, K_nats, kl = self.training_terms()
         weighted = self.steps.weighted
         if comm.size == 1:
-            cost = -K_nats.mean() / (n_dims * M.LOG2).astype(floatX)  # bits per dimension
+            cost = -K_nats.mean() / (n_dims * util.LOG2).astype(floatX)  # bits per dimension
             updates, n_nonfinite = training.descent_updates(cost, self.params, step_rule,
                                                             self.args['nonfinite_gradient'], average)
             fn = theano.function(inputs, [cost, n_nonfinite] + ([kl] if weighted else []), updates=updates)
@@ -219,7 +219,7 @@ class Experiment:
             x0, t, noise, weights = self.draw_training_inputs(rng, batch['features'])
             n = len(x0)
             a, b = comm.share(n)
-            to_bits = np.float32(1 / (n * n_dims * M.LOG2))
+            to_bits = np.float32(1 / (n * n_dims * util.LOG2))
             extra = [weights[a:b]] if weighted else []
             n_kl = n if weighted else 0
             part = np.zeros(1 + n_kl + n_params, floatX)
@@ -275,7 +275,7 @@ def swissroll_experiment(args, seed, train_x, test_x):
                                     args['code_mu'], args['code_sigma'], args['kl_factor'], args['beta_min'])
 
     def truth(n_exact=4000):
-        ll = datasets.swissroll_log_density(test_x[:n_exact], args['noise']) / M.LOG2
+        ll = datasets.swissroll_log_density(test_x[:n_exact], args['noise']) / util.LOG2
         return {'exact_ll_bits': float(ll.mean()), 'exact_ll_stderr_bits': float(ll.std(ddof=1) / np.sqrt(len(ll))),
                 'roll_noise_std': args['noise']}
     return Experiment('swissroll', args, seed, train_x, test_x, diffusion, 'bits', 2 * L_NULL_BITS_PER_DIM,

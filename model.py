@@ -17,7 +17,6 @@ from regression import Layer
 from util import logit
 
 floatX = theano.config.floatX
-LOG2 = np.log(2.0)
 BETA_MIN = 1e-6  # released code: smallest b_t
 CODE_BETA_1_INCREMENT = 0.001  # released code: added to the floor of b_1 (its step1_beta)
 
@@ -431,7 +430,7 @@ class BinomialDiffusion:
             kl_sum += np.mean(np.sum(bernoulli_kl(np.clip(q, 1e-12, 1 - 1e-12), np.clip(f, 1e-12, 1 - 1e-12), np), 1))
         b_1 = self.beta_np[0]
         h1 = bernoulli_entropy(patterns * (1 - b_1) + self.p * b_1, np).sum(1).mean()
-        return float(-(kl_sum + h1) / LOG2)
+        return float(-(kl_sum + h1) / util.LOG2)
 
     def draw_t(self, rng, n):
         return rng.integers(2, self.T_steps + 1, size=n).astype('int64')

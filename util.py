@@ -244,6 +244,7 @@ def logit(p, lib=np):
     return lib.log(p) - lib.log1p(-p)
 
 
+LOG2 = np.log(2.0)  # nats per bit
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (np.random.seed): 0 to 2^32 - 1
 
 
