@@ -209,7 +209,7 @@ NONLINEARITIES = {'paper': {'conv': 'softplus', 'dense': 'tanh'},
 # The reference formulas of the multi-scale layer, which multiscale.py computes in C (and
 # is tested against): the released code's leaky ReLU, mean pooling, nearest upsampling.
 
-def leaky_relu(x, slope=0.05):
+def leaky_relu(x, slope=conv3x3.LEAKY_RELU_SLOPE):
     """The released code's nonlinearity: x above zero, slope * x below."""
     return T.nnet.relu(x, alpha=slope)
 
