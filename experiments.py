@@ -51,15 +51,15 @@ class PixelUnits:
         """shift = -mean, scale = 1 / std of all values of uint8 images x in [0, 1] units."""
         total = total_sq = 0.0
         for i in range(0, len(x), chunk):
-            v = x[i:i + chunk].astype(np.float64) / 255
+            v = cls.unit(x[i:i + chunk])
             total, total_sq = total + v.sum(), total_sq + np.square(v).sum()
         mean = total / x.size
         return cls(-mean, 1 / np.sqrt(total_sq / x.size - mean ** 2), dequantisation)
 
     @staticmethod
-    def unit(x_uint8):
-        """8-bit pixels -> the [0, 1] scale, float64."""
-        return np.asarray(x_uint8, dtype=np.float64) / 255
+    def unit(x_uint8, dtype=np.float64):
+        """8-bit pixels -> the [0, 1] scale, float64 (or dtype)."""
+        return np.asarray(x_uint8, dtype=dtype) / dtype(255)
 
     @property
     def level_spacing(self):

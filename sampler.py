@@ -182,7 +182,7 @@ def to_data_units(exp, x):
 def originals(exp, n):
     """The first n held-out examples (repeated if there are fewer), data units."""
     x = exp.test_x[np.arange(n) % len(exp.test_x)]
-    return (x / np.float32(255) if exp.pixels else x).astype(floatX)
+    return (experiments.PixelUnits.unit(x, np.float32) if exp.pixels else x).astype(floatX)
 
 
 def make_mask(kind, example_shape):
@@ -368,7 +368,7 @@ def save(result, exp, out_dir, mode, arrays=True):
         np.savez_compressed(prefix + '.npz', **result)
         paths.append(prefix + '.npz')
     if exp.pixels:
-        training = exp.train_x[:len(result['samples'])] / np.float32(255)
+        training = experiments.PixelUnits.unit(exp.train_x[:len(result['samples'])], np.float32)
         return paths + image_figures(result, prefix, training)
     return paths + vector_figure(result, prefix + '_frames.png')
 
