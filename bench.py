@@ -144,7 +144,7 @@ def build(name, conv_impl=None, batch=None):
 def compile_step(exp, comm=None):
     """(train.py's step function, seconds to compile it)."""
     dataset = exp.dataset
-    rule = training.RMSProp(presets.RUN_DEFAULTS[dataset]['lr'], **presets.STEP_RULE_ARGS[FIDELITY]['rmsprop'])
+    rule = training.step_rule('rmsprop', presets.RUN_DEFAULTS[dataset]['lr'], presets.STEP_RULE_ARGS[FIDELITY])
     (step, _), compile_s = timed(exp.compile_train, rule, comm)
     return step, compile_s
 
