@@ -166,7 +166,7 @@ class Experiment:
             return inputs, self.K_nats, None
         weight = T.vector('t_weight')
         kl, z = self.diffusion.kl_and_outputs(self.x0, self.t, self.noise)
-        K = -self.diffusion.kl_factor * weight * kl + self.diffusion.edge_entropies(self.x0)
+        K = -self.diffusion.kl_multiplier * weight * kl + self.diffusion.edge_entropies(self.x0)
         signal = kl
         if self.args.get('train_t') == 'gradient':
             grads = T.grad(kl.sum(), list(z))

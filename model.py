@@ -178,7 +178,8 @@ class GaussianDiffusion:
 
     net(xt, t) returns (z_mu, z_sigma), each shaped like xt.
     options: base (b_t before learning), learn_beta, beta_1, beta_min (ForwardSchedule);
-    code_mu, code_sigma (read-out); kl_factor 'T-1' (paper) or 'T' (released code).
+    code_mu, code_sigma (read-out); kl_factor 'T-1' (paper) or 'T' (released code): the KL
+    sample's multiplier, kl_multiplier, is then T - 1 or T.
     """
 
     def __init__(self, net, T_steps, basis, base, learn_beta=True, beta_1=1e-5,
@@ -186,7 +187,7 @@ class GaussianDiffusion:
         self.net, self.T_steps = net, T_steps
         self.schedule = ForwardSchedule(base, basis, learn_beta, beta_1, beta_min)
         self.code_mu, self.code_sigma = code_mu, code_sigma
-        self.kl_factor = T_steps - 1 if kl_factor == 'T-1' else T_steps
+        self.kl_multiplier = T_steps - 1 if kl_factor == 'T-1' else T_steps
         self.params = self.schedule.params + net.params
         self._beta_fn = None  # compiled on first use by beta_values
 
@@ -234,7 +235,7 @@ class GaussianDiffusion:
         (n,), t was drawn from a proposal q and each KL is also multiplied by
         1 / ((T - 1) q(t)) (bound.ProposalSteps)."""
         kl = self.kl_term(x0, t, noise) if weight is None else weight * self.kl_term(x0, t, noise)
-        return -self.kl_factor * kl + self.edge_entropies(x0)
+        return -self.kl_multiplier * kl + self.edge_entropies(x0)
 
     def draw_t(self, rng, n):
         """n steps t uniform in 2..T."""
@@ -348,7 +349,7 @@ class BinomialDiffusion:
         t = np.arange(1, T_steps + 1)
         self.beta_np = 1.0 / (T_steps - t + 1)
         self.A_np = np.cumprod(1 - self.beta_np)
-        self.kl_factor = T_steps - 1
+        self.kl_multiplier = T_steps - 1
         self.params = net.params
 
     def marginal(self, x0, A):
@@ -402,7 +403,7 @@ class BinomialDiffusion:
         """K per example, nats (Eq. 14 with Bernoulli terms): -(T-1) E[KL] + edge entropies;
         `weight` as in GaussianDiffusion.bound_K."""
         kl = self.kl_term(x0, t, uniform) if weight is None else weight * self.kl_term(x0, t, uniform)
-        return -self.kl_factor * kl + self.edge_entropies(x0)
+        return -self.kl_multiplier * kl + self.edge_entropies(x0)
 
     def factorised_optimum_bits(self, patterns, n=1000, seed=0):
         """K (bits per sequence) of the best reverse kernel that is Bernoulli independently

@@ -101,9 +101,9 @@ def test_parzen_width_chosen_on_validation():
     assert [scores[float(s)] for s in finite] == pytest.approx([direct[s] for s in finite], rel=1e-9)
 
 
-def test_entropy_bounds_formulas(roll):
+def test_reverse_entropies_and_their_bounds(roll):
     exp, _ = roll
-    r = V.entropy_bounds(exp, exp.test_x[:50], progress=False)
+    r = V.reverse_entropies(exp, exp.test_x[:50], progress=False)
     beta = np.asarray(exp.diffusion.beta_values(), np.float64)
     A = np.cumprod(1 - beta)
     t = 3  # index t - 2 in the lists
