@@ -270,7 +270,7 @@ def swissroll_experiment(args, seed, train_x, test_x):
     per point; the final bound visits every step of each held-out point once."""
     T_steps = args['T']
     net = R.SwissRollRBF(T_steps, np.random.default_rng([seed, 0]), train_x, args['n_hidden'], args['expert'])
-    basis = M.temporal_basis(T_steps, args['n_basis'], args['basis_width'])
+    basis = R.temporal_basis(T_steps, args['n_basis'], args['basis_width'])
     diffusion = M.GaussianDiffusion(net, T_steps, basis, beta_base(args), args['learn_beta'], args['beta_1'],
                                     args['code_mu'], args['code_sigma'], args['kl_factor'], args['beta_min'])
 
@@ -286,8 +286,8 @@ def heartbeat_experiment(args, seed, train_x, test_x):
     """Binomial diffusion of binary sequences with the sigmoid MLP (Appendix D.1.2); K in
     bits per sequence; the final bound visits every step of each held-out sequence once."""
     T_steps = args['T']
-    warp = M.noise_logit(T_steps) if args['basis_warp'] == 'logit' else None
-    basis = M.temporal_basis(T_steps, args['n_basis'], 'paper', warp) if args['readout'] == 'basis' else None
+    warp = R.noise_logit(T_steps) if args['basis_warp'] == 'logit' else None
+    basis = R.temporal_basis(T_steps, args['n_basis'], 'paper', warp) if args['readout'] == 'basis' else None
     net = R.HeartbeatMLP(T_steps, np.random.default_rng([seed, 0]), n_hidden=args['n_hidden'],
                          n_layers=args['n_layers'], basis=basis, init_gain=args['init_gain'])
     diffusion = M.BinomialDiffusion(net, T_steps, args['p'])
@@ -313,7 +313,7 @@ def image_experiment(dataset, args, seed, train_x, test_x):
     pixels = PixelUnits.of_images(sample, args['dequantisation'])
     C, H, W = train_x.shape[1:]
     check_crop(args, H, W)
-    basis = M.temporal_basis(args['T'], args['n_temporal_basis'], args['basis_width'])
+    basis = R.temporal_basis(args['T'], args['n_temporal_basis'], args['basis_width'])
     net = R.ImageNetwork((C, H, W), np.random.default_rng([seed, 0]), **{k: args[k] for k in IMAGE_NET_KEYS})
     diffusion = M.GaussianDiffusion(R.TemporalReadout(net, basis), args['T'], basis, beta_base(args),
                                     args['learn_beta'], args['beta_1'], args['code_mu'], args['code_sigma'],

@@ -31,32 +31,6 @@ def bcast(v, x):
     return v.dimshuffle([0] + ['x'] * (x.ndim - 1))
 
 
-def temporal_basis(T_steps, J, width, warp=None):
-    """g_j(t), (J, T): Gaussian bumps with centres evenly spaced over t = 1..T,
-    normalised to sum to 1 at every t (Appendix D.2.1).
-
-    width='paper': std = spacing of the centres; 'code': half the spacing (released code).
-    warp: optional increasing values u(t), (T,); the bumps are then evenly spaced in u
-    instead of t (our option, for kernels that change fastest near the ends).
-    """
-    u = np.arange(1, T_steps + 1.0) if warp is None else np.asarray(warp, dtype=float)
-    centres = np.linspace(u[0], u[-1], J)
-    spacing = (u[-1] - u[0]) / (J - 1)
-    std = spacing if width == 'paper' else spacing / 2
-    g = np.exp(-(u[None, :] - centres[:, None]) ** 2 / (2 * std ** 2))
-    g[g < 1e-20] = 0  # far tails: float32 denormals there make every product with g ~10x slower
-    return (g / g.sum(axis=0, keepdims=True)).astype(floatX)
-
-
-def noise_logit(T_steps):
-    """u(t) = logit(t / (T + 1)): about the log-odds of a bit having been resampled by
-    step t under the binomial schedule, where 1 - A_t = t / T; t / (T + 1) instead of t / T
-    keeps u finite at t = T (where t / T = 1). A time axis on which the reverse kernel
-    changes at an even pace (our choice of warp for the heartbeat's read-out basis)."""
-    t = np.arange(1, T_steps + 1.0)
-    return logit(t / (T_steps + 1))
-
-
 # ---------------------------------------------------------------- Gaussian diffusion
 
 def harmonic_beta(T_steps):

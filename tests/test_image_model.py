@@ -46,7 +46,7 @@ def test_temporal_readout_is_the_network_output_read_at_each_examples_step(dense
     """TemporalReadout folds the basis into the read-out weights; it must equal the
     read-out's y = h W + b (n, C, H, W, 2, J) contracted with g(t) of each example's own step."""
     J, T_steps = 3, 6
-    basis = M.temporal_basis(T_steps, J, 'code')
+    basis = R.temporal_basis(T_steps, J, 'code')
     net = R.ImageNetwork((2, 4, 4), np.random.default_rng(0), n_temporal_basis=J, n_hidden_dense_lower=8,
                          n_hidden_dense_upper=5, n_hidden_conv=3, n_layers_conv=2, n_scales=2,
                          dense_path=dense_path, n_layers_dense_upper=n_layers_dense_upper)

@@ -6,7 +6,6 @@ import theano
 import theano.tensor as T
 
 import experiments
-import model as M
 import presets
 import multiscale
 import regression as R
@@ -149,7 +148,7 @@ SMALL = dict(n_temporal_basis=4, n_hidden_dense_lower=16, n_hidden_dense_lower_o
 def read_out(net, xs, T_steps=5, basis=None):
     """The network's output as the diffusion reads it (TemporalReadout): (z_mu, z_Sigma)
     stacked, (n, C, H, W, 2), example i at step t = i mod T_steps + 1."""
-    basis = M.temporal_basis(T_steps, net.J, 'code') if basis is None else basis
+    basis = R.temporal_basis(T_steps, net.J, 'code') if basis is None else basis
     t = T.arange(xs.shape[0]) % basis.shape[1] + 1
     return T.stack(R.TemporalReadout(net, basis)(xs, t), axis=-1)
 
