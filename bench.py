@@ -65,14 +65,10 @@ N_SAMPLES, N_BOUND = 49, 1000  # images per reverse step (a 7 x 7 figure); held-
 # ---------------------------------------------------------------- the machine
 
 def machine():
-    info = {'cpu': util.cpuinfo('model name') or 'unknown', 'cores': os.cpu_count(), 'cores_usable': len(os.sched_getaffinity(0)),
-            'load_average_1min': os.getloadavg()[0], 'blas': os.environ.get('PROJECT_BLAS'),
-            'OPENBLAS_CORETYPE': os.environ.get('OPENBLAS_CORETYPE'),
-            'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),
-            'OPENBLAS_NUM_THREADS': os.environ.get('OPENBLAS_NUM_THREADS'),
-            'theano_flags': os.environ.get('THEANO_FLAGS'), 'floatX': theano.config.floatX,
-            'openmp': theano.config.openmp, 'theano': theano.__version__, 'numpy': np.__version__}
-    return info
+    """util.machine, with the cores this process may use, the load at the start and Theano's
+    floatX and openmp."""
+    return dict(util.machine(), cores_usable=len(os.sched_getaffinity(0)), load_average_1min=os.getloadavg()[0],
+                floatX=theano.config.floatX, openmp=theano.config.openmp)
 
 
 def peak_gflops(size=PEAK_SIZE, repeats=PEAK_REPEATS):
@@ -144,7 +140,7 @@ def build(name, conv_impl=None, batch=None):
 def compile_step(exp, comm=None):
     """(train.py's step function, seconds to compile it)."""
     dataset = exp.dataset
-    rule = training.RMSProp(presets.RUN_DEFAULTS[dataset]['lr'], **presets.STEP_RULE_ARGS[FIDELITY]['rmsprop'])
+    rule = training.step_rule('rmsprop', presets.RUN_DEFAULTS[dataset]['lr'], presets.STEP_RULE_ARGS[FIDELITY])
     (step, _), compile_s = timed(exp.compile_train, rule, comm)
     return step, compile_s
 

@@ -4,7 +4,7 @@ final evaluation of train.py and evaluate.py.
 Each draw is -(T - 1) KL(q(x^{t-1}|x^t,x^0) || p(x^{t-1}|x^t)) + the edge entropies, at a
 step t in 2..T and noise drawn for it: the Monte Carlo estimate of Eq. 14 with t uniform
 (Sec. 2.4). The factor is the paper's T - 1 whatever the preset; the released code's T
-(docs/paper_and_code.md, section 3, item 11) is a bias, reported separately (with_kl_factor).
+(docs/paper_and_code.md, section 3, item 11) is a bias, reported separately (with_kl_multiplier).
 
 The steps are stratified twice. Each example's n_t draws are evenly spaced over 2..T from
 a random offset, and the offsets of the examples are consecutive random permutations of
@@ -37,7 +37,6 @@ from tqdm import tqdm
 import parallel
 
 floatX = theano.config.floatX
-LOG2 = np.log(2.0)
 
 
 def t_proposal(T_steps, t_mix):
@@ -138,13 +137,13 @@ def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=
         bar.update(1)
     bar.close()
     sums = {k: comm.allreduce_sum(state[k]) for k in ('kl_sum', 'edge_sum', 'kl_by_t', 'kl2_by_t', 'count_by_t')}
-    return summary(exp, sums, n_t, offsets, exp.n_pixels(x))
+    return result_from_sums(exp, sums, n_t, offsets, exp.n_pixels(x))
 
 
-def summary(exp, state, n_t, offsets, n_pixels):
+def result_from_sums(exp, state, n_t, offsets, n_pixels):
     """heldout_bound's result from its sums; K per data vector is divided by n_pixels."""
     T_steps = exp.diffusion.T_steps
-    to_bits = 1.0 / (LOG2 * n_pixels)
+    to_bits = 1.0 / (util.LOG2 * n_pixels)
     kl = state['kl_sum'] / n_t * to_bits
     edges = state['edge_sum'] / n_t * to_bits
     per_example = edges - (T_steps - 1) * kl
@@ -191,10 +190,10 @@ def partial_file(path, comm):
     return path if comm.size == 1 else '{}.rank{}of{}.npz'.format(path[:-len('.npz')], comm.rank, comm.size)
 
 
-def with_kl_factor(result, factor):
-    """K in bits had the KL sample been multiplied by `factor` instead of T - 1 (the released
-    code's factor T: docs/paper_and_code.md, section 3, item 11)."""
-    return result['edge_bits'] - factor * result['kl_bits']
+def with_kl_multiplier(result, multiplier):
+    """K in bits had the KL sample been multiplied by `multiplier` instead of T - 1 (the released
+    code's kl_factor 'T', multiplier T: docs/paper_and_code.md, section 3, item 11)."""
+    return result['edge_bits'] - multiplier * result['kl_bits']
 
 
 def load_partial(path, signature):
@@ -243,7 +242,8 @@ class UniformSteps:
 
     def draw(self, rng, n, per_minibatch=False):
         """(t, weights) for n examples; one t for all if per_minibatch (released code)."""
-        return self.diffusion.draw_t(rng, n, per_minibatch), np.ones(n, floatX)
+        t = self.diffusion.draw_t(rng, 1 if per_minibatch else n)
+        return (np.repeat(t, n) if per_minibatch else t), np.ones(n, floatX)
 
     def record(self, t, losses):
         """Nothing to learn from the losses."""

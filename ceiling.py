@@ -57,7 +57,6 @@ import experiments
 import model as M
 import presets
 
-LOG2 = np.log(2.0)
 N_LEVELS = 256  # 8-bit pixels
 # Causal neighbours in raster order, (row, column) offsets: W, NW, N, NE, WW, NEE. Each is a
 # candidate region for the next pixel, and the pattern of which of them share a region is
@@ -268,7 +267,7 @@ def ceiling_upper_bits(pixels, beta_1):
     """Upper limits on -h(X^1) per pixel, bits: (-h(X^1 | 8-bit image), -h(X^1 | X^0) =
     -0.5 log2(2 pi e b_1)); the first is the tighter. See the module's docstring."""
     width = np.sqrt(1 - beta_1) * pixels.width
-    return (-level_noise_entropy(width, np.sqrt(beta_1)) / LOG2, -0.5 * np.log2(2 * np.pi * np.e * beta_1))
+    return (-level_noise_entropy(width, np.sqrt(beta_1)) / util.LOG2, -0.5 * np.log2(2 * np.pi * np.e * beta_1))
 
 
 def ceiling_lower_bits(train_x, test_x, pixels, beta_1, seed=0, fit_passes=2):
@@ -287,8 +286,8 @@ def ceiling_lower_bits(train_x, test_x, pixels, beta_1, seed=0, fit_passes=2):
     for _ in range(fit_passes):
         codes, log_f = chunked_pass(x1_train, grid, weights)
         weights = fit_weights(codes, log_f)
-    train_bits = log_density_nats(codes, log_f, weights).mean(axis=1) / LOG2
-    test_bits = log_density_nats(*chunked_pass(x1_of(test_x, 2), grid, weights), weights).mean(axis=1) / LOG2
+    train_bits = log_density_nats(codes, log_f, weights).mean(axis=1) / util.LOG2
+    test_bits = log_density_nats(*chunked_pass(x1_of(test_x, 2), grid, weights), weights).mean(axis=1) / util.LOG2
     return float(test_bits.mean()), float(test_bits.std(ddof=1) / np.sqrt(len(test_bits))), float(train_bits.mean())
 
 

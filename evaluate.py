@@ -35,7 +35,6 @@ parallel = util.lazy('parallel')
 sampler = util.lazy('sampler')
 training = util.lazy('training')
 
-LOG2 = np.log(2.0)
 # A bound this many times |L_null| below L_null is far worse than the null model N(0, I) (or
 # Bernoulli(p)), which needs no training; an untrained network starts within 2 bits of it.
 ABSURD_MARGIN = 10
@@ -55,7 +54,7 @@ def load_experiment(path, data_path=None, ema=True):
     return exp, checkpoint, os.path.dirname(os.path.abspath(ckpt_path))
 
 
-def bound_summary(per_example_bits, null_bits):
+def mean_bound(per_example_bits, null_bits):
     """Mean, K - L_null and standard error of the mean over examples, from per-example K (bits)."""
     n = len(per_example_bits)
     return {'K_bits': float(per_example_bits.mean()),
@@ -83,8 +82,8 @@ def heldout_report(exp, x, n_t, seed, comm=None, **options):
         r['warning'] = warning
         if (comm or parallel.SingleProcess()).is_writer:
             print('warning: ' + warning, file=sys.stderr, flush=True)
-    if exp.diffusion.kl_factor != exp.diffusion.T_steps - 1:
-        r['K_bits_code_factor'] = bound.with_kl_factor(r, exp.diffusion.kl_factor)
+    if exp.diffusion.kl_multiplier != exp.diffusion.T_steps - 1:
+        r['K_bits_code_factor'] = bound.with_kl_multiplier(r, exp.diffusion.kl_multiplier)
     if exp.crop:  # whole images above; the crops the network trained on here
         r['crops'] = crops_bound(exp, x, n_t, seed, comm)
     return r
@@ -172,12 +171,12 @@ def importance_weighted_bound(exp, x, ks=(1, 4, 16), seed=0, batch_size=None, pr
         log_w[s:s + batch_size] = trajectory_log_weights(exp.diffusion, kernel, beta, x0, rng).reshape(-1, k_max)
         correction[s:s + batch_size] = exp.diffusion.eq14_correction(beta, x0).reshape(-1, k_max).mean(axis=1)
     log_w, correction = comm.allreduce_sum(log_w), comm.allreduce_sum(correction)  # each row from one process
-    to_bits = 1.0 / (LOG2 * exp.n_pixels(x))
+    to_bits = 1.0 / (util.LOG2 * exp.n_pixels(x))
     out = {'n_eval': int(len(x)), 'unit': exp.unit, 'eq14_correction_bits': float(correction.mean() * to_bits)}
     first = None
     for k in sorted(ks):
         groups = log_mean_exp(log_w[:, :k_max // k * k].reshape(len(x), -1, k), axis=2)
-        r = bound_summary(groups.mean(axis=1) * to_bits, exp.null_bits)
+        r = mean_bound(groups.mean(axis=1) * to_bits, exp.null_bits)
         first = r['K_bits'] if first is None else first
         out[str(k)] = {'K_bits': r['K_bits'], 'stderr_bits': r['stderr_bits'],
                        'gain_over_k1_bits': r['K_bits'] - first}
@@ -241,14 +240,14 @@ def parzen_evaluation(exp, n_samples=10000, n_valid=10000, seed=0, sigmas=PARZEN
     sigma, scores = choose_parzen_sigma(samples, valid, sigmas)
     ll = parzen_log_likelihood(samples, test, sigma)
     stderr = ll.std(ddof=1) / np.sqrt(len(ll))
-    return {'ll_nats': float(ll.mean()), 'stderr_nats': float(stderr), 'll_bits': float(ll.mean() / LOG2),
-            'stderr_bits': float(stderr / LOG2), 'sigma': sigma, 'n_samples': int(n_samples),
+    return {'ll_nats': float(ll.mean()), 'stderr_nats': float(stderr), 'll_bits': float(ll.mean() / util.LOG2),
+            'stderr_bits': float(stderr / util.LOG2), 'sigma': sigma, 'n_samples': int(n_samples),
             'n_valid': int(len(valid)), 'n_test': int(len(test)), 'valid_ll_nats_by_sigma': scores}
 
 
 # ---------------------------------------------------------------- entropy bounds (Eq. 24)
 
-def entropy_bounds(exp, x, seed=0, progress=True):
+def reverse_entropies(exp, x, seed=0, progress=True):
     """Per-dimension entropies at t = 2..T, nats (Sec. 2.6, Eq. 24): H_p, the reverse
     step's 0.5 log(2 pi e Sigma(x^t, t)) averaged over dimensions and over x^t ~ q(x^t | x^0)
     for the examples x, against the bounds of diffusion.entropy_bounds; and the number of
@@ -307,7 +306,7 @@ def evaluate(exp, checkpoint, out_dir, split='test', n_t=10, seed=0, n_examples=
         return None
     figures.kl_by_t_figure(r, prefix + '_kl_by_t.png')
     if entropy_n:
-        out['entropy'] = entropy_bounds(exp, x[:entropy_n], seed, progress)
+        out['entropy'] = reverse_entropies(exp, x[:entropy_n], seed, progress)
         figures.entropy_figure(out['entropy'], prefix + '_entropy.png')
     out['eval_s'] = round(time.time() - start, 1)
     util.write_json(prefix + '.json', out)

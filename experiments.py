@@ -51,15 +51,15 @@ class PixelUnits:
         """shift = -mean, scale = 1 / std of all values of uint8 images x in [0, 1] units."""
         total = total_sq = 0.0
         for i in range(0, len(x), chunk):
-            v = x[i:i + chunk].astype(np.float64) / 255
+            v = cls.unit(x[i:i + chunk])
             total, total_sq = total + v.sum(), total_sq + np.square(v).sum()
         mean = total / x.size
         return cls(-mean, 1 / np.sqrt(total_sq / x.size - mean ** 2), dequantisation)
 
     @staticmethod
-    def unit(x_uint8):
-        """8-bit pixels -> the [0, 1] scale, float64."""
-        return np.asarray(x_uint8, dtype=np.float64) / 255
+    def unit(x_uint8, dtype=np.float64):
+        """8-bit pixels -> the [0, 1] scale, float64 (or dtype)."""
+        return np.asarray(x_uint8, dtype=dtype) / dtype(255)
 
     @property
     def level_spacing(self):
@@ -166,7 +166,7 @@ class Experiment:
             return inputs, self.K_nats, None
         weight = T.vector('t_weight')
         kl, z = self.diffusion.kl_and_outputs(self.x0, self.t, self.noise)
-        K = -self.diffusion.kl_factor * weight * kl + self.diffusion.edge_entropies(self.x0)
+        K = -self.diffusion.kl_multiplier * weight * kl + self.diffusion.edge_entropies(self.x0)
         signal = kl
         if self.args.get('train_t') == 'gradient':
             grads = T.grad(kl.sum(), list(z))
@@ -194,7 +194,7 @@ class Experiment:
         inputs, K_nats, kl = self.training_terms()
         weighted = self.steps.weighted
         if comm.size == 1:
-            cost = -K_nats.mean() / (n_dims * M.LOG2).astype(floatX)  # bits per dimension
+            cost = -K_nats.mean() / (n_dims * util.LOG2).astype(floatX)  # bits per dimension
             updates, n_nonfinite = training.descent_updates(cost, self.params, step_rule,
                                                             self.args['nonfinite_gradient'], average)
             fn = theano.function(inputs, [cost, n_nonfinite] + ([kl] if weighted else []), updates=updates)
@@ -219,7 +219,7 @@ class Experiment:
             x0, t, noise, weights = self.draw_training_inputs(rng, batch['features'])
             n = len(x0)
             a, b = comm.share(n)
-            to_bits = np.float32(1 / (n * n_dims * M.LOG2))
+            to_bits = np.float32(1 / (n * n_dims * util.LOG2))
             extra = [weights[a:b]] if weighted else []
             n_kl = n if weighted else 0
             part = np.zeros(1 + n_kl + n_params, floatX)
@@ -237,10 +237,6 @@ class Experiment:
     def params_checksum(self):
         """A float that tells whether two processes hold the same parameters."""
         return float(sum(np.sum(p.get_value(), dtype=np.float64) * (i + 1) for i, p in enumerate(self.params)))
-
-    def compile_bound(self):
-        """x0, t, noise -> K per example, nats (the model's own KL factor)."""
-        return theano.function([self.x0, self.t, self.noise], self.K_nats)
 
     def reference_values(self):
         """The paper's Table 1 figures and what is known of the data (truth)."""
@@ -274,12 +270,12 @@ def swissroll_experiment(args, seed, train_x, test_x):
     per point; the final bound visits every step of each held-out point once."""
     T_steps = args['T']
     net = R.SwissRollRBF(T_steps, np.random.default_rng([seed, 0]), train_x, args['n_hidden'], args['expert'])
-    basis = M.temporal_basis(T_steps, args['n_basis'], args['basis_width'])
+    basis = R.temporal_basis(T_steps, args['n_basis'], args['basis_width'])
     diffusion = M.GaussianDiffusion(net, T_steps, basis, beta_base(args), args['learn_beta'], args['beta_1'],
                                     args['code_mu'], args['code_sigma'], args['kl_factor'], args['beta_min'])
 
     def truth(n_exact=4000):
-        ll = datasets.swissroll_log_density(test_x[:n_exact], args['noise']) / M.LOG2
+        ll = datasets.swissroll_log_density(test_x[:n_exact], args['noise']) / util.LOG2
         return {'exact_ll_bits': float(ll.mean()), 'exact_ll_stderr_bits': float(ll.std(ddof=1) / np.sqrt(len(ll))),
                 'roll_noise_std': args['noise']}
     return Experiment('swissroll', args, seed, train_x, test_x, diffusion, 'bits', 2 * L_NULL_BITS_PER_DIM,
@@ -290,8 +286,8 @@ def heartbeat_experiment(args, seed, train_x, test_x):
     """Binomial diffusion of binary sequences with the sigmoid MLP (Appendix D.1.2); K in
     bits per sequence; the final bound visits every step of each held-out sequence once."""
     T_steps = args['T']
-    warp = M.noise_logit(T_steps) if args['basis_warp'] == 'logit' else None
-    basis = M.temporal_basis(T_steps, args['n_basis'], 'paper', warp) if args['readout'] == 'basis' else None
+    warp = R.noise_logit(T_steps) if args['basis_warp'] == 'logit' else None
+    basis = R.temporal_basis(T_steps, args['n_basis'], 'paper', warp) if args['readout'] == 'basis' else None
     net = R.HeartbeatMLP(T_steps, np.random.default_rng([seed, 0]), n_hidden=args['n_hidden'],
                          n_layers=args['n_layers'], basis=basis, init_gain=args['init_gain'])
     diffusion = M.BinomialDiffusion(net, T_steps, args['p'])
@@ -317,7 +313,7 @@ def image_experiment(dataset, args, seed, train_x, test_x):
     pixels = PixelUnits.of_images(sample, args['dequantisation'])
     C, H, W = train_x.shape[1:]
     check_crop(args, H, W)
-    basis = M.temporal_basis(args['T'], args['n_temporal_basis'], args['basis_width'])
+    basis = R.temporal_basis(args['T'], args['n_temporal_basis'], args['basis_width'])
     net = R.ImageNetwork((C, H, W), np.random.default_rng([seed, 0]), **{k: args[k] for k in IMAGE_NET_KEYS})
     diffusion = M.GaussianDiffusion(R.TemporalReadout(net, basis), args['T'], basis, beta_base(args),
                                     args['learn_beta'], args['beta_1'], args['code_mu'], args['code_sigma'],

@@ -17,7 +17,6 @@ from regression import Layer
 from util import logit
 
 floatX = theano.config.floatX
-LOG2 = np.log(2.0)
 BETA_MIN = 1e-6  # released code: smallest b_t
 CODE_BETA_1_INCREMENT = 0.001  # released code: added to the floor of b_1 (its step1_beta)
 
@@ -30,32 +29,6 @@ def per_example(v):
 def bcast(v, x):
     """A per-example vector (n,) shaped to broadcast against x."""
     return v.dimshuffle([0] + ['x'] * (x.ndim - 1))
-
-
-def temporal_basis(T_steps, J, width, warp=None):
-    """g_j(t), (J, T): Gaussian bumps with centres evenly spaced over t = 1..T,
-    normalised to sum to 1 at every t (Appendix D.2.1).
-
-    width='paper': std = spacing of the centres; 'code': half the spacing (released code).
-    warp: optional increasing values u(t), (T,); the bumps are then evenly spaced in u
-    instead of t (our option, for kernels that change fastest near the ends).
-    """
-    u = np.arange(1, T_steps + 1.0) if warp is None else np.asarray(warp, dtype=float)
-    centres = np.linspace(u[0], u[-1], J)
-    spacing = (u[-1] - u[0]) / (J - 1)
-    std = spacing if width == 'paper' else spacing / 2
-    g = np.exp(-(u[None, :] - centres[:, None]) ** 2 / (2 * std ** 2))
-    g[g < 1e-20] = 0  # far tails: float32 denormals there make every product with g ~10x slower
-    return (g / g.sum(axis=0, keepdims=True)).astype(floatX)
-
-
-def noise_logit(T_steps):
-    """u(t) = logit(t / (T + 1)): about the log-odds of a bit having been resampled by
-    step t under the binomial schedule, where 1 - A_t = t / T; t / (T + 1) instead of t / T
-    keeps u finite at t = T (where t / T = 1). A time axis on which the reverse kernel
-    changes at an even pace (our choice of warp for the heartbeat's read-out basis)."""
-    t = np.arange(1, T_steps + 1.0)
-    return logit(t / (T_steps + 1))
 
 
 # ---------------------------------------------------------------- Gaussian diffusion
@@ -179,7 +152,8 @@ class GaussianDiffusion:
 
     net(xt, t) returns (z_mu, z_sigma), each shaped like xt.
     options: base (b_t before learning), learn_beta, beta_1, beta_min (ForwardSchedule);
-    code_mu, code_sigma (read-out); kl_factor 'T-1' (paper) or 'T' (released code).
+    code_mu, code_sigma (read-out); kl_factor 'T-1' (paper) or 'T' (released code): the KL
+    sample's multiplier, kl_multiplier, is then T - 1 or T.
     """
 
     def __init__(self, net, T_steps, basis, base, learn_beta=True, beta_1=1e-5,
@@ -187,7 +161,7 @@ class GaussianDiffusion:
         self.net, self.T_steps = net, T_steps
         self.schedule = ForwardSchedule(base, basis, learn_beta, beta_1, beta_min)
         self.code_mu, self.code_sigma = code_mu, code_sigma
-        self.kl_factor = T_steps - 1 if kl_factor == 'T-1' else T_steps
+        self.kl_multiplier = T_steps - 1 if kl_factor == 'T-1' else T_steps
         self.params = self.schedule.params + net.params
         self._beta_fn = None  # compiled on first use by beta_values
 
@@ -235,12 +209,10 @@ class GaussianDiffusion:
         (n,), t was drawn from a proposal q and each KL is also multiplied by
         1 / ((T - 1) q(t)) (bound.ProposalSteps)."""
         kl = self.kl_term(x0, t, noise) if weight is None else weight * self.kl_term(x0, t, noise)
-        return -self.kl_factor * kl + self.edge_entropies(x0)
+        return -self.kl_multiplier * kl + self.edge_entropies(x0)
 
-    def draw_t(self, rng, n, per_minibatch=False):
-        """Steps t uniform in 2..T; one for the whole minibatch if `per_minibatch` (code)."""
-        if per_minibatch:
-            return np.full(n, rng.integers(2, self.T_steps + 1), dtype='int64')
+    def draw_t(self, rng, n):
+        """n steps t uniform in 2..T."""
         return rng.integers(2, self.T_steps + 1, size=n).astype('int64')
 
     def draw_noise(self, rng, x0):
@@ -351,7 +323,7 @@ class BinomialDiffusion:
         t = np.arange(1, T_steps + 1)
         self.beta_np = 1.0 / (T_steps - t + 1)
         self.A_np = np.cumprod(1 - self.beta_np)
-        self.kl_factor = T_steps - 1
+        self.kl_multiplier = T_steps - 1
         self.params = net.params
 
     def marginal(self, x0, A):
@@ -405,7 +377,7 @@ class BinomialDiffusion:
         """K per example, nats (Eq. 14 with Bernoulli terms): -(T-1) E[KL] + edge entropies;
         `weight` as in GaussianDiffusion.bound_K."""
         kl = self.kl_term(x0, t, uniform) if weight is None else weight * self.kl_term(x0, t, uniform)
-        return -self.kl_factor * kl + self.edge_entropies(x0)
+        return -self.kl_multiplier * kl + self.edge_entropies(x0)
 
     def factorised_optimum_bits(self, patterns, n=1000, seed=0):
         """K (bits per sequence) of the best reverse kernel that is Bernoulli independently
@@ -433,9 +405,9 @@ class BinomialDiffusion:
             kl_sum += np.mean(np.sum(bernoulli_kl(np.clip(q, 1e-12, 1 - 1e-12), np.clip(f, 1e-12, 1 - 1e-12), np), 1))
         b_1 = self.beta_np[0]
         h1 = bernoulli_entropy(patterns * (1 - b_1) + self.p * b_1, np).sum(1).mean()
-        return float(-(kl_sum + h1) / LOG2)
+        return float(-(kl_sum + h1) / util.LOG2)
 
-    def draw_t(self, rng, n, per_minibatch=False):
+    def draw_t(self, rng, n):
         return rng.integers(2, self.T_steps + 1, size=n).astype('int64')
 
     def draw_noise(self, rng, x0):

@@ -31,9 +31,6 @@ class SingleProcess:
     def allreduce_sum(self, array):
         return np.asarray(array)
 
-    def any(self, flag):
-        return bool(flag)
-
     def gather_rows(self, array):
         """The rows of every process's array, in rank order (here: this one's)."""
         return np.asarray(array)
@@ -69,9 +66,6 @@ class MPIWorld(SingleProcess):
         self.comm.Allreduce(array, out, op=MPI.SUM)
         return out
 
-    def any(self, flag):
-        return bool(self.comm.allreduce(int(bool(flag)), op=self._max()))
-
     def gather_rows(self, array):
         parts = self.comm.allgather(np.asarray(array))
         return np.concatenate(parts) if parts else np.asarray(array)
@@ -89,10 +83,6 @@ class MPIWorld(SingleProcess):
     def library(self):
         from mpi4py import MPI
         return MPI.Get_library_version().splitlines()[0].strip()
-
-    def _max(self):
-        from mpi4py import MPI
-        return MPI.MAX
 
 
 def mpiexec():

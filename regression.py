@@ -35,6 +35,34 @@ def constant_init(shape, value=0.0):
     return np.full(shape, value)
 
 
+# ---------------------------------------------------------------- the temporal basis (Appendix D.2.1)
+
+def temporal_basis(T_steps, J, width, warp=None):
+    """g_j(t), (J, T): Gaussian bumps with centres evenly spaced over t = 1..T,
+    normalised to sum to 1 at every t (Appendix D.2.1).
+
+    width='paper': std = spacing of the centres; 'code': half the spacing (released code).
+    warp: optional increasing values u(t), (T,); the bumps are then evenly spaced in u
+    instead of t (our option, for kernels that change fastest near the ends).
+    """
+    u = np.arange(1, T_steps + 1.0) if warp is None else np.asarray(warp, dtype=float)
+    centres = np.linspace(u[0], u[-1], J)
+    spacing = (u[-1] - u[0]) / (J - 1)
+    std = spacing if width == 'paper' else spacing / 2
+    g = np.exp(-(u[None, :] - centres[:, None]) ** 2 / (2 * std ** 2))
+    g[g < 1e-20] = 0  # far tails: float32 denormals there make every product with g ~10x slower
+    return (g / g.sum(axis=0, keepdims=True)).astype(floatX)
+
+
+def noise_logit(T_steps):
+    """u(t) = logit(t / (T + 1)): about the log-odds of a bit having been resampled by
+    step t under the binomial schedule, where 1 - A_t = t / T; t / (T + 1) instead of t / T
+    keeps u finite at t = T (where t / T = 1). A time axis on which the reverse kernel
+    changes at an even pace (our choice of warp for the heartbeat's read-out basis)."""
+    t = np.arange(1, T_steps + 1.0)
+    return util.logit(t / (T_steps + 1))
+
+
 # ---------------------------------------------------------------- layers
 
 class Layer:
@@ -209,7 +237,7 @@ NONLINEARITIES = {'paper': {'conv': 'softplus', 'dense': 'tanh'},
 # The reference formulas of the multi-scale layer, which multiscale.py computes in C (and
 # is tested against): the released code's leaky ReLU, mean pooling, nearest upsampling.
 
-def leaky_relu(x, slope=0.05):
+def leaky_relu(x, slope=conv3x3.LEAKY_RELU_SLOPE):
     """The released code's nonlinearity: x above zero, slope * x below."""
     return T.nnet.relu(x, alpha=slope)
 
@@ -323,7 +351,9 @@ class MultiScaleConv(Layer):
 class ImageNetwork(Layer):
     """The reverse-process network for images (Appendix D.2.1; released code regression.py).
 
-    x^t (n, C, H, W) -> y (n, C, H, W, 2, J): y[..., 0, j] = y^mu_j, y[..., 1, j] = y^Sigma_j.
+    x^t (n, C, H, W) -> per-pixel features h = hidden(x^t); the read-out gives from them
+    y (n, C, H, W, 2, J), y[..., 0, j] = y^mu_j, y[..., 1, j] = y^Sigma_j, which
+    TemporalReadout reads at each example's step without forming it.
     Lower paths, in parallel: n_layers_conv multi-scale convolution layers of n_hidden_conv
     channels (conv_path=False: the paper's dense-only MNIST network), and a dense path on
     the flattened image whose last layer gives n_hidden_dense_lower_output channels per
@@ -413,24 +443,13 @@ class ImageNetwork(Layer):
                 h = layer.activated(h, self.f_dense)
         return h.reshape((xt.shape[0], -1, h.shape[1]))
 
-    def __call__(self, xt):
-        n, H, W = xt.shape[0], xt.shape[2], xt.shape[3]
-        y = self.readout(self.hidden(xt).reshape((-1, self.readout.W.shape[0])))
-        return y.reshape((n, H, W, self.C, 2, self.J)).dimshuffle(0, 3, 1, 2, 4, 5)  # (n, C, H, W, 2, J)
-
 
 # ---------------------------------------------------------------- the temporal read-out (Appendix D.2.1)
 
-def temporal_readout(y, g_t):
-    """z = sum_j y_j g_j(t) (Appendix D.2.1): the network's per-basis coefficients
-    y (n, ..., J) contracted with the basis at each example's step, g_t (n, J)."""
-    return (y * g_t.dimshuffle([0] + ['x'] * (y.ndim - 2) + [1])).sum(axis=-1)
-
-
 class TemporalReadout:
-    """net(xt, t) -> (z_mu, z_Sigma) for GaussianDiffusion from an ImageNetwork whose output
-    y (n, C, H, W, 2, J) is read out at each example's step: z = sum_j y_j g_j(t)
-    (temporal_readout). As y_j = h W_j + b_j is linear in the last per-pixel features h,
+    """net(xt, t) -> (z_mu, z_Sigma) for GaussianDiffusion from an ImageNetwork whose
+    read-out gives y (n, C, H, W, 2, J), read at each example's step: z = sum_j y_j g_j(t).
+    As y_j = h W_j + b_j is linear in the last per-pixel features h,
     z = h (sum_j g_j(t) W_j) + sum_j g_j(t) b_j: one (F x 2C) matrix per example, so y
     itself, J times larger than z, is never formed."""
 

@@ -185,7 +185,7 @@ def to_data_units(exp, x):
 def originals(exp, n):
     """The first n held-out examples (repeated if there are fewer), data units."""
     x = exp.test_x[np.arange(n) % len(exp.test_x)]
-    return (x / np.float32(255) if exp.pixels else x).astype(float_x())
+    return (experiments.PixelUnits.unit(x, np.float32) if exp.pixels else x).astype(float_x())
 
 
 def make_mask(kind, example_shape):
@@ -374,8 +374,8 @@ def save(result, exp, out_dir, mode, arrays=True):
         np.savez_compressed(prefix + '.npz', **result)
         paths.append(prefix + '.npz')
     if exp.pixels:
-        train_images = exp.train_x[:len(result['samples'])] / np.float32(255)
-        return paths + image_figures(result, prefix, train_images)
+        training = experiments.PixelUnits.unit(exp.train_x[:len(result['samples'])], np.float32)
+        return paths + image_figures(result, prefix, training)
     return paths + vector_figure(result, prefix + '_frames.png')
 
 

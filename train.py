@@ -481,8 +481,7 @@ def train_and_evaluate(s, args, checkpoint, overrides, exp, run_dir, comm):
     if comm.size > 1:
         print('{} processes; each takes its share of every minibatch of {}'.format(comm.size, s['batch_size']))
     print('Run directory: {}'.format(run_dir), flush=True)
-    step_rule = training.STEP_RULES[s['optimizer']](
-        s['lr'], **presets.STEP_RULE_ARGS[s['fidelity']].get(s['optimizer'], {}))
+    step_rule = training.step_rule(s['optimizer'], s['lr'], presets.STEP_RULE_ARGS[s['fidelity']])
     average = training.ParameterAverage(exp.params, exp.args['ema']) if exp.args.get('ema') else None
     loop = main_loop(s, exp, checkpoint, overrides, step_rule, comm, average)
     loop.extensions = build_extensions(s, exp, run_dir, step_rule.lr, args.plot_before_training, comm, average)

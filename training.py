@@ -95,6 +95,12 @@ class Adam:
 STEP_RULES = {'rmsprop': RMSProp, 'adam': Adam}
 
 
+def step_rule(optimizer, lr, rule_args):
+    """The step rule `optimizer` (a key of STEP_RULES) with learning rate lr and the keyword
+    arguments rule_args gives it ({optimizer: {key: value}}, presets.STEP_RULE_ARGS of a fidelity)."""
+    return STEP_RULES[optimizer](lr, **rule_args.get(optimizer, {}))
+
+
 NONFINITE = ('drop_step', 'zero_gradient')  # what a step does with a NaN or inf gradient
 
 

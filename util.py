@@ -244,6 +244,7 @@ def logit(p, lib=np):
     return lib.log(p) - lib.log1p(-p)
 
 
+LOG2 = np.log(2.0)  # nats per bit
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (np.random.seed): 0 to 2^32 - 1
 
 
@@ -509,23 +510,29 @@ def isa_record():
             'cxx': compiler(), 'NPY_DISABLE_CPU_FEATURES': os.environ.get('NPY_DISABLE_CPU_FEATURES')}
 
 
-def environment():
-    """What a result depends on besides the code's inputs: versions, the instruction sets
-    (isa_record), BLAS kernel and threads, CPU, Theano flags, the project's version and
-    commit, the command line. Stored in every results.json and checkpoint, shown in REPORT.md."""
+def machine():
+    """The machine and numerical libraries a run is on: CPU, cores, BLAS and its thread
+    settings, Theano (version, flags) and numpy (environment; bench.py's report)."""
     import theano  # here, not at the top: this module sets THEANO_FLAGS before Theano is imported
-    commit, dirty = git_commit()
-    return dict({
-        'python': platform.python_version(), 'numpy': package_version('numpy'),
-        'scipy': package_version('scipy'), 'theano': theano.__version__,
+    return {
+        'cpu': cpuinfo('model name') or platform.processor() or platform.machine(), 'cores': os.cpu_count(),
         'blas': os.environ.get('PROJECT_BLAS'), 'OPENBLAS_CORETYPE': os.environ.get('OPENBLAS_CORETYPE'),
         'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),
         'OPENBLAS_NUM_THREADS': os.environ.get('OPENBLAS_NUM_THREADS'),
-        'cpu': cpuinfo('model name') or platform.processor() or platform.machine(),
-        'cores': os.cpu_count(), 'processes': launched_processes()[0],
-        'platform': '{} {}'.format(platform.system(), platform.release()),
-        'theano_flags': os.environ.get('THEANO_FLAGS'), 'project_version': package_version(PROJECT),
-        'git_commit': commit, 'git_dirty': dirty, 'source': code_source(commit),
+        'theano_flags': os.environ.get('THEANO_FLAGS'), 'theano': theano.__version__,
+        'numpy': package_version('numpy')}
+
+
+def environment():
+    """What a result depends on besides the code's inputs: the machine (machine), the
+    instruction sets (isa_record), BLAS kernel and threads, other versions, the project's
+    version and commit, the command line. Stored in every results.json and checkpoint, shown
+    in REPORT.md."""
+    commit, dirty = git_commit()
+    return dict(machine(), **{
+        'python': platform.python_version(), 'scipy': package_version('scipy'),
+        'processes': launched_processes()[0], 'platform': '{} {}'.format(platform.system(), platform.release()),
+        'project_version': package_version(PROJECT), 'git_commit': commit, 'git_dirty': dirty, 'source': code_source(commit),
         'command': ' '.join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv),
     }, **openblas_info(), **isa_record())
 

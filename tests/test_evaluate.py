@@ -10,10 +10,10 @@ from scipy.stats import norm
 import bound
 import evaluate as V
 import experiments
-import model as M
 import presets
 import sampler
 import training
+import util
 
 
 def tiny(dataset, **overrides):
@@ -47,9 +47,9 @@ def test_trajectory_estimate_k1_equals_K_in_expectation(dataset):
     fn = bound.compile_terms(exp)
     for j in range(len(x)):
         r = bound.heldout_bound(exp, x[j:j + 1].repeat(n_draws, axis=0), n_t=1, seed=j, fn=fn)
-        K_nats = r['K_bits'] * M.LOG2
+        K_nats = r['K_bits'] * util.LOG2
         expected = K_nats + exp.diffusion.eq14_correction(beta, x[j:j + 1])[0]
-        se = np.hypot(log_w[j].std() / np.sqrt(n_draws), r['stderr_bits'] * M.LOG2)
+        se = np.hypot(log_w[j].std() / np.sqrt(n_draws), r['stderr_bits'] * util.LOG2)
         assert abs(log_w[j].mean() - expected) < 4.5 * se, (j, log_w[j].mean(), expected, se)
 
 
@@ -101,9 +101,9 @@ def test_parzen_width_chosen_on_validation():
     assert [scores[float(s)] for s in finite] == pytest.approx([direct[s] for s in finite], rel=1e-9)
 
 
-def test_entropy_bounds_formulas(roll):
+def test_reverse_entropies_and_their_bounds(roll):
     exp, _ = roll
-    r = V.entropy_bounds(exp, exp.test_x[:50], progress=False)
+    r = V.reverse_entropies(exp, exp.test_x[:50], progress=False)
     beta = np.asarray(exp.diffusion.beta_values(), np.float64)
     A = np.cumprod(1 - beta)
     t = 3  # index t - 2 in the lists

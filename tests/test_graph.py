@@ -9,8 +9,8 @@ import pytest
 import theano
 
 import experiments
-import model as M
 import presets
+import regression as R
 import sampler
 import training
 
@@ -89,7 +89,7 @@ def test_each_matrix_product_is_computed_once(compiled):
 def test_temporal_basis_has_no_denormals():
     """Float32 values below 1.2e-38 make every product they enter ~10x slower."""
     for width in ('paper', 'code'):
-        g = M.temporal_basis(1000, 10, width)
+        g = R.temporal_basis(1000, 10, width)
         assert g.dtype == np.float32 and g[g > 0].min() > 1e-30
         np.testing.assert_allclose(g.sum(axis=0), 1, rtol=1e-6)
 

@@ -15,24 +15,38 @@ from conftest import TINY_IMAGE_ARGS
 floatX = theano.config.floatX
 
 
+class OnePixelNetwork:
+    """A stand-in ImageNetwork of one channel and one pixel whose features h are one-hot per
+    example, so that example i's y (2, J) is row i of the read-out's weights."""
+
+    C, J, params = 1, 3, []
+
+    def __init__(self, y):
+        self.readout = R.Dense('readout', len(y), 2 * self.J, np.random.default_rng(0))
+        self.readout.W.set_value(y.reshape(len(y), -1))
+
+    def hidden(self, xt):
+        return T.eye(xt.shape[0], dtype=floatX).dimshuffle(0, 'x', 1)  # (n, 1 pixel, F = n)
+
+
 def test_temporal_readout_hand_computed():
-    y = np.zeros((2, 1, 1, 1, 2, 3), floatX)
-    y[0, 0, 0, 0, 0] = [1, 2, 3]
-    y[0, 0, 0, 0, 1] = [4, 5, 6]
-    y[1, 0, 0, 0, 0] = [1, 1, 1]
-    g = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], floatX)
-    ys, gs = T.TensorType(floatX, (False,) * 6)('y'), T.matrix('g')
-    z = theano.function([ys, gs], R.temporal_readout(ys, gs))(y, g)
-    np.testing.assert_allclose(z[0, 0, 0, 0], [1.5, 4.5])
-    np.testing.assert_allclose(z[1, 0, 0, 0], [1.0, 0.0])
+    """z = sum_j y_j g_j(t) at each example's step t (Appendix D.2.1)."""
+    y = np.zeros((2, 2, 3), floatX)  # (example, mu/Sigma, j)
+    y[0, 0], y[0, 1], y[1, 0] = [1, 2, 3], [4, 5, 6], [1, 1, 1]
+    basis = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], floatX).T  # g(t = 1), g(t = 2): (J, T)
+    xs, ts = T.tensor4('x'), T.lvector('t')
+    readout = R.TemporalReadout(OnePixelNetwork(y), basis)
+    z_mu, z_sigma = theano.function([xs, ts], list(readout(xs, ts)))(np.zeros((2, 1, 1, 1), floatX), [1, 2])
+    np.testing.assert_allclose([z_mu[0, 0, 0, 0], z_sigma[0, 0, 0, 0]], [1.5, 4.5], rtol=1e-6)
+    np.testing.assert_allclose([z_mu[1, 0, 0, 0], z_sigma[1, 0, 0, 0]], [1.0, 0.0], rtol=1e-6)
 
 
 @pytest.mark.parametrize('dense_path, n_layers_dense_upper', [(True, 2), (False, 3), (True, 1)])
 def test_temporal_readout_is_the_network_output_read_at_each_examples_step(dense_path, n_layers_dense_upper):
     """TemporalReadout folds the basis into the read-out weights; it must equal the
-    network's y (n, C, H, W, 2, J) contracted with g(t) of each example's own step."""
+    read-out's y = h W + b (n, C, H, W, 2, J) contracted with g(t) of each example's own step."""
     J, T_steps = 3, 6
-    basis = M.temporal_basis(T_steps, J, 'code')
+    basis = R.temporal_basis(T_steps, J, 'code')
     net = R.ImageNetwork((2, 4, 4), np.random.default_rng(0), n_temporal_basis=J, n_hidden_dense_lower=8,
                          n_hidden_dense_upper=5, n_hidden_conv=3, n_layers_conv=2, n_scales=2,
                          dense_path=dense_path, n_layers_dense_upper=n_layers_dense_upper)
@@ -41,11 +55,11 @@ def test_temporal_readout_is_the_network_output_read_at_each_examples_step(dense
     readout = R.TemporalReadout(net, basis)
     xs, ts = T.tensor4('x'), T.lvector('t')
     fast = theano.function([xs, ts], list(readout(xs, ts)))
-    full = theano.function([xs], net(xs))
     x = np.random.default_rng(1).standard_normal((3, 2, 4, 4)).astype(floatX)
     steps = [1, 4, 6]
     z_mu, z_sigma = fast(x, steps)
-    y = full(x)
+    h = theano.function([xs], net.hidden(xs))(x)  # (n, H W, F)
+    y = (h @ net.readout.W.get_value() + net.readout.b.get_value()).reshape(3, 4, 4, 2, 2, J).transpose(0, 3, 1, 2, 4, 5)
     for i, t in enumerate(steps):
         np.testing.assert_allclose(z_mu[i], y[i, :, :, :, 0] @ basis[:, t - 1], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(z_sigma[i], y[i, :, :, :, 1] @ basis[:, t - 1], rtol=1e-4, atol=1e-5)

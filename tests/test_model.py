@@ -57,7 +57,7 @@ class ExactReverse(R.Layer):
 def test_bound_is_exact_for_standard_normal_data_and_exact_reverse_kernel():
     T_steps, D, n = 20, 3, 100000
     base = M.harmonic_beta(T_steps)
-    basis = M.temporal_basis(T_steps, 5, 'paper')
+    basis = R.temporal_basis(T_steps, 5, 'paper')
     net = ExactReverse()
     dif = M.GaussianDiffusion(net, T_steps, basis, base, learn_beta=False, code_mu=False,
                               code_sigma=False, kl_factor='T-1')
@@ -126,7 +126,7 @@ class ZeroNet:
 
 def test_learned_schedule_keeps_beta_1_and_moves_the_rest():
     T_steps = 12
-    basis = M.temporal_basis(T_steps, 4, 'paper')
+    basis = R.temporal_basis(T_steps, 4, 'paper')
     sched = M.ForwardSchedule(M.geometric_beta(T_steps, 1e-4), basis, learn=True, beta_1=1e-4)
     beta = sched.beta()
     before = beta.eval()
@@ -163,7 +163,7 @@ def test_logit_schedule_starts_at_beta_1_and_ends_moderately():
 
 def test_fixed_schedule_is_the_released_codes():
     T_steps = 1000
-    sched = M.ForwardSchedule(M.harmonic_beta(T_steps), M.temporal_basis(T_steps, 10, 'code'),
+    sched = M.ForwardSchedule(M.harmonic_beta(T_steps), R.temporal_basis(T_steps, 10, 'code'),
                               learn=False)
     beta = sched.beta().eval()
     floor_1 = 1e-6 + 0.001  # the released code raises the floor of b_1 (and so narrows the range)
@@ -175,8 +175,8 @@ def test_fixed_schedule_is_the_released_codes():
 
 
 def test_temporal_basis_sums_to_one_and_width_differs():
-    paper = M.temporal_basis(100, 10, 'paper')
-    code = M.temporal_basis(100, 10, 'code')
+    paper = R.temporal_basis(100, 10, 'paper')
+    code = R.temporal_basis(100, 10, 'code')
     np.testing.assert_allclose(paper.sum(0), 1, rtol=1e-5)
     np.testing.assert_allclose(code.sum(0), 1, rtol=1e-5)
     assert paper.max() < code.max()  # wider bumps overlap more

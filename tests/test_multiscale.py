@@ -1,11 +1,14 @@
 """multiscale.py: the mean-pool pyramid, the upsample-sum and the bias-activation ops
 against the same expressions built from Theano's own ops (forward and gradients), finite
 differences, extreme inputs, error messages and the compiled training graph."""
+import re
+
 import numpy as np
 import pytest
 import theano
 import theano.tensor as T
 
+import conv3x3
 import multiscale as M
 import regression as R
 
@@ -15,6 +18,12 @@ THEANO_ACTIVATION = {None: lambda v: v, 'softplus': T.nnet.softplus, 'tanh': T.t
 # (n, C, H, W, n_scales): n = 1, odd channel counts, H != W, sides 2^(n_scales - 1) times
 # small multiples (1, 2, 3, 5)
 SHAPES = [(1, 3, 8, 12, 3), (2, 5, 16, 8, 4), (3, 1, 2, 6, 2), (2, 3, 5, 7, 1), (1, 2, 8, 8, 4)]
+
+
+def test_the_c_leaky_relu_slope_is_pythons():
+    """multiscale.c keeps its own MS_LEAKY_SLOPE; it must be conv3x3.LEAKY_RELU_SLOPE."""
+    c_slope = re.search(r'#define MS_LEAKY_SLOPE ([0-9.]+)f', M.c_source()).group(1)
+    assert float(c_slope) == conv3x3.LEAKY_RELU_SLOPE
 
 
 def assert_close(ours, ref):

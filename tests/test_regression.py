@@ -118,7 +118,7 @@ def test_network_gradients_agree_between_convolutions(placement):
     for impl in ('corrmm', 'winograd'):
         net = R.ImageNetwork(shape, np.random.default_rng(0), scale_nonlinearity=placement,
                              conv_impl=impl, **dict(SMALL, n_hidden_conv=33))
-        y = net(xs)
+        y = read_out(net, xs)
         cost = (y ** 2).sum()
         results.append(theano.function([xs], [y] + T.grad(cost, net.params))(x))
     for got, want in zip(*results):
@@ -145,26 +145,36 @@ SMALL = dict(n_temporal_basis=4, n_hidden_dense_lower=16, n_hidden_dense_lower_o
              n_layers_dense_upper=2, n_scales=2)
 
 
+def read_out(net, xs, T_steps=5, basis=None):
+    """The network's output as the diffusion reads it (TemporalReadout): (z_mu, z_Sigma)
+    stacked, (n, C, H, W, 2), example i at step t = i mod T_steps + 1."""
+    basis = R.temporal_basis(T_steps, net.J, 'code') if basis is None else basis
+    t = T.arange(xs.shape[0]) % basis.shape[1] + 1
+    return T.stack(R.TemporalReadout(net, basis)(xs, t), axis=-1)
+
+
 @pytest.mark.parametrize('shape', [MNIST_SHAPE, CIFAR_SHAPE])
 @pytest.mark.parametrize('conv_path', [True, False])
 def test_output_shape(shape, conv_path):
     net = R.ImageNetwork(shape, np.random.default_rng(0), conv_path=conv_path, **SMALL)
     xs = T.tensor4('x')
-    y = theano.function([xs], net(xs))(np.zeros((3,) + shape, floatX) + 0.5)
-    assert y.shape == (3,) + shape + (2, SMALL['n_temporal_basis'])
+    y = theano.function([xs], read_out(net, xs))(np.zeros((3,) + shape, floatX) + 0.5)
+    assert y.shape == (3,) + shape + (2,)
     assert np.isfinite(y).all() and y.std() > 0
 
 
 def test_readout_index_order_is_channel_then_mu_sigma_then_j():
-    """Read-out unit c*2J + k*J + j lands at y[:, c, :, :, k, j]."""
+    """Read-out unit c*2J + k*J + j lands at y[:, c, :, :, k, j]: with the basis g_j(t) = 1
+    where t = j + 1, else 0, it is z[:, c, :, :, k] at step j + 1."""
     shape = (3, 4, 4)
     net = R.ImageNetwork(shape, np.random.default_rng(0), **dict(SMALL, n_scales=1))
     net.readout.W.set_value(np.zeros_like(net.readout.W.get_value()))
     J = SMALL['n_temporal_basis']
     net.readout.b.set_value(np.arange(3 * 2 * J, dtype=floatX))
     xs = T.tensor4('x')
-    y = theano.function([xs], net(xs))(np.zeros((1,) + shape, floatX))
-    assert y[0, 2, 3, 1, 1, 3] == 2 * 2 * J + 1 * J + 3
+    z = theano.function([xs], read_out(net, xs, basis=np.eye(J, dtype=floatX)))(np.zeros((J,) + shape, floatX))
+    assert z[3, 2, 3, 1, 1] == 2 * 2 * J + 1 * J + 3
+    assert all(z[j, c, 0, 0, k] == c * 2 * J + k * J + j for j in range(J) for c in range(3) for k in range(2))
 
 
 def count(net):
@@ -215,16 +225,13 @@ def test_feature_scaling_divides_each_lower_path_by_the_root_of_its_width(dense_
     features = np.concatenate([conv / 2, dense / np.sqrt(3)], axis=1).transpose(0, 2, 3, 1).reshape(2, 16, 7)
     layer = net.dense_upper[0] if net.dense_upper else net.readout
     pre = features @ layer.W.get_value() + layer.b.get_value()
-    want = np_leaky(pre) if net.dense_upper else pre  # f_dense of nonlinearity='code'
-    h = net.hidden(xs) if net.dense_upper else net(xs)
-    got = theano.function([xs], h)(x)
-    if not net.dense_upper:  # the read-out's output (n, C, H, W, 2, J) in the read-out's column order
-        got = got.transpose(0, 2, 3, 1, 4, 5).reshape(2, 16, -1)
+    want = np_leaky(pre) if net.dense_upper else features  # f_dense of nonlinearity='code'
+    got = theano.function([xs], net.hidden(xs))(x)  # the features the read-out takes
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     for path in ('conv_path', 'dense_path'):  # one path: the same network with or without the key
         nets = [R.ImageNetwork((1, 4, 4), np.random.default_rng(0), feature_scaling=s, **dict(kw, **{path: False}))
                 for s in (False, True)]
-        y0, y1 = (theano.function([xs], n(xs))(x) for n in nets)
+        y0, y1 = (theano.function([xs], read_out(n, xs))(x) for n in nets)
         np.testing.assert_array_equal(y0, y1)
 
 
@@ -264,7 +271,7 @@ def test_nonlinearity_switches_keep_parameters_and_change_outputs(key):
         np.testing.assert_array_equal(p.get_value(), q.get_value())
     x = np.random.default_rng(1).normal(size=(2, 1, 8, 8)).astype(floatX)
     xs = T.tensor4('x')
-    y0, y1 = (theano.function([xs], net(xs))(x) for net in nets)
+    y0, y1 = (theano.function([xs], read_out(net, xs))(x) for net in nets)
     assert np.abs(y0 - y1).max() > 1e-3
 
 

@@ -12,6 +12,7 @@ import theano
 import theano.tensor as T
 
 import extensions as E
+import presets
 import streams
 import training
 
@@ -24,6 +25,15 @@ def one_step(rule, p0, g_value):
     f = theano.function([g], [], updates=updates)
     f(np.asarray(g_value, dtype='float32'))
     return p.get_value(), int(n_bad.get_value()), rule
+
+
+@pytest.mark.parametrize('fidelity, optimizer, eps', [('code', 'rmsprop', 1e-20), ('paper', 'rmsprop', 1e-10),
+                                                     ('code', 'adam', 1e-8)])
+def test_step_rule_takes_the_fidelitys_arguments(fidelity, optimizer, eps):
+    """train.py's and bench.py's step rule: the code preset's RMSProp has max_scaling 1e10."""
+    rule = training.step_rule(optimizer, 0.01, presets.STEP_RULE_ARGS[fidelity])
+    assert isinstance(rule, training.STEP_RULES[optimizer])
+    assert rule.eps == pytest.approx(eps, rel=1e-12) and float(rule.lr.get_value()) == pytest.approx(0.01)
 
 
 def test_rmsprop_matches_hand_computed_step():
