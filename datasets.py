@@ -14,7 +14,8 @@ Image sets, each read by load_images(name, split) as uint8 (N, C, H, W):
   themselves (mirrors, checksums, readers) are archives.py's;
 - dead leaves, generated from a seed and cached as deadleaves_<size>_<count>_<seed>.hdf5;
 - bark, patches of texture photographs (UIUC T01-T04, or scikit-image's textures);
-- digits, scikit-learn's 8x8 digits.
+- digits, scikit-learn's 8x8 digits;
+- folder, your own PNG/JPEG images (train.py --dataset folder:PATH).
 The files live in the data path: --data-path, else $FUEL_DATA_PATH, else
 ~/.local/share/diffusion-data (see data_path).
 """
@@ -109,7 +110,7 @@ def heartbeat_log_likelihood_bits():
 
 DEFAULT_DATA_PATH = '~/.local/share/diffusion-data'  # when neither --data-path nor $FUEL_DATA_PATH
 SPLITS = ('train', 'test')
-IMAGE_SETS = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits')
+IMAGE_SETS = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits', 'folder')
 
 
 def canonical_name(name, names=IMAGE_SETS):
@@ -360,6 +361,57 @@ def digits():
     return {'train': x[order[:DIGITS_TRAIN]], 'test': x[order[DIGITS_TRAIN:]]}
 
 
+# ---------------------------------------------------------------- your own images
+
+FOLDER_SUFFIXES = ('.png', '.jpg', '.jpeg')
+FOLDER_SEED, FOLDER_MIN = 0, 10  # the split's seed; the fewest images (one tenth is test)
+
+
+def folder_image_paths(folder):
+    """The PNG/JPEG files under `folder` (searched recursively), sorted; DataMissing if
+    the folder is missing or holds fewer than FOLDER_MIN."""
+    if folder is None:
+        raise DataMissing('folder: no folder given; use --dataset folder:PATH')
+    if not os.path.isdir(folder):
+        raise DataMissing('folder {} not found: put the images back there (a resumed run reads them '
+                          'again) or give an existing folder of PNG/JPEG images'.format(folder))
+    paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder)
+                   for f in files if f.lower().endswith(FOLDER_SUFFIXES))
+    if not paths:
+        raise DataMissing('folder {}: no .png, .jpg or .jpeg images in it'.format(folder))
+    if len(paths) < FOLDER_MIN:
+        raise DataMissing('folder {}: {} images; at least {} are needed (one tenth is held out '
+                          'for test)'.format(folder, len(paths), FOLDER_MIN))
+    return paths
+
+
+def square_image(path, image_size, channels):
+    """The image at `path`, centre-cropped to a square and resized to image_size (area
+    averaging to shrink, bicubic to enlarge), uint8 (channels, image_size, image_size)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im = im.convert('L' if channels == 1 else 'RGB')
+    except (OSError, ValueError) as e:
+        raise ValueError('folder: cannot read the image {}: {}; remove or replace it'.format(path, e))
+    w, h = im.size
+    side = min(w, h)
+    im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+    im = im.resize((image_size, image_size), Image.BOX if side >= image_size else Image.BICUBIC)
+    x = np.asarray(im, dtype=np.uint8)
+    return x[None] if channels == 1 else x.transpose(2, 0, 1)
+
+
+def folder_images(folder=None, image_size=32, channels=1):
+    """{split: uint8 (n, channels, image_size, image_size)} of the images under `folder`: a
+    fixed permutation (seed FOLDER_SEED) of the files sorted by path, its last tenth test."""
+    paths = folder_image_paths(folder)
+    x = np.stack([square_image(p, image_size, channels) for p in paths])
+    order = np.random.default_rng(FOLDER_SEED).permutation(len(x))
+    n_test = len(x) // 10
+    return {'train': x[np.sort(order[n_test:])], 'test': x[np.sort(order[:n_test])]}
+
+
 # ---------------------------------------------------------------- one entry point
 
 def load_images(name, split, data_path=None, **options):
@@ -367,7 +419,8 @@ def load_images(name, split, data_path=None, **options):
     (N, C, H, W).
 
     data_path: --data-path (see data_path). options: deadleaves: size, count, seed (the
-    file is generated if missing); bark: folder, patch, stride. MNIST and CIFAR10 raise
+    file is generated if missing); bark: folder, patch, stride; folder: folder, image_size,
+    channels. MNIST and CIFAR10 raise
     DataMissing if their file is absent, streams.LayoutError if it is not what it should be.
     """
     if split not in SPLITS:
@@ -387,6 +440,8 @@ def load_images(name, split, data_path=None, **options):
         return bark(**options)[split]
     if name == 'digits':
         return digits()[split]
+    if name == 'folder':
+        return folder_images(**options)[split]
 
 
 # ---------------------------------------------------------------- command line

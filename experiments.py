@@ -355,7 +355,8 @@ def load_data(dataset, args, seed, data_path=None):
     if dataset == 'heartbeat':
         return datasets.heartbeat(args['n_train'], [seed, 1]), datasets.heartbeat(args['n_eval'], [seed, 2])
     options = {'deadleaves': {'size': args.get('image_size')},
-               'bark': {'folder': args.get('folder'), 'patch': args.get('patch')}}.get(dataset, {})
+               'bark': {'folder': args.get('folder'), 'patch': args.get('patch')},
+               'folder': {k: args.get(k) for k in ('folder', 'image_size', 'channels')}}.get(dataset, {})
     return tuple(datasets.load_images(dataset, split, data_path, **options) for split in datasets.SPLITS)
 
 

@@ -88,6 +88,8 @@ def image_shape(dataset, a):
     if dataset == 'bark':
         side = a['patch']
         return max(1, BUILTIN_TEXTURE_PIXELS // side ** 2), 1, side
+    if dataset == 'folder':
+        return len(datasets.folder_image_paths(a['folder'])), a['channels'], a['image_size']
     side = a['image_size'] if dataset == 'deadleaves' else IMAGE_SIDE[dataset]
     return IMAGE_EXAMPLES[dataset], IMAGE_CHANNELS.get(dataset, 1), side
 

@@ -60,7 +60,8 @@ FULLY_CONVOLUTIONAL = dict(dense_path=False, crop=32, n_scales=4, n_hidden_conv=
                            n_hidden_dense_upper=64, n_layers_dense_upper=3)
 PAPER_DATASET_PRESETS = {'MNIST': dict(conv_path=False), 'digits': dict(conv_path=False),
                          'deadleaves': dict(FULLY_CONVOLUTIONAL, image_size=64),
-                         'bark': dict(FULLY_CONVOLUTIONAL), 'swissroll': dict(code_mu=True)}
+                         'bark': dict(FULLY_CONVOLUTIONAL), 'swissroll': dict(code_mu=True),
+                         'folder': dict(FULLY_CONVOLUTIONAL)}  # your own images: bark's network
 DATASET_PRESETS = {(name, fidelity): v for name, v in PAPER_DATASET_PRESETS.items() for fidelity in ('paper', 'fast')}
 
 # Step-rule arguments of each preset: the released training passed max_scaling=1e10 to
@@ -107,8 +108,11 @@ MODEL_ARGS.update({
     'deadleaves': dict(IMAGE_DEFAULTS, image_size=16),
     # 8x8 digits: the code's network is already small here (0.4M parameters).
     'digits': dict(IMAGE_DEFAULTS),
+    # your own images (datasets.folder_images): every file resized to image_size, grey
+    # (channels=1) or colour (channels=3); train.py --dataset folder:PATH sets folder.
+    'folder': dict(IMAGE_DEFAULTS, folder=None, image_size=32, channels=1),
 })
-IMAGES = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits')
+IMAGES = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits', 'folder')
 GAUSSIAN = ('swissroll',) + IMAGES
 # Training defaults for this 2-core machine.
 RUN_DEFAULTS = {
@@ -119,6 +123,7 @@ RUN_DEFAULTS = {
     'bark': dict(batch_size=128, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
     'deadleaves': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=250),
     'digits': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
+    'folder': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
 }
 # Model keys added after runs had been made, with the value that reproduces those runs:
 # a checkpoint without the key loads as it was trained.
@@ -328,7 +333,7 @@ ARG_RULES = {
     'n_temporal_basis': Int(2), 'n_hidden_dense_lower': Int(1), 'n_hidden_dense_lower_output': Int(1),
     'n_hidden_dense_upper': Int(1), 'n_hidden_conv': Int(1), 'n_layers_conv': Int(1),
     'n_layers_dense_lower': Int(1), 'n_layers_dense_upper': Int(1), 'n_scales': Int(1),
-    'folder': Folder(), 'patch': Int(2), 'image_size': Int(2), 'crop': OptionalInt(2),
+    'folder': Folder(), 'patch': Int(2), 'image_size': Int(2), 'crop': OptionalInt(2), 'channels': OneOf(1, 3),
     'conv_impl': OneOf('auto', 'corrmm', 'winograd', 'im2col'),
     # how training estimates K (TRAINING_ESTIMATE)
     'train_t': OneOf('uniform', 'harmonic', 'adaptive', 'gradient'), 'train_t_uniform': Real(0, 1, closed_lo=True),

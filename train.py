@@ -3,6 +3,7 @@
     python train.py --dataset swissroll
     python train.py --dataset heartbeat --max-batches 2000
     python train.py --dataset deadleaves --fidelity code --max-batches 200
+    python train.py --dataset folder:PATH
     python train.py --resume runs/<run> [--max-batches N]
     python train.py --convert-checkpoint runs/.../checkpoint.pkl
 
@@ -21,6 +22,7 @@ import argparse
 import ast
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -42,7 +44,8 @@ training = util.lazy('training')
 
 # The choices of the command line, written out so that the parser needs no Theano (the
 # tests check them against presets.MODEL_ARGS, presets.PRESETS and training.STEP_RULES).
-DATASETS = ('swissroll', 'heartbeat', 'MNIST', 'CIFAR10', 'bark', 'deadleaves', 'digits')
+DATASETS = ('swissroll', 'heartbeat', 'MNIST', 'CIFAR10', 'bark', 'deadleaves', 'digits', 'folder')
+FOLDER = 'folder:'  # --dataset folder:PATH, your own images (datasets.folder_images)
 FIDELITIES = ('code', 'fast', 'paper')
 OPTIMIZERS = ('adam', 'rmsprop')
 
@@ -92,7 +95,8 @@ def build_parser():
     """Every option defaults to None, so that the options given can be told apart (resume)."""
     per_set = ' (default: the data set\'s, presets.RUN_DEFAULTS)'
     p = util.command_parser(__doc__)
-    p.add_argument('--dataset', help='one of: ' + ', '.join(DATASETS) + ' (any case; default swissroll)')
+    p.add_argument('--dataset', help='one of: ' + ', '.join(DATASETS[:-1]) + ' (any case; default swissroll), '
+                   'or folder:PATH for the PNG/JPEG images under PATH')
     p.add_argument('--fidelity', choices=FIDELITIES,
                    help='paper (default): the paper\'s choices; code: the released code\'s '
                         '(docs/paper_and_code.md, section 3); fast: the paper\'s model and bound, '
@@ -137,6 +141,8 @@ def new_run_settings(given):
     An explicit --max-epochs drops the data set's default --max-batches (never an explicit one)."""
     if given.get('dataset') is None:
         given['dataset'] = 'swissroll'
+    if given['dataset'].lower().startswith(FOLDER):
+        given = folder_settings(given)
     try:
         dataset = datasets.canonical_name(given['dataset'], tuple(presets.MODEL_ARGS))
     except ValueError as e:
@@ -149,6 +155,25 @@ def new_run_settings(given):
     settings = {k: v if v is not None else defaults.get(k) for k, v in given.items()}
     settings['dataset'] = dataset
     return settings
+
+
+def folder_settings(given):
+    """--dataset folder:PATH -> --dataset folder with the absolute PATH in --model-args,
+    where the checkpoint keeps it for a resumed run."""
+    path = given['dataset'][len(FOLDER):]
+    folder = os.path.abspath(os.path.expanduser(path))
+    if not path or not os.path.isdir(folder):
+        util.fail('--dataset {}: no such folder; give a folder of PNG/JPEG images'.format(given['dataset']))
+    return dict(given, dataset='folder', model_args=dict(given.get('model_args') or {}, folder=folder))
+
+
+def run_name(s):
+    """The data set's part of a run directory's name; folder-<the folder's name, made safe>
+    for your own images."""
+    folder = s['model_args'].get('folder') if s['dataset'] == 'folder' else None
+    if not folder:
+        return s['dataset']
+    return 'folder-' + (re.sub(r'[^A-Za-z0-9.-]+', '-', os.path.basename(folder)).strip('-.') or 'images')
 
 
 def resumed_settings(given, saved):
@@ -375,7 +400,7 @@ def run_directory(s, args, checkpoint, overrides, comm):
         return None
     try:
         os.makedirs(s['output_dir'], exist_ok=True)
-        return util.make_run_dir(s['output_dir'], 'diffusion', s['dataset'], s['suffix'])
+        return util.make_run_dir(s['output_dir'], 'diffusion', run_name(s), s['suffix'])
     except OSError as e:
         util.fail('--output-dir {}: {}'.format(s['output_dir'], e.strerror or e))
 
