@@ -476,7 +476,8 @@ def parser():
     fetch_.add_argument('name', type=name_of(tuple(DOWNLOADS)), help=' or '.join(DOWNLOADS))
     convert_.add_argument('name', type=name_of(tuple(DOWNLOADS)), help=' or '.join(DOWNLOADS))
     convert_.add_argument('--raw', required=True, help='folder holding the downloaded archives')
-    info_.add_argument('name', type=name_of(IMAGE_SETS), help=', '.join(IMAGE_SETS))
+    named = tuple(n for n in IMAGE_SETS if n != 'folder')  # your own images: train.py --dataset folder:PATH
+    info_.add_argument('name', type=name_of(named), help=', '.join(named))
     for command in (fetch_, convert_, info_):
         command.add_argument('--data-path', help='folder of the data files (default: the first '
                              'entry of $FUEL_DATA_PATH, else {})'.format(DEFAULT_DATA_PATH))
