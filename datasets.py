@@ -30,9 +30,9 @@ import skimage.io
 import skimage.util
 import sklearn.datasets
 from scipy.special import logsumexp
-from tqdm import tqdm
 
 import archives
+import meter
 import streams
 import util
 from archives import DOWNLOADS, DataMissing  # noqa: F401  (DataMissing: raised here, caught by callers)
@@ -274,7 +274,7 @@ def deadleaves(count, size=DEADLEAVES_SIZE, seed=DEADLEAVES_SEED):
     """`count` dead-leaves images, uint8 (count, 1, size, size), radii in
     [DEADLEAVES_RMIN, size / 2]; image i comes from the seed (seed, i)."""
     out = np.empty((count, 1, size, size), np.uint8)
-    for i in tqdm(range(count), desc='dead leaves', unit='image', disable=count < 1000):
+    for i in meter.track(range(count), 'dead leaves', unit='images', enabled=count >= 1000):
         rng = np.random.default_rng([seed, i])
         out[i, 0] = np.round(255 * deadleaves_image(rng, size, DEADLEAVES_RMIN, size / 2))
     return out

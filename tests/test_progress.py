@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import extensions as E
+import meter
 import streams
 import training
 
@@ -77,7 +78,7 @@ def test_the_time_left_is_to_the_limit_that_ends_the_run_first():
     assert E.FinishAfter(300, 2, 60.0, 80).time_left(status, 2.0) == (10.0, '--max-minutes')
     assert E.FinishAfter(max_seconds=30.0).time_left(status, 2.0) == (0.0, '--max-minutes')
     assert E.FinishAfter().time_left(status, 2.0) is None
-    assert [E.duration(s) for s in (45, 720, 3 * 3600 + 300)] == ['45 s', '12 min', '3 h 05 min']
+    assert [meter.duration(s) for s in (45, 720, 3 * 3600 + 300)] == ['45 s', '12 min', '3 h 05 min']
 
 
 def quiet_loop(printing):
