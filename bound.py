@@ -26,7 +26,6 @@ order the units are done in, nor on which process does them.
 """
 import util  # configures Theano before it is imported
 
-import contextlib
 import json
 import os
 import sys
@@ -34,6 +33,7 @@ import zipfile
 
 import numpy as np
 import theano
+
 import meter
 import parallel
 
@@ -105,7 +105,7 @@ def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=
     t = 2..T: what a draw at step t costs) with count_by_t, t_mix, and unit.
     """
     if fn is None:
-        with meter.waiting('compiling the bound', sys.stderr) if progress else contextlib.nullcontext():
+        with meter.waiting('compiling the bound', sys.stderr, enabled=progress):
             fn = compile_terms(exp)
     comm = comm or parallel.SingleProcess()
     T_steps, n = exp.diffusion.T_steps, len(x)

@@ -4,7 +4,6 @@ stopping, the learning-rate schedule, evaluation and plots.
 Each extension says when it is due (every N batches or epochs, before or after
 training, on an interrupt) and is called with the main loop.
 """
-import contextlib
 import csv
 import math
 import os
@@ -316,7 +315,7 @@ class HeldOutBound(Extension):
             start = time.time()
             if self.comm.is_writer:
                 print('Compiling the held-out bound ...', flush=True)
-            with meter.waiting('compiling the held-out bound') if self.comm.is_writer else contextlib.nullcontext():
+            with meter.waiting('compiling the held-out bound', enabled=self.comm.is_writer):
                 self.fn = bound.compile_terms(self.exp)
             if self.comm.is_writer:
                 print('Compiled in {:.1f} s.'.format(time.time() - start), flush=True)

@@ -82,9 +82,12 @@ def track(iterable, desc, total=None, **options):
 
 
 @contextlib.contextmanager
-def waiting(what, stream=None, every_s=QUIET_S):
+def waiting(what, stream=None, every_s=QUIET_S, enabled=True):
     """For work that reports no progress of its own (compiling): a line 'still <what>
-    (N s)' every `every_s` seconds until the block ends."""
+    (N s)' on `stream` (stdout) every `every_s` seconds until the block ends."""
+    if not enabled:
+        yield
+        return
     stream = stream or sys.stdout
     done, start = threading.Event(), time.monotonic()
 

@@ -101,6 +101,10 @@ def test_waiting_says_still_working_until_the_block_ends():
     after = out.getvalue()
     assert after.startswith('  still compiling the bound (') and after.endswith(')\n')
     assert all(line.startswith('  still compiling the bound (') for line in after.splitlines())
+    quiet = io.StringIO()
+    with meter.waiting('compiling', quiet, every_s=0.0, enabled=False):
+        pass
+    assert quiet.getvalue() == ''
 
 
 def test_generating_dead_leaves_to_a_file_gives_whole_sparse_lines(monkeypatch, capsys):
