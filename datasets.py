@@ -83,9 +83,11 @@ def swissroll_log_density(y, noise=SWISSROLL_NOISE, n_grid=None):
     log_w = np.log(w / (hi - lo))                     # uniform p(t) times trapezoid weights
     s = spiral(t)
     out = np.empty(len(x))
-    for i in range(0, len(x), 64):
-        d2 = ((x[i:i + 64, None, :] - s[None]) ** 2).sum(-1)  # (chunk, n_grid)
-        out[i:i + 64] = logsumexp(log_w - d2 / (2 * noise ** 2), axis=1)
+    with meter.bar(len(x), 'exact log likelihood', unit='points') as progress:  # minutes for a thin roll
+        for i in range(0, len(x), 64):
+            d2 = ((x[i:i + 64, None, :] - s[None]) ** 2).sum(-1)  # (chunk, n_grid)
+            out[i:i + 64] = logsumexp(log_w - d2 / (2 * noise ** 2), axis=1)
+            progress.update(len(d2))
     return out - np.log(2 * np.pi * noise ** 2) + 2 * np.log(scale)
 
 

@@ -116,6 +116,14 @@ def test_generating_dead_leaves_to_a_file_gives_whole_sparse_lines(monkeypatch, 
     assert counts == list(range(3, 1001, 3))  # one line per 30 s of the clock
 
 
+
+def test_the_exact_log_likelihood_of_the_roll_says_its_progress(monkeypatch, capsys):
+    monkeypatch.setattr(meter, 'bar', functools.partial(meter.bar, clock=clock()))
+    datasets.swissroll_log_density(np.zeros((640, 2)), noise=0.5)  # a coarse grid: fast
+    err = capsys.readouterr().err
+    assert [int(LINE.fullmatch(line)['n']) for line in err.splitlines()] == [192, 384, 576]  # 64 points a step
+
+
 def run_piped(script, *args):
     """The command's stdout and stderr, together, through a pipe, with the injected clock."""
     r = subprocess.run(['nice', '-n', '19', sys.executable, '-c', WITH_CLOCK, os.path.join(ROOT, script)]
