@@ -113,6 +113,8 @@ def run_row(run_dir, name=None):
     if not any(row['commands']) and args:  # a run from before commands were recorded
         row['commands'] = [train_command(args)]
     row['stand_in'] = stand_in(row['dataset'], (args or {}).get('model_args') or {})
+    if name and os.path.exists(os.path.join(run_dir, 'README.md')):  # a committed folder's account of the run
+        row['readme'] = '{}/README.md'.format(name)
     evaluation = os.path.join(run_dir, 'evaluation_test.json')
     if os.path.exists(evaluation):
         e = read_json(evaluation)
@@ -225,6 +227,8 @@ def run_section(r):
     commands = [c for c in r['commands'] if c] or ['not recorded']
     lines.append('- command{}: '.format('s (start, then each resume)' if len(commands) > 1 else '')
                  + '; '.join('`{}`'.format(c) for c in commands))
+    if r.get('readme'):
+        lines.append('- how it was made (machine, load, time): [{0}]({0})'.format(r['readme']))
     if r['environment']:
         env = r['environment']
         lines.append('- environment: Python {python}, numpy {numpy}, scipy {scipy}, Theano {theano}; {cpu}, '
@@ -257,7 +261,8 @@ def write_report(run_dirs, path, root=None):
              '(docs/paper_and_code.md, section 5). "against the paper": reproduced when K is at or above '
              'the paper\'s, "within n standard errors" when below it by at most ' + str(WITHIN_STDERRS) +
              ' of them, "below the paper" otherwise; runs on stand-in data are not compared, and a data '
-             'set without a run here has a row with the command and what it would cost. '
+             'set without a run here has a row that says so (for MNIST and CIFAR-10 with the command and '
+             'what it would cost). '
              '"source" says whether the numbers come from training\'s final evaluation '
              '(results.json) or from evaluate.py (the whole test set, more draws). "environment" is '
              'where the numbers were made: CPU, OpenBLAS kernel and threads, versions, commit.',

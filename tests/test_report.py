@@ -183,6 +183,7 @@ def test_the_committed_folders_are_results_then_models_when_there_are_any(tmp_pa
         (tmp_path / folder / 'results.json').write_text(json.dumps(
             {'dataset': folder.split('/')[1], 'fidelity': 'paper', 'K_bits': 1.0, 'stderr_bits': 0.1,
              'sessions': [{'environment': ENV}]}))
+    (tmp_path / 'results' / 'swissroll' / 'README.md').write_text('made by ...')
     found = report.committed_dirs(str(tmp_path))
     assert [os.path.relpath(d, tmp_path) for d in found] == ['results/swissroll', 'models/deadleaves']
     text = report.write_report(found, str(tmp_path / 'REPORT.md'), str(tmp_path))
@@ -190,6 +191,8 @@ def test_the_committed_folders_are_results_then_models_when_there_are_any(tmp_pa
     names = [line.split(' | ')[:2] for line in text.splitlines() if line.startswith('| ')]
     assert names[1:3] == [['| results/swissroll', 'swissroll'], ['| models/deadleaves', 'deadleaves']]
     assert ['| not in the repository', 'heartbeat'] in names and ['| not in the repository', 'MNIST'] in names
+    assert '- how it was made (machine, load, time): [results/swissroll/README.md](results/swissroll/README.md)' in text
+    assert 'models/deadleaves/README.md' not in text
     (tmp_path / 'models' / 'deadleaves' / 'results.json').unlink()
     assert [os.path.relpath(d, tmp_path) for d in report.committed_dirs(str(tmp_path))] == ['results/swissroll']
     monkeypatch.setattr(report, 'ROOT', str(tmp_path / 'results' / 'empty'))
