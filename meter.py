@@ -30,7 +30,8 @@ class Lines:
     and the time left at that rate. The same methods as a tqdm bar (update, close)."""
 
     def __init__(self, total, desc, unit, initial, stream, clock=time.monotonic, every_s=QUIET_S):
-        self.total, self.desc, self.unit, self.stream, self.clock, self.every_s = total, desc, unit, stream, clock, every_s
+        self.total, self.desc, self.unit, self.stream = total, desc, unit, stream
+        self.clock, self.every_s = clock, every_s
         self.n = self.first = initial
         self.start = self.last = clock()
 

@@ -26,7 +26,8 @@ TICK_S = 10.0  # each reading of the injected clock advances it this much
 WITH_CLOCK = ('import functools, itertools, runpy, sys; sys.path.insert(0, {root!r}); import meter; '
               'ticks = itertools.count(0.0, {tick}); '
               'meter.bar = functools.partial(meter.bar, clock=lambda: next(ticks)); '
-              'sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")').format(root=ROOT, tick=TICK_S)
+              'sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")').format(
+                  root=ROOT, tick=TICK_S)
 LINE = re.compile(r'(?P<desc>[a-zA-Z ]+): (?P<n>\d+)/(?P<total>\d+) \w+ \(\d+%\), [0-9.e+-]+ \w+/s, '
                   r'(\d+ s|\d+ min|\d+ h \d\d min) left')
 
@@ -154,7 +155,8 @@ def test_evaluate_to_a_pipe_prints_whole_sparse_lines_of_the_bound(tmp_path):
 
 
 def test_sampler_to_a_pipe_prints_whole_sparse_lines_of_the_reverse_steps(tmp_path):
-    exp = experiments.build('swissroll', presets.model_args('swissroll', 'paper', dict(T=12, n_train=500, n_eval=200)), seed=0)
+    exp = experiments.build('swissroll', presets.model_args('swissroll', 'paper', dict(T=12, n_train=500, n_eval=200)),
+                            seed=0)
     args = {'dataset': 'swissroll', 'fidelity': 'paper', 'model_args': {}, 'seed': 0, 'data_path': None}
     training.save_checkpoint(str(tmp_path / 'checkpoint.npz'), {
         'shared': {p.name: p.get_value() for p in exp.params}, 'status': {'iterations_done': 0},
