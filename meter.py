@@ -29,16 +29,15 @@ class Lines:
     have passed since the start or the last line: done / total, the rate since the start
     and the time left at that rate. The same methods as a tqdm bar (update, close)."""
 
-    def __init__(self, total, desc, unit, initial, stream, clock=time.monotonic, every_s=QUIET_S):
-        self.total, self.desc, self.unit, self.stream = total, desc, unit, stream
-        self.clock, self.every_s = clock, every_s
+    def __init__(self, total, desc, unit, initial, stream, clock=time.monotonic):
+        self.total, self.desc, self.unit, self.stream, self.clock = total, desc, unit, stream, clock
         self.n = self.first = initial
         self.start = self.last = clock()
 
     def update(self, n=1):
         self.n += n
         now = self.clock()
-        if now - self.last >= self.every_s:
+        if now - self.last >= QUIET_S:
             self.last = now
             print(self.line(now), file=self.stream, flush=True)
 
