@@ -198,8 +198,6 @@ def load(args):
         dataset = datasets.canonical_name(args.dataset)
     except ValueError as e:
         util.fail('--dataset: {}'.format(e))
-    if dataset not in presets.IMAGES:
-        util.fail('--dataset {}: the baseline is for image sets ({})'.format(dataset, ', '.join(datasets.IMAGE_SETS)))
     config = presets.model_args(dataset, 'paper', {})
     try:
         train_x, test_x = experiments.load_data(dataset, config, args.seed, args.data_path)

@@ -77,8 +77,7 @@ def test_command_on_the_digits(tmp_path):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--dataset', 'swissroll'], 'for image sets'),
-    (['--dataset', 'nothing'], '--dataset'),
+    (['--dataset', 'swissroll'], '--dataset: unknown data set'),
     (['--dataset', 'digits', '--components', '0'], '--components 0: must be an integer >= 1'),
     (['--dataset', 'digits', '--patches', 'many'], 'invalid int value'),
 ])
