@@ -107,7 +107,7 @@ def fit_mixture(v, n_components, rng, max_iterations, progress=print):
         joint = g.log_pi + g.component_log_densities(v, dims)  # (n, K)
         log_g = logsumexp(joint, axis=1)
         r = np.exp(joint - log_g[:, None])  # responsibilities
-        n_k = r.sum(axis=0) + 1e-12
+        n_k = r.sum(axis=0) + 1e-12  # a component no patch chose keeps a finite mean
         mu = (r.T @ v) / n_k[:, None]
         for k in range(n_components):
             centred = v - mu[k]
