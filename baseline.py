@@ -170,7 +170,7 @@ def baseline(pixels, fit_x, test_x, n_components, n_patches, max_iterations, see
 def build_parser():
     p = util.OneLineParser(description=__doc__.split('\n')[0], formatter_class=util.DefaultsHelpFormatter)
     p.add_argument('--dataset', required=True, help='a grey image set: ' + ', '.join(datasets.IMAGE_SETS))
-    p.add_argument('--components', type=int, default=32, help='Gaussians in the mixture')
+    p.add_argument('--components', type=int, default=64, help='Gaussians in the mixture')
     p.add_argument('--n-fit', type=int, default=1000, help='training images the patches are drawn from')
     p.add_argument('--patches', type=int, default=200000, help='patches the mixture is fitted on')
     p.add_argument('--em-iterations', type=int, default=200, help='at most this many EM iterations')
