@@ -40,8 +40,8 @@ import datasets
 import experiments
 import presets
 
-# Causal neighbours, (row, column) offsets: the two rows above, two pixels either side, and
-# the two pixels to the left.
+# Causal neighbours, (row, column) offsets: the two pixels to the left, five in the row above
+# (two columns either side), three in the row above that (one either side).
 NEIGHBOURS = ((0, -1), (0, -2), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2),
               (-2, -1), (-2, 0), (-2, 1))
 COVARIANCE_FLOOR = 1e-8  # added to each component's variances; one level's noise has variance ~1.5e-5
