@@ -29,7 +29,8 @@ import os
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+
+import meter
 
 # Loaded at their first use, so that --help and usage errors answer without Theano (and
 # Theano itself is imported in the functions that use it).
@@ -158,8 +159,8 @@ def sample_trajectory(diffusion, kernel, shape, rng, keep=(), condition=None, sk
     batches = [slice(i, min(i + (batch_size or shape[0]), b)) for i in range(a, b, batch_size or shape[0])]
     x = condition.clamp(diffusion.sample(condition.tilt(diffusion.prior_params(shape), slice(None)), rng))
     frames = {diffusion.T_steps: x} if diffusion.T_steps in keep else {}
-    for t in tqdm(reverse_times(diffusion.T_steps, skip_last_step), desc='reverse steps',
-                  disable=not progress, leave=False):
+    for t in meter.track(reverse_times(diffusion.T_steps, skip_last_step), 'reverse steps', unit='steps',
+                         enabled=progress, leave=False):
         params = [p.copy() for p in diffusion.prior_params(shape)]  # rows of other processes: unused
         for s in batches:
             for whole, part in zip(params, condition.tilt(kernel(x[s], np.full(s.stop - s.start, t, 'int64')), s)):

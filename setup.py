@@ -8,7 +8,7 @@ from setuptools.command.build_py import build_py
 PACKAGE = 'diffusion_thermodynamics'
 MODULES = ['util', 'parallel', 'streams', 'archives', 'datasets', 'multiscale', 'conv3x3', 'regression',
            'model', 'presets', 'training', 'extensions', 'experiments', 'bound', 'figures', 'sampler',
-           'evaluate', 'ceiling', 'baseline', 'report', 'bench', 'train', 'memory', 'release', 'commands']
+           'evaluate', 'ceiling', 'baseline', 'report', 'bench', 'train', 'memory', 'release', 'commands', 'meter']
 COMMANDS = {'train': 'train', 'evaluate': 'evaluate', 'sample': 'sampler', 'report': 'report',
             'datasets': 'datasets', 'ceiling': 'ceiling', 'baseline': 'baseline', 'bench': 'bench'}
 
