@@ -46,7 +46,7 @@ training = util.lazy('training')
 
 # The choices of the command line, written out so that the parser needs no Theano (the
 # tests check them against presets.MODEL_ARGS, presets.PRESETS and training.STEP_RULES).
-DATASETS = ('swissroll', 'heartbeat', 'MNIST', 'CIFAR10', 'bark', 'deadleaves', 'digits', 'folder')
+DATASETS = ('swissroll', 'heartbeat', 'MNIST', 'CIFAR10', 'bark', 'deadleaves', 'digits', 'mnist5k', 'folder')
 FOLDER = 'folder:'  # --dataset folder:PATH, your own images (datasets.folder_images)
 FIDELITIES = ('code', 'fast', 'paper')
 OPTIMIZERS = ('adam', 'rmsprop')
