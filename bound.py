@@ -24,7 +24,7 @@ The work is split into units (one draw of one minibatch), each with its own gene
 (seed, unit), so the result depends on the seed and the batch size only: not on the
 order the units are done in, nor on which process does them.
 """
-import util  # configures Theano before it is imported
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import json
 import os
@@ -35,6 +35,8 @@ import theano
 from tqdm import tqdm
 
 import parallel
+import rundirs
+import util
 
 floatX = theano.config.floatX
 
@@ -212,7 +214,7 @@ def load_partial(path, signature):
 def save_npz(path, arrays):
     """np.savez, atomically (a crash mid-write leaves the previous file)."""
     tmp = path + '.tmp.npz'
-    with util.naming(path):
+    with rundirs.naming(path):
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
 

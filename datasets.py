@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 import archives
 import streams
-import util
+import cli
 from archives import DOWNLOADS, DataMissing  # noqa: F401  (DataMissing: raised here, caught by callers)
 
 SWISSROLL_T = (1.5 * np.pi, 4.5 * np.pi)
@@ -468,7 +468,7 @@ def parser():
             except ValueError as e:
                 raise argparse.ArgumentTypeError(str(e))
         return parse
-    top = util.OneLineParser(description='Fetch, convert and inspect the image data sets.')
+    top = cli.OneLineParser(description='Fetch, convert and inspect the image data sets.')
     commands = top.add_subparsers(dest='command', required=True)
     fetch_ = commands.add_parser('fetch', help='download, verify and convert MNIST or CIFAR10')
     convert_ = commands.add_parser('convert', help='convert archives already on disk')

@@ -15,7 +15,7 @@ Units: K is in the paper's units (Table 1): bits per data vector for the toy
 sets, bits per pixel of z-scored continuous data for images (all colour channels of
 a pixel together). Natural logarithms inside, divided by ln 2 at the end.
 """
-import util  # configures Theano before it is imported
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import math
 import os
@@ -26,14 +26,19 @@ import numpy as np
 from scipy.special import logsumexp
 from tqdm import tqdm
 
+import cli
+import provenance
+import rundirs
+import util
+
 # Loaded at their first use, so that --help and usage errors answer without Theano.
-bound = util.lazy('bound')
-experiments = util.lazy('experiments')
-figures = util.lazy('figures')
-memory = util.lazy('memory')
-parallel = util.lazy('parallel')
-sampler = util.lazy('sampler')
-training = util.lazy('training')
+bound = cli.lazy('bound')
+experiments = cli.lazy('experiments')
+figures = cli.lazy('figures')
+memory = cli.lazy('memory')
+parallel = cli.lazy('parallel')
+sampler = cli.lazy('sampler')
+training = cli.lazy('training')
 
 # A bound this many times |L_null| below L_null is far worse than the null model N(0, I) (or
 # Bernoulli(p)), which needs no training; an untrained network starts within 2 bits of it.
@@ -288,7 +293,7 @@ def evaluate(exp, checkpoint, out_dir, split='test', n_t=10, seed=0, n_examples=
            'iterations': checkpoint['status']['iterations_done'], 'bound': r,
            'parameters': {None: 'last', True: 'average (ema {})'.format(exp.args.get('ema')),
                           False: 'last (the run also keeps an average)'}[averaged],
-           'environment': util.environment()}
+           'environment': provenance.environment()}
     out.update(exp.reference_values())
     if exp.pixels:
         C = exp.train_x.shape[1]
@@ -309,14 +314,14 @@ def evaluate(exp, checkpoint, out_dir, split='test', n_t=10, seed=0, n_examples=
         out['entropy'] = reverse_entropies(exp, x[:entropy_n], seed, progress)
         figures.entropy_figure(out['entropy'], prefix + '_entropy.png')
     out['eval_s'] = round(time.time() - start, 1)
-    util.write_json(prefix + '.json', out)
+    rundirs.write_json(prefix + '.json', out)
     return out
 
 
 # ---------------------------------------------------------------- command line
 
 def build_parser():
-    p = util.command_parser(__doc__)
+    p = cli.command_parser(__doc__)
     p.add_argument('path', help='a run directory (its checkpoint.npz) or a checkpoint file')
     p.add_argument('--split', default='test', choices=('test', 'train'), help='the examples bounded')
     p.add_argument('--n-t', type=int, default=10, help='draws of (t, noise) per example')
@@ -341,22 +346,20 @@ def check_arguments(args):
     """One-line error and exit 2 for a value outside its range."""
     for flag, value in (('--n-t', args.n_t), ('--iw-n', args.iw_n)):
         if value < 1:
-            util.fail('{} {}: must be an integer >= 1'.format(flag, value))
+            cli.fail('{} {}: must be an integer >= 1'.format(flag, value))
     for flag, value in (('--n-examples', args.n_examples), ('--batch-size', args.batch_size)):
         if value is not None and value < 1:
-            util.fail('{} {}: must be an integer >= 1'.format(flag, value))
-    for flag, value in (('--parzen-samples', args.parzen_samples), ('--entropy-n', args.entropy_n),
-                        ('--seed', args.seed)):
+            cli.fail('{} {}: must be an integer >= 1'.format(flag, value))
+    for flag, value in (('--parzen-samples', args.parzen_samples), ('--entropy-n', args.entropy_n)):
         if value < 0:
-            util.fail('{} {}: must be an integer >= 0'.format(flag, value))
-    if args.seed > util.MAX_SEED:
-        util.fail('--seed {}: must be at most {} (numpy\'s seed range)'.format(args.seed, util.MAX_SEED))
+            cli.fail('{} {}: must be an integer >= 0'.format(flag, value))
+    cli.check_seed(args.seed)
     try:
         ks = tuple(int(k) for k in args.iw_k.split(',') if k.strip())
     except ValueError:
-        util.fail('--iw-k takes integers separated by commas, e.g. 1,4,16')
+        cli.fail('--iw-k takes integers separated by commas, e.g. 1,4,16')
     if any(k < 1 for k in ks):
-        util.fail('--iw-k {}: every k must be >= 1'.format(args.iw_k))
+        cli.fail('--iw-k {}: every k must be >= 1'.format(args.iw_k))
     return ks
 
 
@@ -372,21 +375,21 @@ def main(argv=None):
                       'from them'.format(e), file=sys.stderr)
             sys.exit(parallel.INTERRUPTED)
         except OSError as e:  # writing the results, or the partial sums
-            util.fail('{}: {}'.format(e.filename, e.strerror or e))
+            cli.fail('{}: {}'.format(e.filename, e.strerror or e))
 
 
 def evaluate_command(args, ks, comm):
     try:
         exp, checkpoint, run_dir = load_experiment(args.path, args.data_path, args.ema)
     except ValueError as e:  # not a checkpoint, or a missing data file
-        util.fail(str(e))
+        cli.fail(str(e))
     if args.parzen_samples and not exp.pixels:
-        util.fail('--parzen-samples is for image data sets')
+        cli.fail('--parzen-samples is for image data sets')
     if args.entropy_n:
         try:
             exp.diffusion.entropy_bounds(exp.diffusion.beta_values())
         except ValueError as e:
-            util.fail('--entropy-n: {}'.format(e))
+            cli.fail('--entropy-n: {}'.format(e))
     n = len(exp.test_x if args.split == 'test' else exp.train_x)
     too_large = memory.check_evaluation(
         {'n_t': args.n_t, 'batch_size': args.batch_size or exp.eval_batch_size, 'iw_k': ks, 'iw_n': args.iw_n,
@@ -394,7 +397,7 @@ def evaluate_command(args, ks, comm):
         {'n_t': 10, 'batch_size': exp.eval_batch_size, 'iw_k': (), 'iw_n': 100, 'parzen_samples': 0},
         min(args.n_examples or n, n), int(np.prod(exp.train_x.shape[1:])), exp.diffusion.T_steps)
     if too_large:
-        util.fail(too_large)
+        cli.fail(too_large)
     out_dir = args.output_dir or run_dir
     os.makedirs(out_dir, exist_ok=True)
     averaged = args.ema if exp.args.get('ema') else None
@@ -414,7 +417,7 @@ def evaluate_command(args, ks, comm):
     print('Parameters: {}. Written to {}'.format(out['parameters'], os.path.join(
         out_dir, 'evaluation_{}{}.json'.format(args.split, '_last' if averaged is False else ''))), file=human)
     if args.json:
-        print(util.to_json(out, indent=2))
+        print(rundirs.to_json(out, indent=2))
     if not math.isfinite(b['K_bits']):
         print('evaluate.py: error: the bound is not a number (null in the results): the checkpoint gives no '
               'finite bound', file=sys.stderr)

@@ -4,7 +4,7 @@ loaded first), so any caller can build one from data of its own; train.py, evalu
 sampler.py and bench.py build them here from a configuration (presets.py; the one stored
 in every checkpoint).
 """
-import util  # noqa: F401  (configures Theano before it is imported)
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import numpy as np
 import theano
@@ -17,6 +17,7 @@ import parallel
 import presets
 import regression as R
 import training
+import util
 
 floatX = theano.config.floatX
 L_NULL_BITS_PER_DIM = -0.5 * np.log2(2 * np.pi * np.e)  # N(0, 1) on unit-variance data

@@ -17,7 +17,7 @@ import figures
 import parallel
 import sampler
 import training
-import util
+import rundirs
 
 
 class Extension:
@@ -114,8 +114,8 @@ class JSONLog(Extension):
         if event == 'before_training':
             self.cut(loop.status)
         if loop.record:
-            with util.naming(self.path), open(self.path, 'a') as f:
-                f.write(util.to_json(loop.record) + '\n')
+            with rundirs.naming(self.path), open(self.path, 'a') as f:
+                f.write(rundirs.to_json(loop.record) + '\n')
                 loop.status['log_bytes'] = f.tell()
 
     def cut(self, status):
@@ -213,7 +213,7 @@ def number(value):
 def append_csv(path, fields, row):
     """Append `row` (a dict) to the CSV file `path`, writing the header first when the file
     is new or empty."""
-    with util.naming(path), open(path, 'a', newline='') as f:
+    with rundirs.naming(path), open(path, 'a', newline='') as f:
         writer = csv.DictWriter(f, fields)
         if f.tell() == 0:
             writer.writeheader()
@@ -225,13 +225,13 @@ def cut_csv(path, iteration):
     run's file then goes on from its checkpoint)."""
     if not os.path.exists(path):
         return
-    with util.naming(path), open(path, newline='') as f:
+    with rundirs.naming(path), open(path, newline='') as f:
         reader = csv.DictReader(f)
         rows = list(reader)
         kept = [r for r in rows if int(r['iteration']) <= iteration]
     if len(kept) == len(rows):
         return
-    with util.naming(path), open(path + '.tmp', 'w', newline='') as f:  # then renamed: a kill keeps the old file
+    with rundirs.naming(path), open(path + '.tmp', 'w', newline='') as f:  # then renamed: a kill keeps the old file
         writer = csv.DictWriter(f, reader.fieldnames)
         writer.writeheader()
         writer.writerows(kept)

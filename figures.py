@@ -1,7 +1,7 @@
 """Figures a person can look at: the paper's Figure 1 layout for the Swiss roll,
 heartbeat samples beside training sequences, the forward schedule, the image read-out,
 training curves of the held-out bound, and evaluate.py's per-step costs and entropies."""
-import util  # noqa: F401  (configures Theano before it is imported)
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import os
 

@@ -7,12 +7,13 @@ sample and step, stationary density, prior, reverse-step sample and density).
 Time steps t run 1..T; arrays over t are indexed t - 1. Symbolic x^0 has shape
 (n, D) or (n, C, H, W); t is an int vector (n,) of steps in 2..T.
 """
-import util  # noqa: F401  (configures Theano before it is imported)
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import numpy as np
 import theano
 import theano.tensor as T
 
+import util
 from regression import Layer
 from util import logit
 

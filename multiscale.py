@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-import util  # noqa: F401  (configures Theano before it is imported)
+import backend  # noqa: F401  (configures Theano before it is imported)
 import theano.tensor as T
 from theano import gof
 from theano.gradient import DisconnectedType, grad_not_implemented

@@ -4,7 +4,7 @@ A network maps x^t to read-out coefficients; model.py turns those into the mean
 and variance of p(x^{t-1} | x^t). Every parameter is a named Theano shared
 variable with an explicit initialisation.
 """
-import util  # noqa: F401  (configures Theano before it is imported)
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import numpy as np
 import theano
@@ -12,6 +12,7 @@ import theano.tensor as T
 
 import conv3x3
 import multiscale
+import util
 
 floatX = theano.config.floatX
 

@@ -8,7 +8,7 @@ extrapolation of a run's K curve to the paper's figure.
 Each row says where its numbers come from, on which machine and software they were made,
 and, for a paper-preset run, below the table, where the run is not the paper.
 """
-import util  # configures Theano before it is imported
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import json
 import math
@@ -20,8 +20,10 @@ import sys
 import numpy as np
 import scipy.optimize
 
+import cli
 import figures
 import presets
+import rundirs
 import training
 
 COLUMNS = ('run', 'data set', 'preset', 'K', '+-', 'paper K', 'against the paper', 'K - L_null', 'paper K - L_null',
@@ -75,7 +77,7 @@ def environment_summary(env):
 
 
 def code_origin(env):
-    """'commit <hash>', else where the code came from (util.code_source)."""
+    """'commit <hash>', else where the code came from (provenance.code_source)."""
     return 'commit {}'.format(env['git_commit']) if env.get('git_commit') else env.get('source', 'commit None')
 
 
@@ -284,7 +286,7 @@ def extrapolate(evaluations, target, skip=0.1, n_draws=4000, seed=0):
 
 
 def main(argv=None):
-    p = util.OneLineParser(description=__doc__.split('\n')[0])
+    p = cli.OneLineParser(description=__doc__.split('\n')[0])
     p.add_argument('run_dirs', nargs='+', help='run directories holding results.json (one with --extrapolate)')
     p.add_argument('--out', default='REPORT.md', help='the Markdown file to write (default REPORT.md)')
     p.add_argument('--extrapolate', action='store_true',
@@ -296,11 +298,11 @@ def main(argv=None):
         return extrapolate_run(args.run_dirs, args.target)
     missing = [d for d in args.run_dirs if not os.path.exists(os.path.join(d, 'results.json'))]
     if missing:
-        util.fail('no results.json in {} (is the run finished?)'.format(', '.join(missing)))
+        cli.fail('no results.json in {} (is the run finished?)'.format(', '.join(missing)))
     try:
         text = write_report(args.run_dirs, args.out)
     except (OSError, ValueError, KeyError) as e:
-        util.fail('cannot write the report: {}'.format(e))
+        cli.fail('cannot write the report: {}'.format(e))
     print(text)
     print('Written to {}'.format(args.out), file=sys.stderr)
 
@@ -308,24 +310,24 @@ def main(argv=None):
 def extrapolate_run(run_dirs, target):
     """The --extrapolate command: the K curve from the run's checkpoint."""
     if len(run_dirs) != 1:
-        util.fail('--extrapolate takes one run directory')
+        cli.fail('--extrapolate takes one run directory')
     run_dir = run_dirs[0]
     try:
         state = training.load_checkpoint(training.checkpoint_in(run_dir))
     except ValueError as e:
-        util.fail(str(e))
+        cli.fail(str(e))
     dataset = state['config']['args']['dataset']
     if target is None:
         if dataset not in presets.TABLE_1:
-            util.fail('{} has no Table 1 figure; give --target'.format(dataset))
+            cli.fail('{} has no Table 1 figure; give --target'.format(dataset))
         target = presets.TABLE_1[dataset][0]
     evaluations = state['status']['evaluations']
     try:
         out = extrapolate(evaluations, target)
     except (ValueError, RuntimeError) as e:
-        util.fail(str(e))
+        cli.fail(str(e))
     out['step_s'] = state['status']['wall_s'] / max(state['status']['iterations_done'], 1)
-    util.write_json(os.path.join(run_dir, 'extrapolation.json'), out)
+    rundirs.write_json(os.path.join(run_dir, 'extrapolation.json'), out)
     unit = 'bits/pixel' if dataset in presets.IMAGES else 'bits' if dataset == 'swissroll' else 'bits/seq'
     figures.extrapolation_figure(evaluations, out, os.path.join(run_dir, 'extrapolation.png'), unit)
     print(json.dumps(out, indent=2))

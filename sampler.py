@@ -22,7 +22,7 @@ The reverse steps run over the whole set of n samples; within each step the netw
 sees minibatches of --batch-size. Noise is drawn for all n at once from one generator
 seeded by --seed, so the samples do not depend on the batch size.
 """
-import util  # configures Theano before it is imported
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import math
 import os
@@ -31,11 +31,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import cli
+
 # Loaded at their first use, so that --help and usage errors answer without Theano (and
 # Theano itself is imported in the functions that use it).
-experiments = util.lazy('experiments')
-parallel = util.lazy('parallel')
-training = util.lazy('training')
+experiments = cli.lazy('experiments')
+parallel = cli.lazy('parallel')
+training = cli.lazy('training')
 
 MODES = ('sample', 'inpaint', 'denoise')
 DISPLAY_COLUMNS = 16  # samples shown per row of the frames figure
@@ -382,7 +384,7 @@ def save(result, exp, out_dir, mode, arrays=True):
 # ---------------------------------------------------------------- command line
 
 def build_parser():
-    p = util.command_parser(__doc__)
+    p = cli.command_parser(__doc__)
     p.add_argument('checkpoint', help='a run directory (its checkpoint.npz) or a checkpoint file')
     p.add_argument('--mode', default='sample', choices=MODES, help='what to draw')
     p.add_argument('--n', type=int, default=49, help='number of samples')
@@ -408,29 +410,26 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.n < 1 or args.frames < 1 or args.batch_size < 1:
-        util.fail('--n, --frames and --batch-size must be positive')
+        cli.fail('--n, --frames and --batch-size must be positive')
     if not (math.isfinite(args.noise_std) and args.noise_std > 0):
-        util.fail('--noise-std {}: must be a finite number > 0'.format(args.noise_std))
-    if args.seed < 0:
-        util.fail('--seed {}: must be an integer >= 0'.format(args.seed))
-    if args.seed > util.MAX_SEED:
-        util.fail('--seed {}: must be at most {} (numpy\'s seed range)'.format(args.seed, util.MAX_SEED))
+        cli.fail('--noise-std {}: must be a finite number > 0'.format(args.noise_std))
+    cli.check_seed(args.seed)
     if args.mode == 'inpaint' and args.mask not in ('left', 'centre') and not os.path.isfile(args.mask):
-        util.fail('--mask {!r} is neither left, centre nor a file'.format(args.mask))
+        cli.fail('--mask {!r} is neither left, centre nor a file'.format(args.mask))
     with parallel.abort_on_error() as comm:  # under mpiexec the processes share the samples
         try:
             checkpoint = training.checkpoint_in(args.checkpoint)
             exp = experiments.from_checkpoint(checkpoint, args.data_path, args.ema)
         except ValueError as e:
-            util.fail(str(e))
+            cli.fail(str(e))
         skip = None if args.skip_last_step is None else args.skip_last_step == 'yes'
         try:
             result = run(exp, args.mode, args.n, args.seed, args.noise_std, args.mask, args.frames,
                          args.batch_size, skip, progress=comm.is_writer, comm=comm)
         except ValueError as e:
-            util.fail(str(e))
+            cli.fail(str(e))
         if not np.isfinite(result['samples']).all():
-            util.fail('the samples hold NaN or inf: the checkpoint\'s model does not sample (nothing written)')
+            cli.fail('the samples hold NaN or inf: the checkpoint\'s model does not sample (nothing written)')
         if comm.is_writer:
             for path in save(result, exp, args.output_dir or os.path.dirname(os.path.abspath(checkpoint)), args.mode):
                 print(path)

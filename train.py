@@ -16,7 +16,7 @@ A resumed run takes every setting from its checkpoint. Given again, --max-batche
 the stored value (the run says so); the settings that define the model and the data
 order cannot change.
 """
-import util  # configures Theano before it is imported
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import argparse
 import ast
@@ -29,18 +29,22 @@ import time
 
 import numpy as np
 
+import cli
+import provenance
+import rundirs
+
 # Loaded at their first use, so that --help and usage errors answer without Theano.
-bound = util.lazy('bound')
-datasets = util.lazy('datasets')
-evaluate = util.lazy('evaluate')
-experiments = util.lazy('experiments')
-E = util.lazy('extensions')
-figures = util.lazy('figures')
-memory = util.lazy('memory')
-parallel = util.lazy('parallel')
-presets = util.lazy('presets')
-streams = util.lazy('streams')
-training = util.lazy('training')
+bound = cli.lazy('bound')
+datasets = cli.lazy('datasets')
+evaluate = cli.lazy('evaluate')
+experiments = cli.lazy('experiments')
+E = cli.lazy('extensions')
+figures = cli.lazy('figures')
+memory = cli.lazy('memory')
+parallel = cli.lazy('parallel')
+presets = cli.lazy('presets')
+streams = cli.lazy('streams')
+training = cli.lazy('training')
 
 # The choices of the command line, written out so that the parser needs no Theano (the
 # tests check them against presets.MODEL_ARGS, presets.PRESETS and training.STEP_RULES).
@@ -94,7 +98,7 @@ def model_args_type(text):
 def build_parser():
     """Every option defaults to None, so that the options given can be told apart (resume)."""
     per_set = ' (default: the data set\'s, presets.RUN_DEFAULTS)'
-    p = util.command_parser(__doc__)
+    p = cli.command_parser(__doc__)
     p.add_argument('--dataset', help='one of: ' + ', '.join(DATASETS[:-1]) + ' (any case; default swissroll), '
                    'or folder:PATH for the PNG/JPEG images under PATH')
     p.add_argument('--fidelity', choices=FIDELITIES,
@@ -146,7 +150,7 @@ def new_run_settings(given):
     try:
         dataset = datasets.canonical_name(given['dataset'], tuple(presets.MODEL_ARGS))
     except ValueError as e:
-        util.fail(str(e).replace('data set', '--dataset'))
+        cli.fail(str(e).replace('data set', '--dataset'))
     defaults = dict(DEFAULTS, **presets.RUN_DEFAULTS[dataset])
     if given.get('fidelity') == 'fast':
         defaults.update(presets.FAST_RUN_SETTINGS)
@@ -163,7 +167,7 @@ def folder_settings(given):
     path = given['dataset'][len(FOLDER):]
     folder = os.path.abspath(os.path.expanduser(path))
     if not path or not os.path.isdir(folder):
-        util.fail('--dataset {}: no such folder; give a folder of PNG/JPEG images'.format(given['dataset']))
+        cli.fail('--dataset {}: no such folder; give a folder of PNG/JPEG images'.format(given['dataset']))
     return dict(given, dataset='folder', model_args=dict(given.get('model_args') or {}, folder=folder))
 
 
@@ -186,7 +190,7 @@ def resumed_settings(given, saved):
             continue
         flag = '--' + key.replace('_', '-')
         if key in NEW_RUN_ONLY:
-            util.fail('{} cannot be used with --resume: a resumed run continues in its own '
+            cli.fail('{} cannot be used with --resume: a resumed run continues in its own '
                       'directory'.format(flag))
         if key == 'dataset':
             try:
@@ -196,7 +200,7 @@ def resumed_settings(given, saved):
         if value == saved.get(key):
             continue
         if key in FIXED_ON_RESUME:
-            util.fail('{} cannot change when resuming (the run has {!r}): the model and the data '
+            cli.fail('{} cannot change when resuming (the run has {!r}): the model and the data '
                       'order depend on it; start a new run instead'.format(flag, saved.get(key)))
         overrides.append({'flag': flag, 'checkpoint': saved.get(key), 'given': value})
         settings[key] = value
@@ -209,19 +213,18 @@ def check_settings(s):
              ('lr', 'a finite number > 0', lambda v: math.isfinite(v) and v > 0),
              ('lr_final', 'a finite number > 0 and at most --lr',
               lambda v: math.isfinite(v) and 0 < v <= s['lr']),
-             ('seed', 'an integer >= 0', lambda v: v >= 0),
-             ('seed', 'at most {} (numpy\'s seed range)'.format(util.MAX_SEED), lambda v: v <= util.MAX_SEED),
              ('max_batches', 'an integer >= 1', lambda v: v >= 1),
              ('max_epochs', 'an integer >= 1', lambda v: v >= 1),
              ('max_minutes', 'a finite number > 0', lambda v: math.isfinite(v) and v > 0),
              ('ext_every_n', 'an integer >= 1', lambda v: v >= 1)]
     for key, allowed, ok in rules:
         if s.get(key) is not None and not ok(s[key]):
-            util.fail('--{} {}: must be {}'.format(key.replace('_', '-'), s[key], allowed))
+            cli.fail('--{} {}: must be {}'.format(key.replace('_', '-'), s[key], allowed))
+    cli.check_seed(s['seed'])
     if s['suffix'] and os.sep in s['suffix']:
-        util.fail('--suffix {!r}: must not contain {!r}'.format(s['suffix'], os.sep))
+        cli.fail('--suffix {!r}: must not contain {!r}'.format(s['suffix'], os.sep))
     if s['data_path'] and os.path.exists(s['data_path']) and not os.path.isdir(s['data_path']):
-        util.fail('--data-path {}: is a file, not a folder'.format(s['data_path']))
+        cli.fail('--data-path {}: is a file, not a folder'.format(s['data_path']))
 
 
 def lr_schedule(s, lr_start, iterations_done, n_train):
@@ -297,7 +300,7 @@ def final_evaluation(loop, exp, run_dir, average=None):
         out['not_the_paper'] = presets.non_paper_choices(exp.dataset, exp.args, out['fidelity'],
                                                          loop.config['args']['optimizer'])
     out['sessions'] = loop.config['sessions']
-    util.write_json(os.path.join(run_dir, 'results.json'), out)
+    rundirs.write_json(os.path.join(run_dir, 'results.json'), out)
     return out
 
 
@@ -329,7 +332,7 @@ def settings_and_experiment(args):
             checkpoint = training.load_checkpoint(args.resume)
             check_resumable(checkpoint, args.resume)
         except ValueError as e:
-            util.fail(str(e))
+            cli.fail(str(e))
         s, overrides = resumed_settings(given, dict(DEFAULTS, **checkpoint['config']['args']))
     else:
         s = new_run_settings(given)
@@ -339,12 +342,12 @@ def settings_and_experiment(args):
                   presets.model_args(s['dataset'], s['fidelity'], s['model_args']))
         too_large = memory.check_training(s['dataset'], s['fidelity'], config, s['batch_size'])
         if too_large:
-            util.fail(too_large)
+            cli.fail(too_large)
         exp = experiments.build(s['dataset'], config, s['seed'], s['data_path'])
         if checkpoint:  # before anything is compiled (the main loop loads them again, with the rest)
             experiments.load_parameters(exp, checkpoint, args.resume)
     except (ValueError, KeyError) as e:  # a bad --model-args value, a missing data file
-        util.fail(str(e).strip('"\''))
+        cli.fail(str(e).strip('"\''))
     return s, checkpoint, overrides, exp
 
 
@@ -375,7 +378,7 @@ def resumed_log(run_dir, checkpoint):
                   'it are not in {}).'.format(status['iterations_done'], run_dir), file=sys.stderr)
         status['log_bytes'] = 0
     elif status.get('log_bytes') and os.path.getsize(log) < status['log_bytes']:
-        util.fail('{} has {} bytes and the checkpoint expects at least {}: it is not this run\'s log; move it '
+        cli.fail('{} has {} bytes and the checkpoint expects at least {}: it is not this run\'s log; move it '
                   'away to start a new log at minibatch {}'.format(log, os.path.getsize(log), status['log_bytes'],
                                                                   status['iterations_done']))
 
@@ -386,7 +389,7 @@ def run_directory(s, args, checkpoint, overrides, comm):
         run_dir = os.path.dirname(os.path.abspath(args.resume))
         target = os.path.join(run_dir, 'checkpoint.npz')
         if os.path.abspath(args.resume) != target and os.path.exists(target) and not args.overwrite:
-            util.fail('resuming {} would replace {} (and cut log.jsonl back to {} minibatches): add --overwrite, '
+            cli.fail('resuming {} would replace {} (and cut log.jsonl back to {} minibatches): add --overwrite, '
                       'or copy it into a folder of its own'.format(args.resume, target,
                                                                  checkpoint['status']['iterations_done']))
         if comm.is_writer:
@@ -400,9 +403,9 @@ def run_directory(s, args, checkpoint, overrides, comm):
         return None
     try:
         os.makedirs(s['output_dir'], exist_ok=True)
-        return util.make_run_dir(s['output_dir'], 'diffusion', run_name(s), s['suffix'])
+        return rundirs.make_run_dir(s['output_dir'], 'diffusion', run_name(s), s['suffix'])
     except OSError as e:
-        util.fail('--output-dir {}: {}'.format(s['output_dir'], e.strerror or e))
+        cli.fail('--output-dir {}: {}'.format(s['output_dir'], e.strerror or e))
 
 
 def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
@@ -423,7 +426,7 @@ def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
     for o in overrides:
         o['iteration'] = done
     session = {'from_iteration': done, 'processes': comm.size, 'mpi': comm.library(),
-               'environment': util.environment()}
+               'environment': provenance.environment()}
     config = {'args': s, 'model': exp.args, 'overrides': previous.get('overrides', []) + overrides,
               'sessions': previous.get('sessions', []) + [session],
               'results': {'dataset': s['dataset'], 'fidelity': s['fidelity'], 'T': exp.args['T']}}
@@ -432,7 +435,7 @@ def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
         try:
             loop.load_state_dict(checkpoint)
         except ValueError as e:
-            util.fail('the checkpoint does not fit this model: {}'.format(e))
+            cli.fail('the checkpoint does not fit this model: {}'.format(e))
         loop.status['resumed_from'] = done
     flags = {o['flag'] for o in overrides}
     if '--lr' in flags:
@@ -445,15 +448,15 @@ def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
 
 
 def lock_run_directory(run_dir, comm):
-    """The writer's lock on the run directory (util.RunLock), None on the other processes;
+    """The writer's lock on the run directory (rundirs.RunLock), None on the other processes;
     one line and exit 2 while another process holds it."""
     if not comm.is_writer:
         return None
-    lock = util.RunLock(run_dir)
+    lock = rundirs.RunLock(run_dir)
     try:
         previous = lock.acquire()
     except ValueError as e:
-        util.fail(str(e))
+        cli.fail(str(e))
     if previous and previous.get('pid') != os.getpid():
         print('{} of process {} on {}, which no longer runs, is taken over.'.format(
             lock.path, previous.get('pid', '?'), previous.get('host', '?')), file=sys.stderr)
@@ -494,7 +497,7 @@ def run(args, comm):
     except OSError as e:
         if run_dir is None:
             raise
-        util.fail('cannot write {}: {}; {}'.format(e.filename or run_dir, e.strerror or e, kept(run_dir)))
+        cli.fail('cannot write {}: {}; {}'.format(e.filename or run_dir, e.strerror or e, kept(run_dir)))
     finally:
         if lock:
             lock.release()
@@ -534,14 +537,14 @@ def main(argv=None):
     for flag, value, what in (('--resume', args.resume, 'the run directory or the checkpoint\'s file'),
                               ('--convert-checkpoint', args.convert_checkpoint, 'the checkpoint\'s file')):
         if value is not None and not value.strip():
-            util.fail('{} is empty: give {}'.format(flag, what))
+            cli.fail('{} is empty: give {}'.format(flag, what))
     if args.resume:
         args.resume = training.checkpoint_in(args.resume)
     if args.convert_checkpoint:
         try:
             print(training.convert_checkpoint(args.convert_checkpoint, args.overwrite))
         except ValueError as e:
-            util.fail(str(e))
+            cli.fail(str(e))
         return None
     with parallel.abort_on_error() as comm, training.signals_raise():
         if not comm.is_writer:  # one writer: process 0 prints and writes

@@ -5,7 +5,7 @@ Randomness is derived, not stored: minibatch order of epoch e comes from
 holds counters instead of generator states, and a resumed run repeats an
 uninterrupted one exactly.
 """
-import util  # configures Theano before it is imported
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import contextlib
 import functools
@@ -27,6 +27,7 @@ import theano
 import theano.tensor as T
 
 import parallel
+import rundirs
 
 floatX = theano.config.floatX
 
@@ -233,8 +234,8 @@ def save_checkpoint(path, state):
     meta = {'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION,
             'config': state.get('config', {}), 'status': state['status']}
     arrays = {SHARED_PREFIX + name: np.asarray(v) for name, v in state['shared'].items()}
-    arrays['meta'] = np.array(util.to_json(meta))
-    with util.naming(path):
+    arrays['meta'] = np.array(rundirs.to_json(meta))
+    with rundirs.naming(path):
         for stale in glob.glob(glob.escape(path) + '.tmp*'):  # left by a process killed mid-write
             os.remove(stale)
         tmp = '{}.tmp{}'.format(path, os.getpid())
@@ -320,7 +321,7 @@ def require(state, path, fields):
 
 def load_pickle_checkpoint(path, warn=True):
     """A checkpoint of the old format (a pickled dict with the whole per-minibatch log),
-    read with util.ArrayUnpickler, which builds only arrays and plain values: a pickle can
+    read with rundirs.ArrayUnpickler, which builds only arrays and plain values: a pickle can
     run code when loaded. Returns the new form; the log's evaluations are kept."""
     if warn:
         print('warning: {} is an old pickle checkpoint; pickles can run code when loaded, so it is '
@@ -329,7 +330,7 @@ def load_pickle_checkpoint(path, warn=True):
               file=sys.stderr, flush=True)
     try:
         with open(path, 'rb') as f:
-            state = util.ArrayUnpickler(f).load()
+            state = rundirs.ArrayUnpickler(f).load()
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as e:
         raise ValueError('cannot read checkpoint {}: {}'.format(path, e))
     if not isinstance(state, dict) or not isinstance(state.get('shared'), dict):

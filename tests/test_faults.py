@@ -29,7 +29,7 @@ import sampler
 import streams
 import train
 import training
-import util
+import rundirs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, 'train.py')
@@ -244,7 +244,7 @@ def test_a_signal_while_a_resumed_run_compiles_keeps_its_checkpoint(run_copy):
     assert one_line(r.stderr) == ('train.py: stopped by SIGTERM; kept: {0} (300 minibatches); resume with: '
                                   'python train.py --resume {1}'.format(ckpt, run_dir))
     assert training.load_checkpoint(ckpt)['status']['iterations_done'] == 300
-    assert not os.path.exists(os.path.join(run_dir, util.RunLock.FILE))
+    assert not os.path.exists(os.path.join(run_dir, rundirs.RunLock.FILE))
 
 
 class SignalDuringReduction(parallel.SingleProcess):
@@ -297,7 +297,7 @@ def test_a_signal_during_the_reduction_of_the_stop_flags_is_kept(tmp_path):
 
 def test_a_second_writer_of_a_run_directory_is_refused_naming_the_holder(run_copy):
     run_dir, ckpt = run_copy
-    hold = ('import sys, time; sys.path.insert(0, {!r}); import util; util.RunLock({!r}).acquire(); '
+    hold = ('import sys, time; sys.path.insert(0, {!r}); import rundirs; rundirs.RunLock({!r}).acquire(); '
             'print("locked", flush=True); time.sleep(120)'.format(ROOT, run_dir))
     holder = subprocess.Popen([sys.executable, '-c', hold], stdout=subprocess.PIPE, text=True)
     try:
@@ -315,7 +315,7 @@ def test_the_lock_of_a_process_that_is_gone_is_taken_over(run_copy):
     run_dir, ckpt = run_copy
     gone = subprocess.Popen([sys.executable, '-c', 'pass'])
     gone.wait()
-    lock = os.path.join(run_dir, util.RunLock.FILE)
+    lock = os.path.join(run_dir, rundirs.RunLock.FILE)
     with open(lock, 'w') as f:  # what a run killed with kill -9 leaves
         json.dump({'pid': gone.pid, 'host': socket.gethostname(), 'since': '2026-01-01 00:00:00'}, f)
     r = train_cli('--resume_file', ckpt)  # finished: the final evaluation again
@@ -365,7 +365,7 @@ def test_a_run_whose_cost_stays_non_finite_stops_and_says_so(tmp_path):
 
 def test_results_and_logs_are_valid_json_without_nan(tmp_path):
     path = str(tmp_path / 'r.json')
-    util.write_json(path, {'K_bits': float('nan'), 'curve': [np.float32('inf'), 1.5], 'n': np.int64(3)})
+    rundirs.write_json(path, {'K_bits': float('nan'), 'curve': [np.float32('inf'), 1.5], 'n': np.int64(3)})
     assert json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(c)) == \
         {'K_bits': None, 'curve': [None, 1.5], 'n': 3}
 

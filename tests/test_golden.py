@@ -10,7 +10,7 @@ kernel family, SkylakeX against Haswell; numpy's AVX-512 ufuncs) and the number 
 threads (1 against 2); and, by their nature, other versions of numpy, scipy, Theano or
 OpenBLAS, other THEANO_FLAGS, another compiler, and any change of the model code or its
 defaults. So the golden runs pin the x86-64-v3 baseline (AVX2 with FMA) for all three
-(DIFFUSION_ISA=avx2, util.pin_isa), which AVX2 and AVX-512 machines both run, and two
+(DIFFUSION_ISA=avx2, backend.pin_isa), which AVX2 and AVX-512 machines both run, and two
 threads. When a figure differs, the message names the parts of the recorded environment
 that differ, the instruction sets first.
 
@@ -57,7 +57,7 @@ PINNED = {'DIFFUSION_ISA': 'avx2', 'OMP_NUM_THREADS': '2', 'OPENBLAS_NUM_THREADS
 # beside a difference of the pinned ones
 NOT_NUMERIC = ('command', 'git_commit', 'git_dirty', 'project_version', 'source', 'cores', 'platform', 'cpu',
                'isa', 'NPY_DISABLE_CPU_FEATURES')
-# what the instruction set changes (util.isa_record), named first when a figure differs
+# what the instruction set changes (provenance.isa_record), named first when a figure differs
 ISA_KEYS = ('isa_pinned', 'c_march', 'openblas_core', 'numpy_simd', 'cxx')
 
 

@@ -71,7 +71,7 @@ def test_each_matrix_product_is_computed_once(compiled):
     at each example's step is 3 batched products, and its bias 2 more (forward and
     gradient). Theano's Dot22Scalar rewrite used to add a second copy of every product
     that a scalar multiplied (the learning rate, the leaky ReLU's slopes), which
-    util.BASE_FLAGS switches off."""
+    backend.BASE_FLAGS switches off."""
     exp, functions = compiled('code')
     exp.compile_train(training.RMSProp())
     (fn,) = functions

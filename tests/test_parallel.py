@@ -14,7 +14,7 @@ import pytest
 
 import parallel
 import training
-import util
+import backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIEXEC = parallel.mpiexec()
@@ -150,11 +150,11 @@ def test_processes_and_threads_from_the_launcher(monkeypatch, env, expected):
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(16)))
     monkeypatch.setattr(os, 'cpu_count', lambda: 16)
-    assert util.launched_processes() == expected
-    util.default_threads()
+    assert backend.launched_processes() == expected
+    backend.default_threads()
     threads = os.environ.get('OMP_NUM_THREADS')
     assert threads == (None if expected[0] == 1 else str(16 // expected[1]))
     assert os.environ.get('OPENBLAS_NUM_THREADS') == threads
     monkeypatch.setenv('OMP_NUM_THREADS', '3')  # an explicit setting wins
-    util.default_threads()
+    backend.default_threads()
     assert os.environ['OMP_NUM_THREADS'] == '3'
