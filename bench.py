@@ -52,8 +52,8 @@ import experiments
 import parallel
 import presets
 import provenance
-import sampler
-import training
+import reverse
+import steprules
 
 FIDELITY = 'code'  # the released code's network and training choices
 # name: (data set, --model-args overrides); batch size from presets.RUN_DEFAULTS
@@ -141,7 +141,7 @@ def build(name, conv_impl=None, batch=None):
 def compile_step(exp, comm=None):
     """(train.py's step function, seconds to compile it)."""
     dataset = exp.dataset
-    rule = training.step_rule('rmsprop', presets.RUN_DEFAULTS[dataset]['lr'], presets.STEP_RULE_ARGS[FIDELITY])
+    rule = steprules.step_rule('rmsprop', presets.RUN_DEFAULTS[dataset]['lr'], presets.STEP_RULE_ARGS[FIDELITY])
     (step, _), compile_s = timed(exp.compile_train, rule, comm)
     return step, compile_s
 
@@ -224,7 +224,7 @@ def bench_config(name, n_steps, peak, log, conv_impl=None, comm=None, batch=None
     median = float(np.median(step_s))
     gflops = 3 * forward * batch / median / 1e9
 
-    kernel = sampler.compile_reverse_kernel(exp.diffusion, 4)
+    kernel = reverse.compile_reverse_kernel(exp.diffusion, 4)
     xt = np.random.default_rng(1).standard_normal((N_SAMPLES,) + exp.train_x.shape[1:]).astype('float32')
     t = np.full(N_SAMPLES, exp.args['T'], dtype='int64')
     kernel(xt, t)

@@ -314,8 +314,6 @@ class AdaptiveSteps(ProposalSteps):
         self.count.set_value(count)
 
 
-TRAIN_T = ('uniform', 'harmonic', 'adaptive', 'gradient')
-
 
 def training_steps(diffusion, train_t='uniform', uniform_share=0.5, history=10):
     """The step sampler of a training run: --model-args train_t (and train_t_uniform,

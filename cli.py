@@ -1,7 +1,6 @@
 """The command line's helpers: one-line user errors (exit code 2), the parsers of the
 commands, the seed range they accept."""
 import argparse
-import importlib.util
 import os
 import sys
 
@@ -49,16 +48,3 @@ def check_seed(seed, flag='--seed'):
         fail('{} {}: must be an integer >= 0'.format(flag, seed))
     if seed > MAX_SEED:
         fail('{} {}: must be at most {} (numpy\'s seed range)'.format(flag, seed, MAX_SEED))
-
-
-def lazy(name):
-    """The module `name`, loaded at the first use of one of its attributes (importlib's
-    LazyLoader): a command's --help and usage errors then answer without loading Theano."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module

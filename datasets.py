@@ -25,20 +25,15 @@ import shlex
 import sys
 
 import numpy as np
-import skimage.data
-import skimage.io
-import skimage.util
-import sklearn.datasets
 from scipy.special import logsumexp
 from tqdm import tqdm
 
 import archives
-import streams
 import cli
+import streams
 from archives import DOWNLOADS, DataMissing  # noqa: F401  (DataMissing: raised here, caught by callers)
 
 SWISSROLL_T = (1.5 * np.pi, 4.5 * np.pi)
-SWISSROLL_NOISE = 0.005         # std of the roll's noise, in spiral units (before scaling)
 HEARTBEAT_LENGTH, HEARTBEAT_PERIOD = 20, 5
 
 
@@ -57,7 +52,7 @@ def swissroll_normalisation(n=200000, seed=12345):
     return centre, np.sqrt(((x - centre) ** 2).mean())
 
 
-def swissroll(n, seed, noise=SWISSROLL_NOISE):
+def swissroll(n, seed, noise):
     """n points of the scaled Swiss roll, float32 (n, 2)."""
     rng = np.random.default_rng(seed)
     centre, scale = swissroll_normalisation()
@@ -65,7 +60,7 @@ def swissroll(n, seed, noise=SWISSROLL_NOISE):
     return ((x - centre) / scale).astype('float32')
 
 
-def swissroll_log_density(y, noise=SWISSROLL_NOISE, n_grid=None):
+def swissroll_log_density(y, noise, n_grid=None):
     """Exact log density (nats) of the scaled Swiss roll at points y (n, 2).
 
     p(x) = integral over t of U(t) N(x; spiral(t), noise^2 I), by the trapezoid rule on
@@ -322,6 +317,7 @@ def bark(folder=None, patch=64, stride=None):
 
 def builtin_textures():
     """{split: [uint8 (h, w)]}: the top 3/4 of each BARK_TEXTURES image for train, the rest test."""
+    import skimage.data  # here, as scikit-image and scikit-learn below: they take a second to load
     images = [getattr(skimage.data, name)() for name in BARK_TEXTURES]
     return {'train': [x[:3 * len(x) // 4] for x in images],
             'test': [x[3 * len(x) // 4:] for x in images]}
@@ -334,6 +330,8 @@ def folder_textures(folder):
     if len(paths) < 4:
         raise DataMissing('{}: {} image files found; bark needs at least 4 (every fourth is '
                           'held out for test)'.format(folder, len(paths)))
+    import skimage.io
+    import skimage.util
     images = [skimage.util.img_as_ubyte(skimage.io.imread(p, as_gray=True)) for p in paths]
     return {'train': [x for i, x in enumerate(images) if i % 4 != 3],
             'test': [x for i, x in enumerate(images) if i % 4 == 3]}
@@ -356,6 +354,7 @@ DIGITS_SEED, DIGITS_TRAIN = 0, 1500  # fixed split of the 1,797 images: 1,500 tr
 
 def digits():
     """scikit-learn's 8x8 digits, {split: uint8 (n, 1, 8, 8)}, grey 0..16 scaled to 0..255."""
+    import sklearn.datasets
     x = np.round(sklearn.datasets.load_digits().images * 255 / 16).astype(np.uint8)[:, None]
     order = np.random.default_rng(DIGITS_SEED).permutation(len(x))
     return {'train': x[order[:DIGITS_TRAIN]], 'test': x[order[DIGITS_TRAIN:]]}

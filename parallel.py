@@ -5,7 +5,7 @@ MPI communicator through mpi4py; otherwise a single process that does the same c
 locally, so every caller is written once. What the processes share and split:
 - training: each process takes its contiguous share of every global minibatch, the
   summed gradients are added with one Allreduce of a single float32 buffer, and every
-  process applies the same update (training.MainLoop, experiments.Experiment);
+  process applies the same update (mainloop.MainLoop, experiments.Experiment);
 - the held-out bound, sampling, the Parzen and importance-weighted estimates: each
   process does its share of the units of work, and the results are added or gathered;
 - process 0 alone prints and writes files (`world().is_writer`).

@@ -20,11 +20,11 @@ import sys
 import numpy as np
 import scipy.optimize
 
+import checkpoints
 import cli
 import figures
 import presets
 import rundirs
-import training
 
 COLUMNS = ('run', 'data set', 'preset', 'K', '+-', 'paper K', 'against the paper', 'K - L_null', 'paper K - L_null',
            'unit', 'minibatches', 'training', 'source', 'environment')
@@ -120,11 +120,11 @@ def run_row(run_dir):
 
 def run_args(run_dir):
     """The run's train.py settings from its checkpoint, or None without a readable one."""
-    checkpoint = training.checkpoint_in(run_dir)
+    checkpoint = checkpoints.checkpoint_in(run_dir)
     if not os.path.exists(checkpoint):
         return None
     try:
-        return training.load_checkpoint(checkpoint)['config']['args']
+        return checkpoints.load_checkpoint(checkpoint)['config']['args']
     except ValueError:
         return None
 
@@ -313,7 +313,7 @@ def extrapolate_run(run_dirs, target):
         cli.fail('--extrapolate takes one run directory')
     run_dir = run_dirs[0]
     try:
-        state = training.load_checkpoint(training.checkpoint_in(run_dir))
+        state = checkpoints.load_checkpoint(checkpoints.checkpoint_in(run_dir))
     except ValueError as e:
         cli.fail(str(e))
     dataset = state['config']['args']['dataset']

@@ -8,11 +8,11 @@ import pytest
 from scipy.stats import norm
 
 import bound
+import checkpoints
 import evaluate as V
 import experiments
 import presets
-import sampler
-import training
+import reverse
 import util
 
 
@@ -39,7 +39,7 @@ def test_trajectory_estimate_k1_equals_K_in_expectation(dataset):
     exp = tiny(dataset)
     x = exp.test_x[:4]
     n_draws = 3000
-    kernel = sampler.compile_reverse_kernel(exp.diffusion, x.ndim)
+    kernel = reverse.compile_reverse_kernel(exp.diffusion, x.ndim)
     beta = exp.diffusion.beta_values()
     rng = np.random.default_rng(5)
     log_w = V.trajectory_log_weights(exp.diffusion, kernel, beta, np.repeat(x, n_draws, axis=0), rng)
@@ -119,7 +119,7 @@ def test_json_flag_prints_the_json_alone_on_stdout(tmp_path, capsys):
     exp = tiny('heartbeat')
     path = str(tmp_path / 'checkpoint.npz')
     args = {'dataset': 'heartbeat', 'fidelity': 'paper', 'model_args': {}, 'seed': 0, 'data_path': None}
-    training.save_checkpoint(path, {'shared': {p.name: p.get_value() for p in exp.params},
+    checkpoints.save_checkpoint(path, {'shared': {p.name: p.get_value() for p in exp.params},
                                     'status': {'iterations_done': 0}, 'config': {'args': args, 'model': exp.args}})
     V.main([str(tmp_path), '--n-t', '1', '--n-examples', '20', '--json'])
     captured = capsys.readouterr()

@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import training  # noqa: E402
+import checkpoints
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'golden.json')
 RUNS = {
@@ -68,7 +68,7 @@ def run(name, output_dir):
                    env=dict(os.environ, **PINNED), check=True, capture_output=True, timeout=900)
     run_dir, = [os.path.join(output_dir, d) for d in os.listdir(output_dir)]
     results = json.load(open(os.path.join(run_dir, 'results.json')))
-    shared = training.load_checkpoint(os.path.join(run_dir, 'checkpoint.npz'))['shared']
+    shared = checkpoints.load_checkpoint(os.path.join(run_dir, 'checkpoint.npz'))['shared']
     digest = hashlib.sha256()
     for key in sorted(shared):
         digest.update(key.encode() + np.ascontiguousarray(shared[key]).tobytes())

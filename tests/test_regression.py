@@ -6,8 +6,8 @@ import theano
 import theano.tensor as T
 
 import experiments
-import presets
 import multiscale
+import presets
 import regression as R
 
 floatX = theano.config.floatX
