@@ -6,9 +6,10 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 PACKAGE = 'diffusion_thermodynamics'
-MODULES = ['backend', 'cli', 'rundirs', 'provenance', 'util', 'steprules', 'checkpoints', 'mainloop', 'settings', 'session', 'estimators', 'reverse', 'parallel', 'streams', 'archives', 'datasets', 'multiscale', 'conv3x3', 'regression',
-           'model', 'presets', 'extensions', 'experiments', 'bound', 'figures', 'sampler',
-           'evaluate', 'ceiling', 'report', 'bench', 'train', 'memory', 'commands']
+MODULES = ['backend', 'cli', 'rundirs', 'provenance', 'util', 'parallel', 'streams', 'archives', 'datasets',
+           'multiscale', 'conv3x3', 'regression', 'model', 'presets', 'steprules', 'checkpoints', 'mainloop',
+           'extensions', 'experiments', 'bound', 'reverse', 'figures', 'estimators', 'settings', 'session',
+           'sampler', 'evaluate', 'ceiling', 'report', 'bench', 'train', 'memory', 'release', 'commands']
 COMMANDS = {'train': 'train', 'evaluate': 'evaluate', 'sample': 'sampler', 'report': 'report',
             'datasets': 'datasets', 'ceiling': 'ceiling', 'bench': 'bench'}
 

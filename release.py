@@ -1,0 +1,191 @@
+"""Released models: a training run's checkpoint, log and K curve copied into models/NAME, with a
+README that says how they were made, so that a fresh clone can evaluate, sample and resume.
+
+    python release.py runs/<run> models/deadleaves
+
+copies checkpoint.npz (parameters and optimiser state, what an exact --resume needs),
+log.jsonl, progress.csv, heldout_bound.png and results.json (when the run has ended) and
+writes models/NAME/README.md: each session of the run (its command, machine, instruction
+set, minibatches and training minutes), the totals in minibatches and core-hours, the
+held-out bound, and the size and sha256 of every file. Files that evaluate.py and
+sampler.py wrote into models/NAME are listed too. Running it again on the same run (or on
+models/NAME itself, after a resume there) brings the folder up to date.
+"""
+import argparse
+import csv
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+
+RUN_FILES = ('checkpoint.npz', 'log.jsonl', 'progress.csv', 'heldout_bound.png', 'results.json')
+PAPER_K_BITS = {'deadleaves': 1.489, 'bark': 1.185, 'MNIST': 1.55, 'CIFAR10': 5.4}  # Table 1
+
+
+def sha256(path):
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_meta(path):
+    """{'config', 'status'} of a checkpoint, read without Theano (the 'meta' entry of the npz)."""
+    import numpy as np
+    with np.load(path, allow_pickle=False) as archive:
+        meta = json.loads(str(archive['meta']))
+    return {'config': meta['config'], 'status': meta['status']}
+
+
+def progress_rows(path):
+    """progress.csv as a list of (iteration, wall_s)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline='') as f:
+        return [(int(r['iteration']), float(r['wall_s'])) for r in csv.DictReader(f)]
+
+
+def wall_at(rows, iteration):
+    """Training seconds at the last progress row at or before `iteration` (0 before any)."""
+    return max((w for i, w in rows if i <= iteration), default=0.0)
+
+
+def session_cores(session):
+    """Cores a session trained on: processes x the threads of each (OpenBLAS's count, which
+    follows the process's CPU affinity; else OMP_NUM_THREADS; else 1)."""
+    env = session['environment']
+    threads = env.get('openblas_threads') or env.get('OMP_NUM_THREADS') or 1
+    return session.get('processes', 1) * int(threads)
+
+
+def sessions(meta, rows):
+    """One dict per session of the run: from and to minibatch, training minutes, cores, the
+    machine and the command line."""
+    done, total_s = meta['status']['iterations_done'], meta['status'].get('wall_s', 0.0)
+    recorded = meta['config'].get('sessions', [])
+    out = []
+    for k, s in enumerate(recorded):
+        to = recorded[k + 1]['from_iteration'] if k + 1 < len(recorded) else done
+        end_s = wall_at(rows, to) if k + 1 < len(recorded) else total_s
+        env = s['environment']
+        out.append({'from': s['from_iteration'], 'to': to, 'minutes': (end_s - wall_at(rows, s['from_iteration'])) / 60,
+                    'cores': session_cores(s), 'cpu': env.get('cpu'), 'isa': env.get('isa'),
+                    'commit': (env.get('git_commit') or '')[:10], 'command': env.get('command')})
+    return out
+
+
+def latest_K(meta):
+    """The last monitored held-out bound (iteration, K bits, stderr bits), or None."""
+    records = [e for e in meta['status'].get('evaluations', []) if e.get('heldout_K_bits') is not None]
+    if not records:
+        return None
+    e = records[-1]
+    return e['iteration'], e['heldout_K_bits'], e.get('heldout_stderr_bits')
+
+
+def copy_run(run_dir, model_dir):
+    """Copy RUN_FILES that the run has from run_dir into model_dir (nothing when they are the same folder)."""
+    os.makedirs(model_dir, exist_ok=True)
+    if os.path.samefile(run_dir, model_dir):
+        return
+    for name in RUN_FILES:
+        source = os.path.join(run_dir, name)
+        if os.path.exists(source):
+            shutil.copyfile(source, os.path.join(model_dir, name) + '.part')
+            os.replace(os.path.join(model_dir, name) + '.part', os.path.join(model_dir, name))
+
+
+def file_table(model_dir):
+    """Markdown rows: every file of the folder but README.md, its size and sha256."""
+    rows = ['| file | size | sha256 |', '|---|---|---|']
+    for name in sorted(os.listdir(model_dir)):
+        path = os.path.join(model_dir, name)
+        if name != 'README.md' and os.path.isfile(path):
+            rows.append('| {} | {:,} bytes | `{}` |'.format(name, os.path.getsize(path), sha256(path)))
+    return rows
+
+
+def session_table(runs):
+    """Markdown rows of the sessions."""
+    rows = ['| session | minibatches | training minutes | cores | machine | commit | command |',
+            '|---|---|---|---|---|---|---|']
+    for k, s in enumerate(runs, 1):
+        rows.append('| {} | {:,} to {:,} | {:.1f} | {} | {} ({}) | {} | `{}` |'.format(
+            k, s['from'], s['to'], s['minutes'], s['cores'], s['cpu'], s['isa'], s['commit'], s['command']))
+    return rows
+
+
+def evaluation_line(model_dir):
+    """What evaluate.py wrote into the folder (evaluation_test.json), as one README line."""
+    path = os.path.join(model_dir, 'evaluation_test.json')
+    if not os.path.exists(path):
+        return '`evaluate.py` has not been run on this checkpoint yet.'
+    with open(path) as f:
+        r = json.load(f)
+    b = r['bound']
+    return ('`python evaluate.py models/{} --n-t {}` after minibatch {:,}: K = {:.3f} +- {:.3f} bits/pixel '
+            '({} test images, {} draws of t each; evaluation_test.json).').format(
+        os.path.basename(os.path.normpath(model_dir)), b['n_t'], r['iterations'], b['K_bits'], b['stderr_bits'],
+        b['n_eval'], b['n_t'])
+
+
+def readme(name, model_dir, meta, rows):
+    """The folder's README.md text."""
+    runs = sessions(meta, rows)
+    status, args = meta['status'], meta['config'].get('args', {})
+    dataset = args.get('dataset', name)
+    core_hours = sum(s['minutes'] * s['cores'] for s in runs) / 60
+    last = latest_K(meta)
+    paper = PAPER_K_BITS.get(dataset)
+    lines = ['# {}: a released model'.format(name), '',
+             'The {} model of the `{}` preset, trained by `train.py`; made by `python release.py` on {}.'.format(
+                 dataset, args.get('fidelity'), time.strftime('%Y-%m-%d')), '',
+             '- Minibatches: {:,} ({} session(s), {:.2f} core-hours of training, {:.1f} training minutes).'.format(
+                 status['iterations_done'], len(runs), core_hours, status.get('wall_s', 0.0) / 60)]
+    if last:
+        lines.append('- Monitored held-out bound at minibatch {:,}: K = {:.3f} +- {:.3f} bits/pixel{}.'.format(
+            last[0], last[1], last[2] or float('nan'), ' (paper, Table 1: {})'.format(paper) if paper else ''))
+    lines += ['- ' + evaluation_line(model_dir), '',
+              'Evaluate, sample, resume (from the repository\'s root):', '',
+              '    python evaluate.py models/{} --n-t 10'.format(name),
+              '    python sampler.py models/{} --output-dir /tmp/samples'.format(name),
+              '    python train.py --resume models/{} --max-minutes {:.0f}   # + the minutes of this session'.format(
+                  name, status.get('wall_s', 0.0) / 60),
+              '',
+              '`--max-minutes` counts the run\'s whole training time, so a session of N minutes gives the total '
+              'above plus N. A resumed run repeats the uninterrupted one exactly (the data order and noise '
+              'come from the seed and the minibatch count).', '',
+              '## Sessions', ''] + session_table(runs) + ['', '## Files', ''] + file_table(model_dir)
+    return '\n'.join(lines) + '\n'
+
+
+def release(run_dir, model_dir):
+    """Copy the run into model_dir and write its README.md; returns the README's path."""
+    copy_run(run_dir, model_dir)
+    meta = checkpoint_meta(os.path.join(model_dir, 'checkpoint.npz'))
+    path = os.path.join(model_dir, 'README.md')
+    with open(path, 'w') as f:
+        f.write(readme(os.path.basename(os.path.normpath(model_dir)), model_dir, meta,
+                       progress_rows(os.path.join(model_dir, 'progress.csv'))))
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('run_dir', help='the training run (a run directory with checkpoint.npz)')
+    p.add_argument('model_dir', help='the released model\'s folder, e.g. models/deadleaves')
+    args = p.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.run_dir, 'checkpoint.npz')):
+        sys.exit('error: {} has no checkpoint.npz: give a run directory of train.py'.format(args.run_dir))
+    if os.path.exists(args.model_dir) and not os.path.isdir(args.model_dir):
+        sys.exit('error: {} is a file: give a folder for the released model'.format(args.model_dir))
+    print('wrote', release(args.run_dir, args.model_dir))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,65 @@
+"""release.py: a run copied into a released model's folder, its README made from the checkpoint."""
+import csv
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+import release
+import training
+
+
+def session(start, command, threads=1, processes=1):
+    return {'from_iteration': start, 'processes': processes,
+            'environment': {'cpu': 'Test CPU', 'isa': 'AVX2', 'git_commit': 'abcdef0123456789',
+                            'command': command, 'openblas_threads': threads}}
+
+
+def fake_run(run_dir):
+    """A run of two sessions: 0-300 on one core, 300-500 on two processes; 500 s of training."""
+    os.makedirs(run_dir)
+    config = {'args': {'dataset': 'deadleaves', 'fidelity': 'fast'},
+              'sessions': [session(0, 'python train.py --dataset deadleaves'),
+                           session(300, 'python train.py --resume x', processes=2)]}
+    status = {'iterations_done': 500, 'wall_s': 500.0,
+              'evaluations': [{'iteration': 250, 'wall_s': 250.0, 'heldout_K_bits': -1.5, 'heldout_stderr_bits': 0.01},
+                              {'iteration': 500, 'wall_s': 500.0, 'heldout_K_bits': -0.25,
+                               'heldout_stderr_bits': 0.02}]}
+    training.save_checkpoint(os.path.join(run_dir, 'checkpoint.npz'),
+                             {'shared': {'W': np.ones(3, np.float32)}, 'config': config, 'status': status})
+    with open(os.path.join(run_dir, 'progress.csv'), 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['iteration', 'wall_s'])
+        for i in range(0, 501, 100):
+            w.writerow([i, float(i)])
+    with open(os.path.join(run_dir, 'log.jsonl'), 'w') as f:
+        f.write('{"iteration": 1}\n')
+
+
+def test_release_copies_the_run_and_describes_its_sessions(tmp_path):
+    run, model = str(tmp_path / 'run'), str(tmp_path / 'models' / 'deadleaves')
+    fake_run(run)
+    text = open(release.release(run, model)).read()
+    assert sorted(os.listdir(model)) == ['README.md', 'checkpoint.npz', 'log.jsonl', 'progress.csv']
+    assert '| 1 | 0 to 300 | 5.0 | 1 |' in text  # 300 s on one core
+    assert '| 2 | 300 to 500 | 3.3 | 2 |' in text  # 200 s on two processes
+    assert '0.19 core-hours' in text  # (300 x 1 + 200 x 2) / 3600 = 0.194
+    assert 'K = -0.250 +- 0.020 bits/pixel (paper, Table 1: 1.489)' in text
+    digest = hashlib.sha256(open(os.path.join(model, 'checkpoint.npz'), 'rb').read()).hexdigest()
+    assert digest in text
+    assert '--resume models/deadleaves --max-minutes 8 ' in text
+
+
+def test_release_of_the_folder_itself_updates_its_readme(tmp_path):
+    run = str(tmp_path / 'deadleaves')
+    fake_run(run)
+    release.release(run, run)
+    assert 'evaluate.py` has not been run' in open(os.path.join(run, 'README.md')).read()
+    assert release.main([run, run]) is None
+
+
+def test_release_refuses_a_folder_without_a_checkpoint(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        release.main([str(tmp_path), str(tmp_path / 'm')])
+    assert 'has no checkpoint.npz' in str(e.value)
