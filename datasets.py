@@ -293,7 +293,15 @@ def deadleaves_file(data_path=None, size=DEADLEAVES_SIZE, count=DEADLEAVES_COUNT
 
 # scikit-image's grey 512x512 textures, shipped inside its package (no download).
 BARK_TEXTURES = ('grass', 'gravel', 'brick')
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.tif', '.tiff', '.pgm', '.bmp')
+FOLDER_SUFFIXES = ('.png', '.jpg', '.jpeg')  # your own images (folder_images)
+IMAGE_SUFFIXES = FOLDER_SUFFIXES + ('.tif', '.tiff', '.pgm', '.bmp')  # bark from a folder: what scikit-image reads
+
+
+def image_files(folder, suffixes):
+    """The files under `folder` (searched recursively) whose names end in one of `suffixes`
+    (any case), sorted."""
+    return sorted(os.path.join(root, f) for root, _, files in os.walk(folder)
+                  for f in files if f.lower().endswith(suffixes))
 
 
 def bark(folder=None, patch=64, stride=None):
@@ -325,8 +333,7 @@ def builtin_textures():
 
 def folder_textures(folder):
     """{split: [uint8 (h, w)]}: grey images under `folder`, every fourth one (sorted) for test."""
-    paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder)
-                   for f in files if f.lower().endswith(IMAGE_SUFFIXES))
+    paths = image_files(folder, IMAGE_SUFFIXES)
     if len(paths) < 4:
         raise DataMissing('{}: {} image files found; bark needs at least 4 (every fourth is '
                           'held out for test)'.format(folder, len(paths)))
@@ -362,7 +369,6 @@ def digits():
 
 # ---------------------------------------------------------------- your own images
 
-FOLDER_SUFFIXES = ('.png', '.jpg', '.jpeg')
 FOLDER_SEED, FOLDER_MIN = 0, 10  # the split's seed; the fewest images (one tenth is test)
 
 
@@ -374,8 +380,7 @@ def folder_image_paths(folder):
     if not os.path.isdir(folder):
         raise DataMissing('folder {} not found: put the images back there (a resumed run reads them '
                           'again) or give an existing folder of PNG/JPEG images'.format(folder))
-    paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder)
-                   for f in files if f.lower().endswith(FOLDER_SUFFIXES))
+    paths = image_files(folder, FOLDER_SUFFIXES)
     if not paths:
         raise DataMissing('folder {}: no .png, .jpg or .jpeg images in it'.format(folder))
     if len(paths) < FOLDER_MIN:

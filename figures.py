@@ -18,6 +18,12 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only back end)
 
 
+def save(fig, path, dpi=80):
+    """Write the figure `fig` to `path` (PNG) and free it."""
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def swissroll_figure(exp, path, seed, n=2000):
     """Figure 1 layout: forward q(x^t) at t = 0, T/2, T (top), the learned reverse
     trajectory at the same t (middle), and the drift f_mu(x^t, t) - x^t (bottom)."""
@@ -47,8 +53,7 @@ def swissroll_figure(exp, path, seed, n=2000):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 def heartbeat_figure(exp, path, seed, n=40):
@@ -63,8 +68,7 @@ def heartbeat_figure(exp, path, seed, n=40):
         ax.set_title(title)
         ax.set_xlabel('bin')
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 def schedule_figure(exp, path):
@@ -76,8 +80,7 @@ def schedule_figure(exp, path):
     ax.set_ylabel('b_t')
     ax.set_title('forward schedule')
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 DATASET_FIGURES = {'swissroll': ('swissroll_trajectories.png', swissroll_figure),
@@ -107,8 +110,7 @@ def kl_by_t_figure(result, path):
     ax.set_ylabel('(T-1) E[KL at t], {}'.format(result['unit']))
     ax.set_title('cost of each step (mean over t = the KL part of -K)')
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 def entropy_figure(result, path):
@@ -123,8 +125,7 @@ def entropy_figure(result, path):
     ax.set_title('{} below, {} above'.format(result['n_below_lower'], result['n_above_upper']))
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 def compile_readout(diffusion, x_ndim):
@@ -156,8 +157,7 @@ def readout_figure(exp, path, readout_fn, n_steps=25, seed=0):
         ax.set_ylabel('{}(t), one image'.format(name))
     axes[2].set_xlabel('t')
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 def heldout_figure(evaluations, path, unit):
@@ -175,8 +175,7 @@ def heldout_figure(evaluations, path, unit):
     axes[0].set_ylabel('held-out K ({})'.format(unit))
     axes[0].set_title('monitored bound (higher is better)')
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 
@@ -209,8 +208,7 @@ def extrapolation_figure(evaluations, fit, path, unit='bits/pixel'):
     ax.set_title('Uncertainty: the monitor\'s sampling error, for this form of curve only', fontsize=9)
     ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 def training_figures(exp, evaluations, run_dir, compiled):
@@ -327,8 +325,7 @@ def vector_figure(result, path):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=60)
-    plt.close(fig)
+    save(fig, path, dpi=60)
     return [path]
 
 

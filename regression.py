@@ -243,21 +243,6 @@ def leaky_relu(x, slope=conv3x3.LEAKY_RELU_SLOPE):
     return T.nnet.relu(x, alpha=slope)
 
 
-def mean_pool(x, factor):
-    """Mean over factor x factor blocks of x (n, C, H, W) -> (n, C, H / factor, W / factor)."""
-    if factor == 1:
-        return x
-    n, c, h, w = x.shape
-    return x.reshape((n, c, h // factor, factor, w // factor, factor)).mean(axis=(3, 5))
-
-
-def upsample_nearest(x, factor):
-    """Each pixel of x (n, C, h, w) repeated into a factor x factor block."""
-    if factor == 1:
-        return x
-    return T.repeat(T.repeat(x, factor, axis=2), factor, axis=3)
-
-
 # conv_impl='auto': Winograd at the full-resolution scale of layers with at least this many
 # input channels, CorrMM elsewhere (measured: CorrMM wins at 1, 3 and 20 channels and on
 # the pooled scales' 16x16 and smaller images)

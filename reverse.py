@@ -127,7 +127,8 @@ def frame_times(T_steps, n_frames, skip_last_step=False):
 
 def sample_trajectory(diffusion, kernel, shape, rng, keep=(), condition=None, skip_last_step=False,
                       batch_size=None, progress=False, comm=None):
-    """x^0 (x^1 if skip_last_step) and the frames x^t for t in `keep`, model units.
+    """x^0 (x^1 if skip_last_step) and the frames x^t for t in `keep`, model units: a draw of
+    the reverse trajectory p(x^{0...T}) = p(x^T) prod_t p(x^{t-1} | x^t) (Eq. 5).
 
     kernel: from compile_reverse_kernel. condition: an r(x) (Unconditioned by default).
     x^T ~ p(x^T) r(x^T), then x^{t-1} ~ p(x^{t-1} | x^t) r(x^{t-1}) (Eq. 23). The network
