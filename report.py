@@ -22,7 +22,6 @@ import scipy.optimize
 
 import checkpoints
 import cli
-import figures
 import presets
 import rundirs
 
@@ -329,6 +328,7 @@ def extrapolate_run(run_dirs, target):
     out['step_s'] = state['status']['wall_s'] / max(state['status']['iterations_done'], 1)
     rundirs.write_json(os.path.join(run_dir, 'extrapolation.json'), out)
     unit = 'bits/pixel' if dataset in presets.IMAGES else 'bits' if dataset == 'swissroll' else 'bits/seq'
+    import figures  # Theano loads here, for this figure alone
     figures.extrapolation_figure(evaluations, out, os.path.join(run_dir, 'extrapolation.png'), unit)
     print(json.dumps(out, indent=2))
     return out

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-import release
 import checkpoints
+import release
 
 
 def session(start, command, threads=1, processes=1):
