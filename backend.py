@@ -92,7 +92,6 @@ def pin_isa():
         os.environ['NPY_DISABLE_CPU_FEATURES'] = ' '.join(numpy_avx512_targets(cpu_flags()))
 
 
-
 # The project's Theano defaults; a user's own THEANO_FLAGS are appended and win.
 # local_dot22_to_dot22scalar folds a scalar factor (a learning rate, the leaky ReLU's
 # slopes) into a matrix product, and when the plain product is needed as well Theano

@@ -7,7 +7,6 @@ import sys
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (np.random.seed): 0 to 2^32 - 1
 
 
-
 def fail(message, prog=None):
     """A user error: one line on stderr naming the script, then exit code 2."""
     print('{}: error: {}'.format(prog or os.path.basename(sys.argv[0]), message), file=sys.stderr)
@@ -39,7 +38,6 @@ def command_parser(doc):
     paragraphs = doc.split('\n\n')
     return OneLineParser(description=paragraphs[0], epilog='examples:\n' + paragraphs[1],
                          formatter_class=DefaultsHelpFormatter)
-
 
 
 def check_seed(seed, flag='--seed'):

@@ -309,10 +309,11 @@ def evaluate(exp, checkpoint, out_dir, split='test', n_t=10, seed=0, n_examples=
     return out
 
 
-# ---------------------------------------------------------------- command line
-
+# ---------------------------------------------------------------- evaluate.py's work
 
 def evaluate_command(args, ks, comm):
+    """evaluate.py on one process of the launch: the checkpoint loaded, the memory checked,
+    evaluate() run, its summary printed."""
     try:
         exp, checkpoint, run_dir = load_experiment(args.path, args.data_path, args.ema)
     except ValueError as e:  # not a checkpoint, or a missing data file

@@ -42,7 +42,6 @@ def lr_schedule(s, lr_start, iterations_done, n_train):
     return E.exponential_decay(lr_start, s['lr_final'], max(total - iterations_done, 1))
 
 
-
 def build_extensions(s, exp, run_dir, lr, plot_before_training, comm, average=None):
     """The extensions of a run: every process stops, schedules and evaluates (collectively);
     the writer process alone prints and writes files. With an average of the parameters,
@@ -66,7 +65,6 @@ def build_extensions(s, exp, run_dir, lr, plot_before_training, comm, average=No
         E.Checkpoint(checkpoint, every_n_batches=every, best_path=os.path.join(run_dir, 'best.npz'),
                      resume_hint=settings.resume_command(run_dir)),
     ]
-
 
 
 def final_evaluation(loop, exp, run_dir, average=None):
@@ -103,7 +101,6 @@ def final_evaluation(loop, exp, run_dir, average=None):
     return out
 
 
-
 def print_results(results, run_dir):
     print('Held-out bound: K = {K_bits:.3f} +- {stderr_bits:.3f} {unit}, K - L_null = '
           '{K_minus_Lnull_bits:.3f} (n_eval {n_eval}, {n_t} stratified draws each)'.format(**results))
@@ -119,7 +116,6 @@ def print_results(results, run_dir):
     if known:
         print('Compare: ' + ', '.join(known))
     print('Results written to {}'.format(os.path.join(run_dir, 'results.json')))
-
 
 
 def settings_and_experiment(args):
@@ -152,7 +148,6 @@ def settings_and_experiment(args):
     return s, checkpoint, overrides, exp
 
 
-
 def resumed_log(run_dir, checkpoint):
     """Check RUN_DIR/log.jsonl before a resume (JSONLog cuts it back to the checkpoint): a
     checkpoint alone in its folder starts a new log, said in one line; a log shorter than
@@ -167,7 +162,6 @@ def resumed_log(run_dir, checkpoint):
         cli.fail('{} has {} bytes and the checkpoint expects at least {}: it is not this run\'s log; move it '
                   'away to start a new log at minibatch {}'.format(log, os.path.getsize(log), status['log_bytes'],
                                                                   status['iterations_done']))
-
 
 
 def run_directory(s, args, checkpoint, overrides, comm):
@@ -193,7 +187,6 @@ def run_directory(s, args, checkpoint, overrides, comm):
         return rundirs.make_run_dir(s['output_dir'], 'diffusion', settings.run_name(s), s['suffix'])
     except OSError as e:
         cli.fail('--output-dir {}: {}'.format(s['output_dir'], e.strerror or e))
-
 
 
 def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
@@ -235,7 +228,6 @@ def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
     return loop
 
 
-
 def lock_run_directory(run_dir, comm):
     """The writer's lock on the run directory (rundirs.RunLock), None on the other processes;
     one line and exit 2 while another process holds it."""
@@ -252,7 +244,6 @@ def lock_run_directory(run_dir, comm):
     return lock
 
 
-
 def kept(run_dir):
     """What a stopped run leaves: 'kept: RUN_DIR/checkpoint.npz (N minibatches); resume
     with: python train.py --resume RUN_DIR', or that there is no checkpoint."""
@@ -264,7 +255,6 @@ def kept(run_dir):
     if done is None:
         return 'no checkpoint was written'
     return 'kept: {} ({} minibatches); resume with: {}'.format(path, done, settings.resume_command(run_dir))
-
 
 
 def run(args, comm):
@@ -289,7 +279,6 @@ def run(args, comm):
             lock.release()
         if not args.resume and run_dir and os.path.isdir(run_dir) and not os.listdir(run_dir):
             os.rmdir(run_dir)  # a new run stopped before it wrote anything
-
 
 
 def train_and_evaluate(s, args, checkpoint, overrides, exp, run_dir, comm):

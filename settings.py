@@ -19,14 +19,11 @@ DEFAULTS = {'fidelity': 'paper', 'model_args': {}, 'optimizer': 'rmsprop', 'seed
             'max_epochs': None, 'max_minutes': None, 'output_dir': 'runs', 'suffix': '',
             'data_path': None}
 FIXED_ON_RESUME = ('dataset', 'fidelity', 'model_args', 'seed', 'batch_size', 'optimizer')
-
 OVERRIDABLE = ('max_batches', 'max_epochs', 'max_minutes', 'ext_every_n', 'lr', 'lr_final', 'data_path')
-
 NEW_RUN_ONLY = ('output_dir', 'suffix')
 # What a checkpoint must hold to resume (checkpoints.require); settings it lacks beyond these
 # take DEFAULTS.
 NUMBER = (int, float)
-
 RESUME_FIELDS = (('config.args', dict), ('config.model', dict), ('config.args.dataset', str),
                  ('config.args.fidelity', str), ('config.args.model_args', dict), ('config.args.seed', int),
                  ('config.args.batch_size', int), ('config.args.optimizer', str), ('config.args.lr', NUMBER),
@@ -56,7 +53,6 @@ def new_run_settings(given):
     return settings
 
 
-
 def folder_settings(given):
     """--dataset folder:PATH -> --dataset folder with the absolute PATH in --model-args,
     where the checkpoint keeps it for a resumed run."""
@@ -67,7 +63,6 @@ def folder_settings(given):
     return dict(given, dataset='folder', model_args=dict(given.get('model_args') or {}, folder=folder))
 
 
-
 def run_name(s):
     """The data set's part of a run directory's name; folder-<the folder's name, made safe>
     for your own images."""
@@ -75,7 +70,6 @@ def run_name(s):
     if not folder:
         return s['dataset']
     return 'folder-' + (re.sub(r'[^A-Za-z0-9.-]+', '-', os.path.basename(folder)).strip('-.') or 'images')
-
 
 
 def resumed_settings(given, saved):
@@ -105,7 +99,6 @@ def resumed_settings(given, saved):
     return settings, overrides
 
 
-
 def check_settings(s):
     """One-line error and exit 2 for a flag outside its range (before anything is written)."""
     rules = [('batch_size', 'an integer >= 1', lambda v: v >= 1),
@@ -126,7 +119,6 @@ def check_settings(s):
         cli.fail('--data-path {}: is a file, not a folder'.format(s['data_path']))
 
 
-
 def check_resumable(checkpoint, path):
     """ValueError (one line) unless the checkpoint holds what a resumed run needs."""
     checkpoints.require(checkpoint, path, RESUME_FIELDS)
@@ -141,7 +133,6 @@ def check_resumable(checkpoint, path):
     if missing:
         raise ValueError('{} is not a complete checkpoint of this project: its model lacks {}'.format(
             path, ', '.join(sorted(missing))))
-
 
 
 def resume_command(run_dir):

@@ -80,7 +80,6 @@ def step_rule(optimizer, lr, rule_args):
     return STEP_RULES[optimizer](lr, **rule_args.get(optimizer, {}))
 
 
-
 def descent_updates(cost, params, step_rule, nonfinite='drop_step', average=None):
     """Gradient-descent updates on `cost` (gradient_updates of its gradients)."""
     return gradient_updates(T.grad(cost, params), params, step_rule, nonfinite, average)

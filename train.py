@@ -41,14 +41,12 @@ def parse_model_args(text):
     return out
 
 
-
 def model_args_type(text):
     """parse_model_args for argparse: its message, not argparse's generic one."""
     try:
         return parse_model_args(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e))
-
 
 
 def build_parser():
