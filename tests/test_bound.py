@@ -8,6 +8,8 @@ import checkpoints
 import experiments
 import presets
 
+pytestmark = pytest.mark.slow  # compiles the bound of small models (python -m pytest -m "not slow" leaves it out)
+
 
 def roll_experiment(fidelity='paper', **overrides):
     # a thicker roll and a larger b_1 than the defaults keep the Monte Carlo noise small

@@ -16,6 +16,8 @@ import presets
 import reverse
 import util
 
+pytestmark = pytest.mark.slow  # compiles and evaluates small models (python -m pytest -m "not slow" leaves it out)
+
 
 def tiny(dataset, **overrides):
     # a thicker roll and a larger b_1 than the defaults keep the Monte Carlo noise small;

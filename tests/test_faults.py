@@ -33,6 +33,8 @@ import sampler
 import streams
 import train
 
+pytestmark = pytest.mark.slow  # runs train.py, evaluate.py and sampler.py in subprocesses (python -m pytest -m "not slow" leaves it out)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, 'train.py')
 TINY = ['--dataset', 'heartbeat', '--seed', '7', '--ext-every-n', '100',

@@ -30,6 +30,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # trains the golden short runs (python -m pytest -m "not slow" leaves it out)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)

@@ -14,6 +14,8 @@ import regression as R
 import reverse
 import steprules
 
+pytestmark = pytest.mark.slow  # compiles the training graphs (python -m pytest -m "not slow" leaves it out)
+
 SMALL = dict(T=20, n_temporal_basis=3, n_hidden_dense_lower=8, n_hidden_dense_lower_output=2,
              n_hidden_dense_upper=4, n_hidden_conv=4, n_layers_conv=2, n_layers_dense_lower=2,
              n_layers_dense_upper=2, n_scales=2, conv_path=True)

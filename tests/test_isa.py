@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import backend
+
+pytestmark = pytest.mark.slow  # imports Theano in fresh processes (python -m pytest -m "not slow" leaves it out)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AVX512_MACHINE = {'avx2', 'fma', 'avx512f', 'avx512cd', 'avx512bw', 'avx512dq', 'avx512vl', 'avx512_vnni',

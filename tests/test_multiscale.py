@@ -13,6 +13,8 @@ import multiscale as M
 import reference_ops
 import regression as R
 
+pytestmark = pytest.mark.slow  # compiles the C ops and their gradients (python -m pytest -m "not slow" leaves it out)
+
 ACTIVATIONS = (None, 'softplus', 'tanh', 'leaky_relu')
 THEANO_ACTIVATION = {None: lambda v: v, 'softplus': T.nnet.softplus, 'tanh': T.tanh,
                      'leaky_relu': R.leaky_relu}

@@ -5,11 +5,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import commands  # noqa: E402
+
+pytestmark = pytest.mark.slow  # builds and runs the package in subprocesses (python -m pytest -m "not slow" leaves it out)
 
 
 def setup_value(name):

@@ -16,6 +16,8 @@ import parallel
 import checkpoints
 import backend
 
+pytestmark = pytest.mark.slow  # runs MPI launches (python -m pytest -m "not slow" leaves it out)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIEXEC = parallel.mpiexec()
 TINY_DIGITS = ['--dataset', 'digits', '--seed', '5', '--max-batches', '20', '--ext-every-n', '10', '--batch-size', '50',

@@ -15,6 +15,8 @@ import extensions as E
 import mainloop
 import streams
 
+pytestmark = pytest.mark.slow  # trains a digits network (python -m pytest -m "not slow" leaves it out)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # digits with a tiny network: a run of 20 minibatches takes seconds once compiled
 TINY = ['--dataset', 'digits', '--seed', '3', '--ext-every-n', '10', '--batch-size', '50',

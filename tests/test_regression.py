@@ -11,6 +11,8 @@ import presets
 import reference_ops
 import regression as R
 
+pytestmark = pytest.mark.slow  # compiles the networks (python -m pytest -m "not slow" leaves it out)
+
 floatX = theano.config.floatX
 CIFAR_SHAPE, MNIST_SHAPE = (3, 32, 32), (1, 28, 28)
 

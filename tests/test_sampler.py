@@ -18,6 +18,8 @@ import presets
 import reverse
 from conftest import TINY_IMAGE_ARGS
 
+pytestmark = pytest.mark.slow  # compiles and samples small models (python -m pytest -m "not slow" leaves it out)
+
 floatX = theano.config.floatX
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_ROLL = dict(n_train=500, n_eval=200)

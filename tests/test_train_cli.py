@@ -14,6 +14,8 @@ import checkpoints
 import settings
 import train
 
+pytestmark = pytest.mark.slow  # runs train.py (python -m pytest -m "not slow" leaves it out)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['--model-args', 'n_train=2000,n_eval=400', '--batch-size', '100']
 # a heartbeat run of a few seconds: 300 minibatches, a checkpoint every 100

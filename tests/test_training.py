@@ -134,6 +134,7 @@ def read_log(path):
     return [json.loads(line) for line in open(path)]
 
 
+@pytest.mark.slow  # trains, or runs a subprocess
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     (tmp_path / 'a').mkdir()
     full, m_full = make_loop(tmp_path / 'a', 23)
@@ -154,6 +155,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert [r['cost'] for r in log_b] == [r['cost'] for r in log_a]
 
 
+@pytest.mark.slow  # trains, or runs a subprocess
 def test_log_is_cut_to_the_checkpoint_after_a_kill(tmp_path):
     """A run killed after its last checkpoint (iteration 8) wrote records 9 and 10 too; the
     resumed run drops them and writes them again from the checkpoint on."""
@@ -170,6 +172,7 @@ def test_log_is_cut_to_the_checkpoint_after_a_kill(tmp_path):
     assert [r['iteration'] for r in read_log(tmp_path / 'log.jsonl')] == list(range(1, 13))
 
 
+@pytest.mark.slow  # trains, or runs a subprocess
 def test_different_seeds_give_different_runs(tmp_path):
     a, ma = make_loop(tmp_path, 5, seed=1)
     a.run()
@@ -237,6 +240,7 @@ checkpoints.save_checkpoint({path!r}, {{'shared': {{'w': np.full(100000, 2.0, 'f
 """
 
 
+@pytest.mark.slow  # trains, or runs a subprocess
 def test_kill_9_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path):
     path = str(tmp_path / 'ckpt.npz')
     checkpoints.save_checkpoint(path, state([1, 1]))
@@ -332,6 +336,7 @@ def test_exponential_decay_reaches_lr_final_at_the_planned_batch_then_holds():
     assert lr.get_value() == pytest.approx(1e-4, rel=1e-4)
 
 
+@pytest.mark.slow  # trains, or runs a subprocess
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_signal_writes_checkpoint_and_stops(tmp_path, signum):
     loop, m = make_loop(tmp_path, 1000)

@@ -19,6 +19,8 @@ import experiments
 import presets
 import steprules
 
+pytestmark = pytest.mark.slow  # trains small models (python -m pytest -m "not slow" leaves it out)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
