@@ -18,8 +18,8 @@ import urllib.error
 import urllib.request
 
 import numpy as np
-from tqdm import tqdm
 
+import meter
 import rundirs
 
 SPLITS = ('train', 'test')
@@ -243,7 +243,7 @@ def copy_url(url, out, label, timeout):
         length = response.headers.get('Content-Length')
         size = int(length) if length else None
         received = 0
-        with tqdm(total=size, unit='B', unit_scale=True, desc=label, leave=False) as bar:
+        with meter.bar(size, label, unit='bytes', leave=False) as bar:
             for block in iter(lambda: response.read(1 << 16), b''):
                 out.write(block)
                 received += len(block)

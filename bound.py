@@ -28,12 +28,13 @@ import backend  # noqa: F401  (configures Theano before it is imported)
 
 import json
 import os
+import sys
 import zipfile
 
 import numpy as np
 import theano
-from tqdm import tqdm
 
+import meter
 import parallel
 import rundirs
 import util
@@ -105,7 +106,9 @@ def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=
     K_bits = edge_bits - (T - 1) kl_bits), kl_bits_by_t ((T - 1) times the mean KL at each
     t = 2..T: what a draw at step t costs) with count_by_t, t_mix, and unit.
     """
-    fn = fn or compile_terms(exp)
+    if fn is None:
+        with meter.waiting('compiling the bound', sys.stderr, enabled=progress):
+            fn = compile_terms(exp)
     comm = comm or parallel.SingleProcess()
     T_steps, n = exp.diffusion.T_steps, len(x)
     batch_size = batch_size or exp.eval_batch_size
@@ -120,8 +123,7 @@ def heldout_bound(exp, x, n_t=1, seed=0, fn=None, batch_size=None, partial_path=
              'kl2_by_t': np.zeros(T_steps + 1), 'count_by_t': np.zeros(T_steps + 1), 'units_done': 0}
     if partial_path and os.path.exists(partial_path):
         state = load_partial(partial_path, signature) or state
-    bar = tqdm(total=len(units), initial=state['units_done'], desc='bound K', disable=not progress,
-               unit='batch')
+    bar = meter.bar(len(units), 'bound K', initial=state['units_done'], enabled=progress, leave=False)
     for done in range(state['units_done'], len(units)):
         u, (i, s) = units[done]
         t = steps[i, s:s + batch_size]

@@ -1,5 +1,6 @@
 """The installed console commands: diffusion-train, -evaluate, -sample, -report, -datasets,
--ceiling and -bench (setup.py's COMMANDS), each what `python <module>.py` is in the checkout.
+-ceiling, -baseline and -bench (setup.py's COMMANDS), each what `python <module>.py` is in
+the checkout.
 
 The modules import each other by bare name (`import util`), as in the flat checkout.
 Installed, they live in the package folder diffusion_thermodynamics, away from other
@@ -39,6 +40,10 @@ def datasets():
 
 def ceiling():
     run('ceiling')
+
+
+def baseline():
+    run('baseline')
 
 
 def bench():

@@ -26,10 +26,10 @@ import sys
 
 import numpy as np
 from scipy.special import logsumexp
-from tqdm import tqdm
 
 import archives
 import cli
+import meter
 import streams
 from archives import DOWNLOADS, DataMissing  # noqa: F401  (DataMissing: raised here, caught by callers)
 
@@ -78,9 +78,11 @@ def swissroll_log_density(y, noise, n_grid=None):
     log_w = np.log(w / (hi - lo))                     # uniform p(t) times trapezoid weights
     s = spiral(t)
     out = np.empty(len(x))
-    for i in range(0, len(x), 64):
-        d2 = ((x[i:i + 64, None, :] - s[None]) ** 2).sum(-1)  # (chunk, n_grid)
-        out[i:i + 64] = logsumexp(log_w - d2 / (2 * noise ** 2), axis=1)
+    with meter.bar(len(x), 'exact log likelihood', unit='points') as progress:  # minutes for a thin roll
+        for i in range(0, len(x), 64):
+            d2 = ((x[i:i + 64, None, :] - s[None]) ** 2).sum(-1)  # (chunk, n_grid)
+            out[i:i + 64] = logsumexp(log_w - d2 / (2 * noise ** 2), axis=1)
+            progress.update(len(d2))
     return out - np.log(2 * np.pi * noise ** 2) + 2 * np.log(scale)
 
 
@@ -269,7 +271,7 @@ def deadleaves(count, size=DEADLEAVES_SIZE, seed=DEADLEAVES_SEED):
     """`count` dead-leaves images, uint8 (count, 1, size, size), radii in
     [DEADLEAVES_RMIN, size / 2]; image i comes from the seed (seed, i)."""
     out = np.empty((count, 1, size, size), np.uint8)
-    for i in tqdm(range(count), desc='dead leaves', unit='image', disable=count < 1000):
+    for i in meter.track(range(count), 'dead leaves', unit='images', enabled=count >= 1000):
         rng = np.random.default_rng([seed, i])
         out[i, 0] = np.round(255 * deadleaves_image(rng, size, DEADLEAVES_RMIN, size / 2))
     return out

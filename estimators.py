@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 from scipy.special import logsumexp
-from tqdm import tqdm
 
 import bound
 import checkpoints
@@ -25,6 +24,7 @@ import experiments
 import figures
 import mainloop
 import memory
+import meter
 import parallel
 import provenance
 import reverse
@@ -58,12 +58,12 @@ def mean_bound(per_example_bits, null_bits):
             'stderr_bits': float(per_example_bits.std(ddof=1) / np.sqrt(n)), 'n_eval': int(n)}
 
 
-def crops_bound(exp, x, n_t, seed, comm=None):
+def crops_bound(exp, x, n_t, seed, comm=None, progress=False):
     """K of held-out crops (one of exp.crop x exp.crop per image of x, drawn from the seed)
     for a network trained on crops: the training objective's own data, beside the bound
     on whole images."""
     crops = experiments.random_crops(x, exp.crop, np.random.default_rng([seed, 8]))
-    r = bound.heldout_bound(exp, crops, n_t, seed, comm=comm)
+    r = bound.heldout_bound(exp, crops, n_t, seed, comm=comm, progress=progress)
     return dict({k: r[k] for k in ('K_bits', 'K_minus_Lnull_bits', 'stderr_bits', 'n_eval', 'n_t')}, crop=exp.crop)
 
 
@@ -81,7 +81,7 @@ def heldout_report(exp, x, n_t, seed, comm=None, **options):
     if exp.diffusion.kl_multiplier != exp.diffusion.T_steps - 1:
         r['K_bits_code_factor'] = bound.with_kl_multiplier(r, exp.diffusion.kl_multiplier)
     if exp.crop:  # whole images above; the crops the network trained on here
-        r['crops'] = crops_bound(exp, x, n_t, seed, comm)
+        r['crops'] = crops_bound(exp, x, n_t, seed, comm, options.get('progress', False))
     return r
 
 
@@ -161,7 +161,7 @@ def importance_weighted_bound(exp, x, ks=(1, 4, 16), seed=0, batch_size=None, pr
     kernel = reverse.compile_reverse_kernel(exp.diffusion, exp.train_x.ndim)
     beta = exp.diffusion.beta_values()
     log_w, correction = np.zeros((len(x), k_max)), np.zeros(len(x))
-    for s in tqdm(parallel.rank_units(range(0, len(x), batch_size), comm), desc='IW bound', disable=not progress):
+    for s in meter.track(parallel.rank_units(range(0, len(x), batch_size), comm), 'IW bound', enabled=progress):
         rng = np.random.default_rng([seed, 3, s])
         x0 = exp.draw_inputs(rng, np.repeat(x[s:s + batch_size], k_max, axis=0), evaluation=True)[0]
         log_w[s:s + batch_size] = trajectory_log_weights(exp.diffusion, kernel, beta, x0, rng).reshape(-1, k_max)
@@ -213,7 +213,7 @@ def model_samples(exp, n, seed=0, batch_size=500, progress=True, comm=None):
     starts = list(range(0, n, batch_size))
     a, b = comm.share(len(starts))
     out = []
-    for s in tqdm(starts[a:b], desc='samples', disable=not progress):
+    for s in meter.track(starts[a:b], 'samples', enabled=progress):
         x0, _ = reverse.sample_trajectory(exp.diffusion, kernel, (min(batch_size, n - s),) + shape,
                                           np.random.default_rng([seed, 4, s]),
                                           skip_last_step=exp.args.get('skip_last_step', False))
@@ -254,7 +254,7 @@ def reverse_entropies(exp, x, seed=0, progress=True):
     rng = np.random.default_rng([seed, 5])
     x0 = exp.draw_inputs(rng, x, evaluation=True)[0].astype(np.float64)
     h_p = []
-    for t in tqdm(range(2, exp.diffusion.T_steps + 1), desc='entropy', disable=not progress):
+    for t in meter.track(range(2, exp.diffusion.T_steps + 1), 'entropy', unit='steps', enabled=progress):
         xt = exp.diffusion.forward_sample(x0, t, rng, beta)
         sigma = kernel(xt.astype(experiments.floatX), np.full(len(xt), t, dtype='int64'))[1]
         h_p.append(float(np.mean(0.5 * np.log(2 * np.pi * np.e * sigma.astype(np.float64)))))

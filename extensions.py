@@ -15,6 +15,7 @@ import numpy as np
 import bound
 import checkpoints
 import figures
+import meter
 import parallel
 import reverse
 import rundirs
@@ -133,14 +134,6 @@ class JSONLog(Extension):
         status['log_bytes'] = keep
 
 
-def duration(seconds):
-    """'45 s', '12 min', '3 h 05 min'."""
-    if seconds < 100:
-        return '{:.0f} s'.format(seconds)
-    minutes = round(seconds / 60)
-    return '{} min'.format(minutes) if minutes < 100 else '{} h {:02d} min'.format(minutes // 60, minutes % 60)
-
-
 class Printing(Extension):
     """A progress line every N minibatches, and whenever `quiet_s` seconds of wall time
     passed without one: iteration, epoch, training time, the rate since the last line
@@ -193,7 +186,7 @@ class Printing(Extension):
             parts.append('{:.3g} minibatches/s'.format(rate))
         left = self.finish.time_left(s, rate) if self.finish else None
         if left:
-            parts.append('{} left ({})'.format(duration(left[0]), left[1]))
+            parts.append('{} left ({})'.format(meter.duration(left[0]), left[1]))
         parts += ['{} {:.4g}'.format(k, v) for k, v in means.items()]
         print(' | '.join(parts), file=self.stream or sys.stdout, flush=True)
         if self.csv_path:
@@ -323,7 +316,8 @@ class HeldOutBound(Extension):
             start = time.time()
             if self.comm.is_writer:
                 print('Compiling the held-out bound ...', flush=True)
-            self.fn = bound.compile_terms(self.exp)
+            with meter.waiting('compiling the held-out bound', enabled=self.comm.is_writer):
+                self.fn = bound.compile_terms(self.exp)
             if self.comm.is_writer:
                 print('Compiled in {:.1f} s.'.format(time.time() - start), flush=True)
         if not self.comm.same_everywhere(self.exp.params_checksum()):
@@ -331,7 +325,8 @@ class HeldOutBound(Extension):
                                '(the last checkpoint is good)'.format(loop.status['iterations_done']))
         with steprules.averaged(self.average):
             r = bound.heldout_bound(self.exp, self.x, n_t=self.exp.monitor_draws, fn=self.fn, comm=self.comm,
-                                    seed=MONITOR_SEED + loop.status['iterations_done'])
+                                    seed=MONITOR_SEED + loop.status['iterations_done'],
+                                    progress=self.comm.is_writer)
         s = loop.status
         if event == 'before_training':  # a record of its own, before the next minibatch
             loop.record = {'iteration': s['iterations_done'], 'epoch': s['epochs_done']}

@@ -2,14 +2,20 @@
 (results.json, and evaluation_test.json where evaluate.py has been run); and the
 extrapolation of a run's K curve to the paper's figure.
 
+    python report.py                      # the committed REPORT.md, from results/*/ and models/*/
     python report.py runs/<run_a> runs/<run_b> [--out REPORT.md]
     python report.py --extrapolate runs/<run> [--target 1.489]
+
+With no run directories the report is made from the files committed in the repository:
+results/<row>/ (a toy row's results.json, and README.md with the command that made it) and
+models/<name>/ (a released model: checkpoint.npz, results.json, progress.csv, README.md).
 
 Each row says where its numbers come from, on which machine and software they were made,
 and, for a paper-preset run, below the table, where the run is not the paper.
 """
 import backend  # noqa: F401  (configures Theano before it is imported)
 
+import glob
 import json
 import math
 import os
@@ -27,6 +33,9 @@ import rundirs
 
 COLUMNS = ('run', 'data set', 'preset', 'K', '+-', 'paper K', 'against the paper', 'K - L_null', 'paper K - L_null',
            'unit', 'minibatches', 'training', 'source', 'environment')
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+COMMITTED = ('results', 'models')  # the folders of committed results, in the report's order
 
 # Below the paper by at most this many standard errors: "within n standard errors".
 WITHIN_STDERRS = 2
@@ -80,12 +89,19 @@ def code_origin(env):
     return 'commit {}'.format(env['git_commit']) if env.get('git_commit') else env.get('source', 'commit None')
 
 
-def run_row(run_dir):
+def committed_dirs(root=ROOT):
+    """The folders of committed results under root, each holding results.json: results/*/,
+    then models/*/ (absent until a model is released)."""
+    return [os.path.normpath(d) for folder in COMMITTED for d in sorted(glob.glob(os.path.join(root, folder, '*', '')))
+            if os.path.exists(os.path.join(d, 'results.json'))]
+
+
+def run_row(run_dir, name=None):
     """One report row from a run directory: results.json, and evaluation_test.json (the whole
-    test set, more draws) when there is one."""
+    test set, more draws) when there is one. name: the row's (default: the folder's)."""
     results = read_json(os.path.join(run_dir, 'results.json'))
     sessions = results.get('sessions') or []
-    row = {'run': os.path.basename(os.path.normpath(run_dir)), 'dataset': results.get('dataset'),
+    row = {'run': name or os.path.basename(os.path.normpath(run_dir)), 'dataset': results.get('dataset'),
            'preset': results.get('fidelity'), 'unit': results.get('unit', ''),
            'K': results.get('K_bits'), 'K_minus_Lnull': results.get('K_minus_Lnull_bits'),
            'stderr': results.get('stderr_bits'), 'source': 'results.json',
@@ -98,6 +114,8 @@ def run_row(run_dir):
     if not any(row['commands']) and args:  # a run from before commands were recorded
         row['commands'] = [train_command(args)]
     row['stand_in'] = stand_in(row['dataset'], (args or {}).get('model_args') or {})
+    if name and os.path.exists(os.path.join(run_dir, 'README.md')):  # a committed folder's account of the run
+        row['readme'] = '{}/README.md'.format(name)
     evaluation = os.path.join(run_dir, 'evaluation_test.json')
     if os.path.exists(evaluation):
         e = read_json(evaluation)
@@ -163,26 +181,32 @@ def without_paths(text):
     return re.sub(r'(?:^|(?<=[\s=,:"(])|(?<=-L))/(?:[^\s/,"]+/)*([^\s/,"]+)', r'.../\1', str(text))
 
 
-def not_run_rows(rows):
-    """A row for each data set of NOT_RUN that no run covers: its command and its cost."""
+def not_run_rows(rows, committed=False):
+    """A row for each data set of NOT_RUN that no run covers: its command and its cost; with
+    committed, also for each other data set of Table 1 without a committed result."""
     done = {r['dataset'] for r in rows}
-    return [{'run': 'not run here', 'dataset': name, 'preset': preset, 'K': None, 'stderr': None,
-             'K_minus_Lnull': None, 'paper_K': presets.TABLE_1.get(name, (None, None))[0],
-             'paper_K_minus_Lnull': presets.TABLE_1.get(name, (None, None))[1],
-             'verdict': 'not run here: `{}`'.format(command), 'unit': 'bits/pixel', 'iterations': '',
-             'training': cost, 'source': '', 'environment_cell': ''}
-            for name, (preset, command, cost) in NOT_RUN.items() if name not in done]
+    missing = [(name, preset, 'not run here: `{}`'.format(command), cost)
+               for name, (preset, command, cost) in NOT_RUN.items() if name not in done]
+    if committed:
+        missing += [(name, 'paper', 'no result committed in the repository yet (the runs so far: docs/results.md)', '')
+                    for name in presets.TABLE_1 if name not in done and name not in NOT_RUN]
+    return [{'run': 'not in the repository' if committed else 'not run here', 'dataset': name, 'preset': preset,
+             'K': None, 'stderr': None, 'K_minus_Lnull': None, 'paper_K': presets.TABLE_1.get(name, (None, None))[0],
+             'paper_K_minus_Lnull': presets.TABLE_1.get(name, (None, None))[1], 'verdict': verdict_text,
+             'unit': 'bits/pixel' if name in presets.IMAGES else '', 'iterations': '', 'training': cost,
+             'source': '', 'environment_cell': ''}
+            for name, preset, verdict_text, cost in missing]
 
 
 def fmt(v, digits=3):
     return '' if v is None else '{:.{}f}'.format(v, digits)
 
 
-def report_table(rows):
-    """The Markdown table of runs (README can include it), then a row for each data set of
-    NOT_RUN that no run covers."""
+def report_table(rows, committed=False):
+    """The Markdown table of runs (README can include it), then a row for each data set
+    without one (not_run_rows)."""
     lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|---' * len(COLUMNS) + '|']
-    for r in rows + not_run_rows(rows):
+    for r in rows + not_run_rows(rows, committed):
         cells = [r['run'], r['dataset'], r['preset'], fmt(r['K']), fmt(r['stderr']), fmt(r['paper_K']),
                  r['verdict'], fmt(r['K_minus_Lnull']), fmt(r['paper_K_minus_Lnull']), r['unit'], r['iterations'],
                  r['training'], r['source'], r['environment_cell']]
@@ -204,6 +228,8 @@ def run_section(r):
     commands = [c for c in r['commands'] if c] or ['not recorded']
     lines.append('- command{}: '.format('s (start, then each resume)' if len(commands) > 1 else '')
                  + '; '.join('`{}`'.format(c) for c in commands))
+    if r.get('readme'):
+        lines.append('- how it was made (machine, load, time): [{0}]({0})'.format(r['readme']))
     if r['environment']:
         env = r['environment']
         lines.append('- environment: Python {python}, numpy {numpy}, scipy {scipy}, Theano {theano}; {cpu}, '
@@ -220,21 +246,28 @@ def run_section(r):
     return lines + ['']
 
 
-def write_report(run_dirs, path):
-    """REPORT.md: the table, then per run its extra numbers, commands and environment."""
-    rows = [run_row(d) for d in run_dirs]
+def write_report(run_dirs, path, root=None):
+    """REPORT.md: the table, then per run its extra numbers, commands and environment. With
+    root, the run directories are the committed ones under it (committed_dirs), each row
+    named by its folder there (results/swissroll)."""
+    rows = [run_row(d, root and os.path.relpath(d, root)) for d in run_dirs]
+    origin = ('Made by `python report.py` from the files committed in the repository: results/<row>/ '
+              '(a toy row\'s results.json and README.md, which gives the command, the machine and the time) and '
+              'models/<name>/ (a released model: checkpoint.npz, results.json, progress.csv, README.md). '
+              if root else '')
     parts = ['# Reproduction report', '',
-             'K is the lower bound of Eq. 14 on the held-out set in the paper\'s unit (bits per data '
+             origin + 'K is the lower bound of Eq. 14 on the held-out set in the paper\'s unit (bits per data '
              'vector, bits per pixel of z-scored images), estimated with the KL factor T - 1 and t '
              'stratified (bound.py); +- is its standard error; paper values from Table 1 '
              '(docs/paper_and_code.md, section 5). "against the paper": reproduced when K is at or above '
              'the paper\'s, "within n standard errors" when below it by at most ' + str(WITHIN_STDERRS) +
              ' of them, "below the paper" otherwise; runs on stand-in data are not compared, and a data '
-             'set without a run here has a row with the command and what it would cost. '
+             'set without a run here has a row that says so (for MNIST and CIFAR-10 with the command and '
+             'what it would cost). '
              '"source" says whether the numbers come from training\'s final evaluation '
              '(results.json) or from evaluate.py (the whole test set, more draws). "environment" is '
              'where the numbers were made: CPU, OpenBLAS kernel and threads, versions, commit.',
-             '', report_table(rows), '']
+             '', report_table(rows, committed=root is not None), '']
     for r in rows:
         parts += run_section(r)
     text = '\n'.join(parts)
@@ -286,7 +319,8 @@ def extrapolate(evaluations, target, skip=0.1, n_draws=4000, seed=0):
 
 def main(argv=None):
     p = cli.OneLineParser(description=__doc__.split('\n')[0])
-    p.add_argument('run_dirs', nargs='+', help='run directories holding results.json (one with --extrapolate)')
+    p.add_argument('run_dirs', nargs='*', help='run directories holding results.json (one with --extrapolate); '
+                   'none: the committed results/*/ and models/*/ of the checkout')
     p.add_argument('--out', default='REPORT.md', help='the Markdown file to write (default REPORT.md)')
     p.add_argument('--extrapolate', action='store_true',
                    help='fit the K curve of one run and say when it would reach --target; writes '
@@ -295,11 +329,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.extrapolate:
         return extrapolate_run(args.run_dirs, args.target)
+    root = None if args.run_dirs else ROOT
+    if root:
+        args.run_dirs = committed_dirs(root)
+        if not args.run_dirs:
+            cli.fail('no results/*/ or models/*/ with a results.json in {}: give run directories'.format(root))
     missing = [d for d in args.run_dirs if not os.path.exists(os.path.join(d, 'results.json'))]
     if missing:
         cli.fail('no results.json in {} (is the run finished?)'.format(', '.join(missing)))
     try:
-        text = write_report(args.run_dirs, args.out)
+        text = write_report(args.run_dirs, args.out, root)
     except (OSError, ValueError, KeyError) as e:
         cli.fail('cannot write the report: {}'.format(e))
     print(text)

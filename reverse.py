@@ -24,9 +24,9 @@ import backend  # noqa: F401  (configures Theano before it is imported)
 import numpy as np
 import theano
 from PIL import Image
-from tqdm import tqdm
 
 import experiments
+import meter
 import parallel
 
 MODES = ('sample', 'inpaint', 'denoise')
@@ -144,8 +144,8 @@ def sample_trajectory(diffusion, kernel, shape, rng, keep=(), condition=None, sk
     batches = [slice(i, min(i + (batch_size or shape[0]), b)) for i in range(a, b, batch_size or shape[0])]
     x = condition.clamp(diffusion.sample(condition.tilt(diffusion.prior_params(shape), slice(None)), rng))
     frames = {diffusion.T_steps: x} if diffusion.T_steps in keep else {}
-    for t in tqdm(reverse_times(diffusion.T_steps, skip_last_step), desc='reverse steps',
-                  disable=not progress, leave=False):
+    for t in meter.track(reverse_times(diffusion.T_steps, skip_last_step), 'reverse steps', unit='steps',
+                         enabled=progress, leave=False):
         params = [p.copy() for p in diffusion.prior_params(shape)]  # rows of other processes: unused
         for s in batches:
             for whole, part in zip(params, condition.tilt(kernel(x[s], np.full(s.stop - s.start, t, 'int64')), s)):

@@ -17,6 +17,7 @@ import extensions as E
 import figures
 import mainloop
 import memory
+import meter
 import parallel
 import presets
 import provenance
@@ -79,9 +80,10 @@ def final_evaluation(loop, exp, run_dir, average=None):
     print('The held-out bound on {} examples, {} stratified draws each ...'.format(len(x), exp.final_draws),
           flush=True)
     with steprules.averaged(average):
-        r = estimators.heldout_report(exp, x, exp.final_draws, seed=2, comm=loop.comm)
+        r = estimators.heldout_report(exp, x, exp.final_draws, seed=2, comm=loop.comm, progress=loop.comm.is_writer)
     if average is not None:
-        raw = bound.heldout_bound(exp, exp.test_x[:exp.n_monitor], exp.monitor_draws, seed=2, comm=loop.comm)
+        raw = bound.heldout_bound(exp, exp.test_x[:exp.n_monitor], exp.monitor_draws, seed=2, comm=loop.comm,
+                                  progress=loop.comm.is_writer)
         r['ema'] = average.rate
         r['without_ema'] = {k: raw[k] for k in ('K_bits', 'K_minus_Lnull_bits', 'stderr_bits', 'n_eval', 'n_t')}
     if not loop.comm.is_writer:
@@ -195,7 +197,8 @@ def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
     the optimiser's state, the step sampler's (an adaptive proposal) and the average's."""
     print('Compiling the training function (the first run takes a minute or two) ...', flush=True)
     start = time.time()
-    step, n_nonfinite = exp.compile_train(step_rule, comm, average)
+    with meter.waiting('compiling the training function'):
+        step, n_nonfinite = exp.compile_train(step_rule, comm, average)
     print('Compiled in {:.1f} s.'.format(time.time() - start), flush=True)
     state = exp.params + step_rule.state + list(exp.steps.state) + (average.state if average else [])
     shared = {p.name: p for p in state}

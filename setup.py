@@ -6,12 +6,13 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 PACKAGE = 'diffusion_thermodynamics'
-MODULES = ['backend', 'cli', 'rundirs', 'provenance', 'util', 'parallel', 'streams', 'archives', 'datasets',
-           'multiscale', 'conv3x3', 'regression', 'model', 'presets', 'steprules', 'checkpoints', 'mainloop',
-           'extensions', 'experiments', 'bound', 'reverse', 'figures', 'estimators', 'settings', 'session',
-           'sampler', 'evaluate', 'ceiling', 'report', 'bench', 'train', 'memory', 'release', 'commands']
+MODULES = ['backend', 'cli', 'rundirs', 'provenance', 'util', 'meter', 'parallel', 'streams', 'archives',
+           'datasets', 'multiscale', 'conv3x3', 'regression', 'model', 'presets', 'steprules', 'checkpoints',
+           'mainloop', 'extensions', 'experiments', 'bound', 'reverse', 'figures', 'estimators', 'settings',
+           'session', 'sampler', 'evaluate', 'ceiling', 'baseline', 'report', 'bench', 'train', 'memory', 'release',
+           'commands']
 COMMANDS = {'train': 'train', 'evaluate': 'evaluate', 'sample': 'sampler', 'report': 'report',
-            'datasets': 'datasets', 'ceiling': 'ceiling', 'bench': 'bench'}
+            'datasets': 'datasets', 'ceiling': 'ceiling', 'baseline': 'baseline', 'bench': 'bench'}
 
 
 class BuildModules(build_py):

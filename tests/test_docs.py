@@ -1,8 +1,12 @@
 """README.md and docs/*.md: the README stays one page, and every relative link and image of
-the pages points to a file that exists."""
+the pages points to a file that exists; their commands use the flags the scripts have now."""
+import argparse
 import glob
+import importlib
 import os
 import re
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = [os.path.join(ROOT, 'README.md')] + sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))
@@ -35,3 +39,22 @@ def test_every_figure_in_docs_is_shown():
             shown.update(os.path.basename(t) for t in re.findall(r'!\[[^\]]*\]\(([^)]+)\)', f.read()))
     figures = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'docs', '*.png'))}
     assert figures <= shown, 'figures no page shows: {}'.format(sorted(figures - shown))
+
+
+def current_flags(parser):
+    """The name of each option of an argparse parser: its first long spelling; the old
+    spellings kept as hidden aliases (help=SUPPRESS) are left out."""
+    return {next(o for o in a.option_strings if o.startswith('--')) for a in parser._actions
+            if any(o.startswith('--') for o in a.option_strings) and a.help != argparse.SUPPRESS}
+
+
+@pytest.mark.parametrize('script', ['train', 'evaluate', 'sampler', 'ceiling'])
+def test_the_commands_of_the_pages_use_the_current_flags(script):
+    flags = current_flags(importlib.import_module(script).build_parser())
+    stale = []
+    for page in PAGES:
+        with open(page) as f:
+            commands = re.findall(r'python {}\.py[^`|\n]*'.format(script), f.read())
+        stale += ['{}: {} in `{}`'.format(os.path.relpath(page, ROOT), flag, command.strip())
+                  for command in commands for flag in re.findall(r'--[A-Za-z][\w-]*', command) if flag not in flags]
+    assert not stale, 'flags the command does not have (or only as an old name): {}'.format('; '.join(stale))

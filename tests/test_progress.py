@@ -13,6 +13,7 @@ import pytest
 
 import extensions as E
 import mainloop
+import meter
 import streams
 
 pytestmark = pytest.mark.slow  # trains a digits network (python -m pytest -m "not slow" leaves it out)
@@ -39,7 +40,11 @@ def test_a_run_says_its_compile_time_rate_and_time_left_and_writes_progress_csv(
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     i = next(i for i, line in enumerate(lines) if line.startswith('Compiling the training function'))
-    assert re.fullmatch(r'Compiled in \d+\.\d s\.', lines[i + 1]), lines[i + 1]
+    waiting = [line for line in lines[i + 1:] if line.startswith('  still compiling')]  # every 30 s of it
+    assert all(re.fullmatch(r'  still compiling the (training function|held-out bound) \(\d+ (s|min)\)', line)
+               for line in waiting)
+    compiled = next(line for line in lines[i + 1:] if not line.startswith('  still'))
+    assert re.fullmatch(r'Compiled in \d+\.\d s\.', compiled), compiled
     progress = [line for line in lines if line.startswith('iter ')]
     assert {'iter 10', 'iter 20'} <= {line.split(' |')[0] for line in progress}
     for line in progress:
@@ -79,7 +84,7 @@ def test_the_time_left_is_to_the_limit_that_ends_the_run_first():
     assert E.FinishAfter(300, 2, 60.0, 80).time_left(status, 2.0) == (10.0, '--max-minutes')
     assert E.FinishAfter(max_seconds=30.0).time_left(status, 2.0) == (0.0, '--max-minutes')
     assert E.FinishAfter().time_left(status, 2.0) is None
-    assert [E.duration(s) for s in (45, 720, 3 * 3600 + 300)] == ['45 s', '12 min', '3 h 05 min']
+    assert [meter.duration(s) for s in (45, 720, 3 * 3600 + 300)] == ['45 s', '12 min', '3 h 05 min']
 
 
 def quiet_loop(printing):

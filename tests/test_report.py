@@ -1,5 +1,6 @@
 """report.py: REPORT.md from the JSON files of run directories."""
 import json
+import os
 import re
 
 import pytest
@@ -163,3 +164,38 @@ def test_no_duplicated_columns_and_no_absolute_paths(tmp_path):
     assert all(a != b for i, a in enumerate(columns) for b in columns[i + 1:] if any(a))
     assert not re.search(r'(?<![\w.])/(home|x)\b', text)
     assert 'BLAS .../libopenblas.so' in text and '-L.../scipy.libs' in text
+
+
+def test_the_committed_report_is_what_report_py_makes(tmp_path):
+    """REPORT.md in the repository equals what `python report.py` makes from the committed
+    results/*/ and models/*/ (run it after changing either)."""
+    made = report.write_report(report.committed_dirs(), str(tmp_path / 'REPORT.md'), report.ROOT)
+    with open(os.path.join(report.ROOT, 'REPORT.md')) as f:
+        assert f.read() == made, 'REPORT.md is stale: run python report.py'
+    rows = [line for line in made.splitlines() if line.startswith('| results/')]
+    assert {line.split(' | ')[1] for line in rows} >= {'swissroll', 'heartbeat'}  # the toy rows
+
+
+def test_the_committed_folders_are_results_then_models_when_there_are_any(tmp_path, monkeypatch, capsys):
+    for folder in ('results/swissroll', 'results/empty', 'models/deadleaves'):
+        (tmp_path / folder).mkdir(parents=True)
+    for folder in ('results/swissroll', 'models/deadleaves'):
+        (tmp_path / folder / 'results.json').write_text(json.dumps(
+            {'dataset': folder.split('/')[1], 'fidelity': 'paper', 'K_bits': 1.0, 'stderr_bits': 0.1,
+             'sessions': [{'environment': ENV}]}))
+    (tmp_path / 'results' / 'swissroll' / 'README.md').write_text('made by ...')
+    found = report.committed_dirs(str(tmp_path))
+    assert [os.path.relpath(d, tmp_path) for d in found] == ['results/swissroll', 'models/deadleaves']
+    text = report.write_report(found, str(tmp_path / 'REPORT.md'), str(tmp_path))
+    assert text.split('\n')[2].startswith('Made by `python report.py` from the files committed')
+    names = [line.split(' | ')[:2] for line in text.splitlines() if line.startswith('| ')]
+    assert names[1:3] == [['| results/swissroll', 'swissroll'], ['| models/deadleaves', 'deadleaves']]
+    assert ['| not in the repository', 'heartbeat'] in names and ['| not in the repository', 'MNIST'] in names
+    assert '- how it was made (machine, load, time): [results/swissroll/README.md](results/swissroll/README.md)' in text
+    assert 'models/deadleaves/README.md' not in text
+    (tmp_path / 'models' / 'deadleaves' / 'results.json').unlink()
+    assert [os.path.relpath(d, tmp_path) for d in report.committed_dirs(str(tmp_path))] == ['results/swissroll']
+    monkeypatch.setattr(report, 'ROOT', str(tmp_path / 'results' / 'empty'))
+    with pytest.raises(SystemExit) as stop:
+        report.main([])
+    assert stop.value.code == 2 and 'give run directories' in capsys.readouterr().err
