@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
+import checkpoints
 import release
-import training
 
 
 def session(start, command, threads=1, processes=1):
@@ -26,7 +26,7 @@ def fake_run(run_dir):
               'evaluations': [{'iteration': 250, 'wall_s': 250.0, 'heldout_K_bits': -1.5, 'heldout_stderr_bits': 0.01},
                               {'iteration': 500, 'wall_s': 500.0, 'heldout_K_bits': -0.25,
                                'heldout_stderr_bits': 0.02}]}
-    training.save_checkpoint(os.path.join(run_dir, 'checkpoint.npz'),
+    checkpoints.save_checkpoint(os.path.join(run_dir, 'checkpoint.npz'),
                              {'shared': {'W': np.ones(3, np.float32)}, 'config': config, 'status': status})
     with open(os.path.join(run_dir, 'progress.csv'), 'w', newline='') as f:
         w = csv.writer(f)
