@@ -12,6 +12,7 @@ import theano.tensor as T
 from PIL import Image
 
 import experiments
+import presets
 import reverse
 
 matplotlib.use('Agg')
@@ -160,20 +161,26 @@ def readout_figure(exp, path, readout_fn, n_steps=25, seed=0):
     save(fig, path)
 
 
-def heldout_figure(evaluations, path, unit):
+def heldout_figure(evaluations, path, unit, paper=None):
     """The monitored held-out bound K with its standard error, against minibatches (left)
-    and training time (right); False when there is no evaluation yet."""
+    and training time (right), the paper's Table 1 value (`paper`) as a dashed line where
+    there is one; False when there is no evaluation yet."""
     if not evaluations:
         return False
     k = np.array([r['heldout_K_bits'] for r in evaluations])
     se = np.array([r['heldout_stderr_bits'] for r in evaluations])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, key, label in ((axes[0], 'iteration', 'minibatches'), (axes[1], 'wall_s', 'training time (h)')):
+    for ax, key, label in ((axes[0], 'iteration', 'minibatches'), (axes[1], 'wall_s', 'training time (hours)')):
         x = np.array([r.get(key, np.nan) for r in evaluations], dtype=float) / (3600 if key == 'wall_s' else 1)
-        ax.errorbar(x, k, yerr=se, marker='o', ms=3, capsize=2)
+        ax.errorbar(x, k, yerr=se, marker='o', ms=3, capsize=2, label='this run (held-out monitor)')
+        if paper is not None:
+            ax.axhline(paper, color='k', linestyle='--', linewidth=1,
+                       label='paper, Table 1: {} {}'.format(paper, unit))
         ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
     axes[0].set_ylabel('held-out K ({})'.format(unit))
-    axes[0].set_title('monitored bound (higher is better)')
+    axes[0].legend(loc='lower right', fontsize=8)
+    fig.suptitle('Monitored bound K (higher is better)')
     fig.tight_layout()
     save(fig, path)
     return True
@@ -223,7 +230,7 @@ def training_figures(exp, evaluations, run_dir, compiled):
         paths.append(os.path.join(run_dir, 'readout.png'))
         readout_figure(exp, paths[-1], compiled['readout'], seed=exp.seed)
     path = os.path.join(run_dir, 'heldout_bound.png')
-    if heldout_figure(evaluations, path, exp.unit):
+    if heldout_figure(evaluations, path, exp.unit, presets.TABLE_1.get(exp.dataset, (None,))[0]):
         paths.append(path)
     return paths
 
@@ -258,25 +265,36 @@ def display_observed(result):
     return result['observed']
 
 
-def side_by_side(panels, gap=4):
-    """Tiled panels (arrays of equal height) next to each other, white gaps between."""
-    height = max(p.shape[0] for p in panels)
-    blank = np.ones((height, gap, panels[0].shape[2]), np.float32)
-    padded = [np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=1) for p in panels]
-    return np.concatenate(sum(([p, blank] for p in padded), [])[:-1], axis=1)
-
-
 def paper_layout(result, training_images, columns):
-    """The paper's layout: Figure 4 for samples (training images, left, beside samples,
-    right, in the same grid); Figure 5 for inpainting (the originals, the trajectory's
-    start x^T with the unknown region drawn from the prior, and the inpainted images, one
-    example per row)."""
+    """The paper's layout as [(title, tiled array)]: Figure 4 for samples (training images,
+    left, beside samples, right, in grids of the same size); Figure 5 for inpainting (per
+    example, one row: the original, the trajectory's start x^T with the unknown region drawn
+    from the prior, and the inpainted image)."""
     if 'mask' not in result:
         n = len(result['samples'])
-        return side_by_side([tile(training_images[:n], columns), tile(result['samples'], columns)])
+        return [('training images', tile(training_images[:n], columns)),
+                ('samples from the model', tile(result['samples'], columns))]
     k = min(4, len(result['samples']))
-    rows = np.stack([result['original'][:k], result['frames'][0, :k], result['samples'][:k]], axis=1)
-    return tile(rows.reshape((-1,) + rows.shape[2:]), 3)
+    return [('original', tile(result['original'][:k], 1)),
+            ('start x^T (unknown region from the prior)', tile(result['frames'][0, :k], 1)),
+            ('inpainted', tile(result['samples'][:k], 1))]
+
+
+def save_labelled_panels(panels, path, zoom, dpi=80):
+    """Tiled panels [(title, (h, w, C) array in [0, 1])] side by side, each under its title, at
+    about zoom screen pixels per image pixel."""
+    height = max(a.shape[0] for _, a in panels)
+    widths = [a.shape[1] for _, a in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(zoom * (sum(widths) + 8 * len(panels)) / dpi,
+                                                      zoom * height / dpi + 0.5),
+                             gridspec_kw={'width_ratios': widths}, squeeze=False)
+    for ax, (title, a) in zip(axes[0], panels):
+        ax.imshow(np.clip(a[..., 0] if a.shape[-1] == 1 else a, 0, 1), cmap='gray', vmin=0, vmax=1,
+                  interpolation='nearest')
+        ax.set_title(title, fontsize=10)
+        ax.axis('off')
+    fig.tight_layout(pad=0.3)
+    save(fig, path, dpi)
 
 
 def image_figures(result, prefix, training_images, zoom=None, columns=DISPLAY_COLUMNS):
@@ -295,7 +313,7 @@ def image_figures(result, prefix, training_images, zoom=None, columns=DISPLAY_CO
     save_tiles(tile(result['samples'], side), paths[1], zoom)
     if 'observed' not in result or result['mask'].any():
         paths.append(prefix + '_paper.png')
-        save_tiles(paper_layout(result, training_images, side), paths[2], zoom)
+        save_labelled_panels(paper_layout(result, training_images, side), paths[2], zoom)
     return paths
 
 

@@ -299,18 +299,21 @@ def test_training_extension_plots_samples_and_inpainting_and_skips_when_slow(ima
     assert os.listdir(str(slow)) == []
 
 
-def test_paper_layouts_figure_4_and_5(image_exp):
+def test_paper_layouts_figure_4_and_5(image_exp, tmp_path):
     """Figure 4: training images beside samples in grids of the same size; Figure 5: per
     example the original, the start x^T (unknown region from the prior) and the result."""
     sample = reverse.run(image_exp, 'sample', n=4, n_frames=2)
     training = image_exp.train_x[:4] / np.float32(255)
     fig4 = figures.paper_layout(sample, training, 2)
-    grid = figures.tile(training, 2)
-    assert fig4.shape == (grid.shape[0], 2 * grid.shape[1] + 4, 3)
-    np.testing.assert_array_equal(fig4[:, :grid.shape[1]], grid)
+    assert [title for title, _ in fig4] == ['training images', 'samples from the model']
+    np.testing.assert_array_equal(fig4[0][1], figures.tile(training, 2))
+    np.testing.assert_array_equal(fig4[1][1], figures.tile(sample['samples'], 2))
     inpaint = reverse.run(image_exp, 'inpaint', n=5, n_frames=3, mask='centre')
     fig5 = figures.paper_layout(inpaint, training, 2)
     H, W = image_exp.test_x.shape[2:]
-    assert fig5.shape == (4 * (H + 1) - 1, 3 * (W + 1) - 1, 3)  # 4 examples x 3 columns
-    np.testing.assert_array_equal(fig5[:H, :W], inpaint['original'][0].transpose(1, 2, 0))
-    np.testing.assert_array_equal(fig5[:H, 2 * (W + 1):], inpaint['samples'][0].transpose(1, 2, 0))
+    assert [a.shape for _, a in fig5] == [(4 * (H + 1) - 1, W, 3)] * 3  # 4 examples, one column each
+    np.testing.assert_array_equal(fig5[0][1][:H], inpaint['original'][0].transpose(1, 2, 0))
+    np.testing.assert_array_equal(fig5[2][1][:H], inpaint['samples'][0].transpose(1, 2, 0))
+    path = os.path.join(str(tmp_path), 'paper.png')
+    figures.save_labelled_panels(fig4, path, zoom=4)
+    assert os.path.getsize(path) > 0
