@@ -20,7 +20,7 @@ import urllib.request
 import numpy as np
 
 import meter
-import util
+import rundirs
 
 SPLITS = ('train', 'test')
 
@@ -168,7 +168,7 @@ def cifar10_batch(tar, members, name, path):
         raise FormatError('{}: no {} inside; expected data_batch_1..5 and test_batch'.format(
             path, name))
     try:
-        batch = util.ArrayUnpickler(tar.extractfile(members[name]), encoding='bytes').load()
+        batch = rundirs.ArrayUnpickler(tar.extractfile(members[name]), encoding='bytes').load()
         data, labels = np.asarray(batch[b'data']), np.asarray(batch[b'labels'])
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError) as e:
         raise FormatError('{}: {} is not a CIFAR-10 batch ({})'.format(path, name, e))

@@ -26,7 +26,7 @@ joint, which EM does in closed form).
 
 Images of one channel only. Natural logarithms inside, bits at the end.
 """
-import util  # configures Theano before experiments imports it
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import os
 import sys
@@ -36,9 +36,13 @@ import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.special import logsumexp
 
+import cli
 import datasets
 import experiments
 import presets
+import provenance
+import rundirs
+import util
 
 # Causal neighbours, (row, column) offsets: the two pixels to the left, five in the row above
 # (two columns either side), three in the row above that (one either side).
@@ -168,7 +172,7 @@ def baseline(pixels, fit_x, test_x, n_components, n_patches, max_iterations, see
 # ---------------------------------------------------------------- command line
 
 def build_parser():
-    p = util.OneLineParser(description=__doc__.split('\n')[0], formatter_class=util.DefaultsHelpFormatter)
+    p = cli.OneLineParser(description=__doc__.split('\n')[0], formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument('--dataset', required=True, help='a grey image set: ' + ', '.join(datasets.IMAGE_SETS))
     p.add_argument('--components', type=int, default=64, help='Gaussians in the mixture')
     p.add_argument('--n-fit', type=int, default=1000, help='training images the patches are drawn from')
@@ -185,10 +189,10 @@ def check(args):
     for flag, value in (('--components', args.components), ('--n-fit', args.n_fit), ('--patches', args.patches),
                         ('--em-iterations', args.em_iterations)):
         if value < 1:
-            util.fail('{} {}: must be an integer >= 1'.format(flag, value))
+            cli.fail('{} {}: must be an integer >= 1'.format(flag, value))
     for flag, path in (('--data-path', args.data_path), ('--out-dir', args.out_dir)):
         if path and os.path.exists(path) and not os.path.isdir(path):
-            util.fail('{} {}: is a file, not a folder'.format(flag, path))
+            cli.fail('{} {}: is a file, not a folder'.format(flag, path))
 
 
 def load(args):
@@ -197,14 +201,14 @@ def load(args):
     try:
         dataset = datasets.canonical_name(args.dataset)
     except ValueError as e:
-        util.fail('--dataset: {}'.format(e))
+        cli.fail('--dataset: {}'.format(e))
     config = presets.model_args(dataset, 'paper', {})
     try:
         train_x, test_x = experiments.load_data(dataset, config, args.seed, args.data_path)
     except ValueError as e:
-        util.fail(str(e))
+        cli.fail(str(e))
     if train_x.shape[1] != 1:
-        util.fail('--dataset {}: has {} channels; the baseline models grey images'.format(dataset, train_x.shape[1]))
+        cli.fail('--dataset {}: has {} channels; the baseline models grey images'.format(dataset, train_x.shape[1]))
     return dataset, train_x, test_x
 
 
@@ -224,9 +228,9 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, 'baseline_{}.json'.format(dataset))
     command = 'python baseline.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
-    util.write_json(path, dict(r, dataset=dataset, image_shape=list(train_x.shape[1:]), n_fit=len(fit_x),
+    rundirs.write_json(path, dict(r, dataset=dataset, image_shape=list(train_x.shape[1:]), n_fit=len(fit_x),
                                n_test=len(test_x), seed=args.seed, shift=pixels.shift, scale=pixels.scale,
-                               command=command, environment=util.environment()))
+                               command=command, environment=provenance.environment()))
     print('Written to {}'.format(path))
     return r
 

@@ -30,7 +30,7 @@ over the processes), printed by process 0. `--processes 1,2` runs the configurat
 per count (each under mpiexec, the machine's cores shared out as train.py does) and
 prints the speed-up against the first.
 """
-import util  # configures Theano before it is imported
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import argparse
 import gc
@@ -51,8 +51,9 @@ import bound
 import experiments
 import parallel
 import presets
-import sampler
-import training
+import provenance
+import reverse
+import steprules
 
 FIDELITY = 'code'  # the released code's network and training choices
 # name: (data set, --model-args overrides); batch size from presets.RUN_DEFAULTS
@@ -65,9 +66,9 @@ N_SAMPLES, N_BOUND = 49, 1000  # images per reverse step (a 7 x 7 figure); held-
 # ---------------------------------------------------------------- the machine
 
 def machine():
-    """util.machine, with the cores this process may use, the load at the start and Theano's
+    """provenance.machine, with the cores this process may use, the load at the start and Theano's
     floatX and openmp."""
-    return dict(util.machine(), cores_usable=len(os.sched_getaffinity(0)), load_average_1min=os.getloadavg()[0],
+    return dict(provenance.machine(), cores_usable=len(os.sched_getaffinity(0)), load_average_1min=os.getloadavg()[0],
                 floatX=theano.config.floatX, openmp=theano.config.openmp)
 
 
@@ -140,7 +141,7 @@ def build(name, conv_impl=None, batch=None):
 def compile_step(exp, comm=None):
     """(train.py's step function, seconds to compile it)."""
     dataset = exp.dataset
-    rule = training.step_rule('rmsprop', presets.RUN_DEFAULTS[dataset]['lr'], presets.STEP_RULE_ARGS[FIDELITY])
+    rule = steprules.step_rule('rmsprop', presets.RUN_DEFAULTS[dataset]['lr'], presets.STEP_RULE_ARGS[FIDELITY])
     (step, _), compile_s = timed(exp.compile_train, rule, comm)
     return step, compile_s
 
@@ -223,7 +224,7 @@ def bench_config(name, n_steps, peak, log, conv_impl=None, comm=None, batch=None
     median = float(np.median(step_s))
     gflops = 3 * forward * batch / median / 1e9
 
-    kernel = sampler.compile_reverse_kernel(exp.diffusion, 4)
+    kernel = reverse.compile_reverse_kernel(exp.diffusion, 4)
     xt = np.random.default_rng(1).standard_normal((N_SAMPLES,) + exp.train_x.shape[1:]).astype('float32')
     t = np.full(N_SAMPLES, exp.args['T'], dtype='int64')
     kernel(xt, t)
@@ -385,7 +386,7 @@ def measure(args, names, comm):
     report = {'machine': machine(), 'fidelity': FIDELITY, 'steps': args.steps, 'processes': comm.size}
     peak, report['peak_ops'] = peak_gflops()
     report['peak_gflops'] = float(comm.allreduce_sum(np.array([peak]))[0])  # the processes' cores together
-    report['machine'].update(util.openblas_info())  # now that Theano has loaded the library
+    report['machine'].update(provenance.openblas_info())  # now that Theano has loaded the library
     log('peak {:.1f} GFLOP/s'.format(report['peak_gflops']))
     if args.cold_compile != 'none' and comm.is_writer:
         log('cold compile of {} in a child process ...'.format(args.cold_compile))

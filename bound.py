@@ -24,7 +24,7 @@ The work is split into units (one draw of one minibatch), each with its own gene
 (seed, unit), so the result depends on the seed and the batch size only: not on the
 order the units are done in, nor on which process does them.
 """
-import util  # configures Theano before it is imported
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import json
 import os
@@ -36,6 +36,8 @@ import theano
 
 import meter
 import parallel
+import rundirs
+import util
 
 floatX = theano.config.floatX
 
@@ -214,7 +216,7 @@ def load_partial(path, signature):
 def save_npz(path, arrays):
     """np.savez, atomically (a crash mid-write leaves the previous file)."""
     tmp = path + '.tmp.npz'
-    with util.naming(path):
+    with rundirs.naming(path):
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
 
@@ -313,8 +315,6 @@ class AdaptiveSteps(ProposalSteps):
         self.losses.set_value(table)
         self.count.set_value(count)
 
-
-TRAIN_T = ('uniform', 'harmonic', 'adaptive', 'gradient')
 
 
 def training_steps(diffusion, train_t='uniform', uniform_share=0.5, history=10):

@@ -41,7 +41,7 @@ The two limits on K_max per pixel:
 
 Images of one channel only. Natural logarithms inside, bits at the end.
 """
-import util  # configures Theano before experiments imports it
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import argparse
 import os
@@ -52,10 +52,14 @@ import numpy as np
 from scipy import integrate
 from scipy.special import logsumexp, ndtr
 
+import cli
 import datasets
 import experiments
 import model as M
 import presets
+import provenance
+import rundirs
+import util
 
 N_LEVELS = 256  # 8-bit pixels
 # Causal neighbours in raster order, (row, column) offsets: W, NW, N, NE, WW, NEE. Each is a
@@ -335,7 +339,7 @@ def parse_betas(text):
 
 
 def build_parser():
-    p = util.OneLineParser(description=__doc__.split('\n')[0])
+    p = cli.OneLineParser(description=__doc__.split('\n')[0])
     p.add_argument('--dataset', required=True, help='a grey image set: ' + ', '.join(datasets.IMAGE_SETS))
     p.add_argument('--beta-1', type=parse_betas, default=[1e-3], help='b_1 values, e.g. 1e-3,1e-4')
     p.add_argument('--data-path', default=None)
@@ -351,14 +355,14 @@ def load(args):
     try:
         dataset = datasets.canonical_name(args.dataset)
     except ValueError as e:
-        util.fail('--dataset: {}'.format(e))
+        cli.fail('--dataset: {}'.format(e))
     config = presets.model_args(dataset, 'paper', {})
     try:
         train_x, test_x = experiments.load_data(dataset, config, args.seed, args.data_path)
     except ValueError as e:
-        util.fail(str(e))
+        cli.fail(str(e))
     if train_x.shape[1] != 1:
-        util.fail('--dataset {}: has {} channels; the ceiling is estimated for grey images'.format(
+        cli.fail('--dataset {}: has {} channels; the ceiling is estimated for grey images'.format(
             dataset, train_x.shape[1]))
     return dataset, config, train_x, test_x
 
@@ -366,10 +370,10 @@ def load(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.n_fit < 1:
-        util.fail('--n-fit {}: must be an integer >= 1'.format(args.n_fit))
+        cli.fail('--n-fit {}: must be an integer >= 1'.format(args.n_fit))
     for flag, path in (('--data-path', args.data_path), ('--out-dir', args.out_dir)):
         if path and os.path.exists(path) and not os.path.isdir(path):
-            util.fail('{} {}: is a file, not a folder'.format(flag, path))
+            cli.fail('{} {}: is a file, not a folder'.format(flag, path))
     dataset, config, train_x, test_x = load(args)
     pixels = experiments.PixelUnits.of_images(train_x, config['dequantisation'])  # as training does
     fit_x = train_x[np.sort(np.random.default_rng([args.seed, 0]).permutation(len(train_x))[:args.n_fit])]
@@ -387,10 +391,10 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, 'ceiling_{}.json'.format(dataset))
     command = 'python ceiling.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
-    util.write_json(path, {'dataset': dataset, 'image_shape': list(train_x.shape[1:]), 'n_fit': len(fit_x),
+    rundirs.write_json(path, {'dataset': dataset, 'image_shape': list(train_x.shape[1:]), 'n_fit': len(fit_x),
                            'n_test': len(test_x), 'seed': args.seed, 'ceilings': results,
                            'wall_s': time.time() - start, 'cpu_s': time.process_time() - start_cpu,
-                           'command': command, 'environment': util.environment()})
+                           'command': command, 'environment': provenance.environment()})
     print('Written to {} ({:.0f} s)'.format(path, time.time() - start))
     return results
 

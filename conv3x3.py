@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-import util  # noqa: F401  (configures Theano before it is imported)
+import backend  # noqa: F401  (configures Theano before it is imported)
 import theano.tensor as T
 from theano import gof
 from theano.tensor import blas, blas_headers
@@ -26,8 +26,8 @@ C_CODE_VERSION = 1  # raise when the C templates below change (conv3x3.c is hash
 
 IMPLS = ('winograd', 'im2col', 'auto')  # index = the C code's impl number
 ACTIVATIONS = (None, 'leaky_relu', 'softplus')  # index = the C code's activation number
-# The leaky ReLU's slope for negatives (released code), Python's one definition: conv3x3.c
-# takes it as an argument; multiscale.c has its own, MS_LEAKY_SLOPE, which must equal it.
+# The leaky ReLU's slope for negatives (released code), its one definition: conv3x3.c takes
+# it as an argument, multiscale.py defines multiscale.c's MS_LEAKY_SLOPE from it.
 LEAKY_RELU_SLOPE = 0.05
 WORKSPACE = 4 * 2 ** 20  # floats (16 MB) of transformed buffers per block of images
 

@@ -29,20 +29,15 @@ import shlex
 import sys
 
 import numpy as np
-import skimage.data
-import skimage.io
-import skimage.util
-import sklearn.datasets
 from scipy.special import logsumexp
 
 import archives
+import cli
 import meter
 import streams
-import util
 from archives import DOWNLOADS, DataMissing  # noqa: F401  (DataMissing: raised here, caught by callers)
 
 SWISSROLL_T = (1.5 * np.pi, 4.5 * np.pi)
-SWISSROLL_NOISE = 0.005         # std of the roll's noise, in spiral units (before scaling)
 HEARTBEAT_LENGTH, HEARTBEAT_PERIOD = 20, 5
 
 
@@ -61,7 +56,7 @@ def swissroll_normalisation(n=200000, seed=12345):
     return centre, np.sqrt(((x - centre) ** 2).mean())
 
 
-def swissroll(n, seed, noise=SWISSROLL_NOISE):
+def swissroll(n, seed, noise):
     """n points of the scaled Swiss roll, float32 (n, 2)."""
     rng = np.random.default_rng(seed)
     centre, scale = swissroll_normalisation()
@@ -69,7 +64,7 @@ def swissroll(n, seed, noise=SWISSROLL_NOISE):
     return ((x - centre) / scale).astype('float32')
 
 
-def swissroll_log_density(y, noise=SWISSROLL_NOISE, n_grid=None):
+def swissroll_log_density(y, noise, n_grid=None):
     """Exact log density (nats) of the scaled Swiss roll at points y (n, 2).
 
     p(x) = integral over t of U(t) N(x; spiral(t), noise^2 I), by the trapezoid rule on
@@ -304,7 +299,15 @@ def deadleaves_file(data_path=None, size=DEADLEAVES_SIZE, count=DEADLEAVES_COUNT
 
 # scikit-image's grey 512x512 textures, shipped inside its package (no download).
 BARK_TEXTURES = ('grass', 'gravel', 'brick')
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.tif', '.tiff', '.pgm', '.bmp')
+FOLDER_SUFFIXES = ('.png', '.jpg', '.jpeg')  # your own images (folder_images)
+IMAGE_SUFFIXES = FOLDER_SUFFIXES + ('.tif', '.tiff', '.pgm', '.bmp')  # bark from a folder: what scikit-image reads
+
+
+def image_files(folder, suffixes):
+    """The files under `folder` (searched recursively) whose names end in one of `suffixes`
+    (any case), sorted."""
+    return sorted(os.path.join(root, f) for root, _, files in os.walk(folder)
+                  for f in files if f.lower().endswith(suffixes))
 
 
 def bark(folder=None, patch=64, stride=None):
@@ -328,6 +331,7 @@ def bark(folder=None, patch=64, stride=None):
 
 def builtin_textures():
     """{split: [uint8 (h, w)]}: the top 3/4 of each BARK_TEXTURES image for train, the rest test."""
+    import skimage.data  # here, as scikit-image and scikit-learn below: they take a second to load
     images = [getattr(skimage.data, name)() for name in BARK_TEXTURES]
     return {'train': [x[:3 * len(x) // 4] for x in images],
             'test': [x[3 * len(x) // 4:] for x in images]}
@@ -335,11 +339,12 @@ def builtin_textures():
 
 def folder_textures(folder):
     """{split: [uint8 (h, w)]}: grey images under `folder`, every fourth one (sorted) for test."""
-    paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder)
-                   for f in files if f.lower().endswith(IMAGE_SUFFIXES))
+    paths = image_files(folder, IMAGE_SUFFIXES)
     if len(paths) < 4:
         raise DataMissing('{}: {} image files found; bark needs at least 4 (every fourth is '
                           'held out for test)'.format(folder, len(paths)))
+    import skimage.io
+    import skimage.util
     images = [skimage.util.img_as_ubyte(skimage.io.imread(p, as_gray=True)) for p in paths]
     return {'train': [x for i, x in enumerate(images) if i % 4 != 3],
             'test': [x for i, x in enumerate(images) if i % 4 == 3]}
@@ -362,6 +367,7 @@ DIGITS_SEED, DIGITS_TRAIN = 0, 1500  # fixed split of the 1,797 images: 1,500 tr
 
 def digits():
     """scikit-learn's 8x8 digits, {split: uint8 (n, 1, 8, 8)}, grey 0..16 scaled to 0..255."""
+    import sklearn.datasets
     x = np.round(sklearn.datasets.load_digits().images * 255 / 16).astype(np.uint8)[:, None]
     order = np.random.default_rng(DIGITS_SEED).permutation(len(x))
     return {'train': x[order[:DIGITS_TRAIN]], 'test': x[order[DIGITS_TRAIN:]]}
@@ -442,7 +448,6 @@ def validation_images(name, data_path=None):
 
 # ---------------------------------------------------------------- your own images
 
-FOLDER_SUFFIXES = ('.png', '.jpg', '.jpeg')
 FOLDER_SEED, FOLDER_MIN = 0, 10  # the split's seed; the fewest images (one tenth is test)
 
 
@@ -454,8 +459,7 @@ def folder_image_paths(folder):
     if not os.path.isdir(folder):
         raise DataMissing('folder {} not found: put the images back there (a resumed run reads them '
                           'again) or give an existing folder of PNG/JPEG images'.format(folder))
-    paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder)
-                   for f in files if f.lower().endswith(FOLDER_SUFFIXES))
+    paths = image_files(folder, FOLDER_SUFFIXES)
     if not paths:
         raise DataMissing('folder {}: no .png, .jpg or .jpeg images in it'.format(folder))
     if len(paths) < FOLDER_MIN:
@@ -553,7 +557,7 @@ def parser():
             except ValueError as e:
                 raise argparse.ArgumentTypeError(str(e))
         return parse
-    top = util.OneLineParser(description='Fetch, convert and inspect the image data sets.')
+    top = cli.OneLineParser(description='Fetch, convert and inspect the image data sets.')
     commands = top.add_subparsers(dest='command', required=True)
     fetch_ = commands.add_parser('fetch', help='download, verify and convert MNIST or CIFAR10')
     convert_ = commands.add_parser('convert', help='convert archives already on disk')

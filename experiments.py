@@ -4,19 +4,21 @@ loaded first), so any caller can build one from data of its own; train.py, evalu
 sampler.py and bench.py build them here from a configuration (presets.py; the one stored
 in every checkpoint).
 """
-import util  # noqa: F401  (configures Theano before it is imported)
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import numpy as np
 import theano
 import theano.tensor as T
 
 import bound
+import checkpoints
 import datasets
 import model as M
 import parallel
 import presets
 import regression as R
-import training
+import steprules
+import util
 
 floatX = theano.config.floatX
 L_NULL_BITS_PER_DIM = -0.5 * np.log2(2 * np.pi * np.e)  # N(0, 1) on unit-variance data
@@ -176,7 +178,7 @@ class Experiment:
     def compile_train(self, step_rule, comm=None, average=None):
         """(step function for the main loop, counter of dropped non-finite steps); the cost
         is -K in bits per dimension, averaged over the minibatch. average: a
-        training.ParameterAverage that follows the parameters (or None). The step sampler
+        steprules.ParameterAverage that follows the parameters (or None). The step sampler
         (self.steps) gets each example's KL after the step (an adaptive proposal learns
         from them).
 
@@ -187,7 +189,7 @@ class Experiment:
         the gradients, the cost and the examples' KL are added over the processes in one
         Allreduce of a flat float32 buffer; and every process takes the same step (a
         non-finite sum is treated alike everywhere, as args['nonfinite_gradient'] says:
-        training.gradient_updates) and records the same KL.
+        steprules.gradient_updates) and records the same KL.
         """
         comm = comm or parallel.SingleProcess()
         n_dims = self.train_x.shape[1] * self.crop ** 2 if self.crop else np.prod(self.train_x.shape[1:])
@@ -195,7 +197,7 @@ class Experiment:
         weighted = self.steps.weighted
         if comm.size == 1:
             cost = -K_nats.mean() / (n_dims * util.LOG2).astype(floatX)  # bits per dimension
-            updates, n_nonfinite = training.descent_updates(cost, self.params, step_rule,
+            updates, n_nonfinite = steprules.descent_updates(cost, self.params, step_rule,
                                                             self.args['nonfinite_gradient'], average)
             fn = theano.function(inputs, [cost, n_nonfinite] + ([kl] if weighted else []), updates=updates)
 
@@ -211,7 +213,7 @@ class Experiment:
         flat = [cost_part.reshape((1,))] + ([T.cast(kl, floatX)] if weighted else [])
         flat += [g.flatten() for g in T.grad(cost_part, self.params)]
         gradient = theano.function(inputs + [scale], T.concatenate(flat))  # (1 [+ n] + parameters,)
-        take_step, n_nonfinite = training.flat_gradient_step(self.params, step_rule,
+        take_step, n_nonfinite = steprules.flat_gradient_step(self.params, step_rule,
                                                              self.args['nonfinite_gradient'], average)
         n_params = sum(p.get_value().size for p in self.params)
 
@@ -378,11 +380,11 @@ def build(dataset, args, seed, data_path=None):
 def from_checkpoint(path, data_path=None, ema=True):
     """The Experiment of a checkpoint written by train.py, its parameters loaded (by
     shared-variable name): the average of the parameters where the run kept one
-    (training.ParameterAverage) and `ema`, else the last parameters. data_path: else the
+    (steprules.ParameterAverage) and `ema`, else the last parameters. data_path: else the
     run's --data-path. Raises ValueError (one line) when the file is not a checkpoint or
     does not fit the model it describes."""
-    state = training.load_checkpoint(path)
-    training.require(state, path, (('config.args', dict), ('config.args.dataset', str), ('config.args.seed', int),
+    state = checkpoints.load_checkpoint(path)
+    checkpoints.require(state, path, (('config.args', dict), ('config.args.dataset', str), ('config.args.seed', int),
                                    ('config.model', dict)))
     run_args = state['config']['args']
     if run_args['dataset'] not in presets.MODEL_ARGS:
@@ -403,7 +405,7 @@ def load_parameters(exp, state, path, ema=False):
     name, their average 'ema/<name>' if `ema` and the run kept one; ValueError (one line)
     when one is missing or has another shape."""
     for p in exp.params:
-        name = training.AVERAGE_PREFIX + p.name if ema and exp.args.get('ema') else p.name
+        name = steprules.AVERAGE_PREFIX + p.name if ema and exp.args.get('ema') else p.name
         if name not in state['shared']:
             raise ValueError('{} lacks parameter {}'.format(path, name))
         value = state['shared'][name]

@@ -13,12 +13,13 @@ import time
 import numpy as np
 
 import bound
+import checkpoints
 import figures
 import meter
 import parallel
-import sampler
-import training
-import util
+import reverse
+import rundirs
+import steprules
 
 
 class Extension:
@@ -115,8 +116,8 @@ class JSONLog(Extension):
         if event == 'before_training':
             self.cut(loop.status)
         if loop.record:
-            with util.naming(self.path), open(self.path, 'a') as f:
-                f.write(util.to_json(loop.record) + '\n')
+            with rundirs.naming(self.path), open(self.path, 'a') as f:
+                f.write(rundirs.to_json(loop.record) + '\n')
                 loop.status['log_bytes'] = f.tell()
 
     def cut(self, status):
@@ -124,7 +125,7 @@ class JSONLog(Extension):
         size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
         keep = status['log_bytes']
         if keep is None:  # a converted old checkpoint that had no log.jsonl beside it
-            keep = training.log_offset(self.path, status['iterations_done']) if size else 0
+            keep = checkpoints.log_offset(self.path, status['iterations_done']) if size else 0
         if size < keep:
             raise ValueError('{} has {} bytes, the checkpoint expects at least {}; the log is '
                              'incomplete'.format(self.path, size, keep))
@@ -206,7 +207,7 @@ def number(value):
 def append_csv(path, fields, row):
     """Append `row` (a dict) to the CSV file `path`, writing the header first when the file
     is new or empty."""
-    with util.naming(path), open(path, 'a', newline='') as f:
+    with rundirs.naming(path), open(path, 'a', newline='') as f:
         writer = csv.DictWriter(f, fields)
         if f.tell() == 0:
             writer.writeheader()
@@ -218,13 +219,13 @@ def cut_csv(path, iteration):
     run's file then goes on from its checkpoint)."""
     if not os.path.exists(path):
         return
-    with util.naming(path), open(path, newline='') as f:
+    with rundirs.naming(path), open(path, newline='') as f:
         reader = csv.DictReader(f)
         rows = list(reader)
         kept = [r for r in rows if int(r['iteration']) <= iteration]
     if len(kept) == len(rows):
         return
-    with util.naming(path), open(path + '.tmp', 'w', newline='') as f:  # then renamed: a kill keeps the old file
+    with rundirs.naming(path), open(path + '.tmp', 'w', newline='') as f:  # then renamed: a kill keeps the old file
         writer = csv.DictWriter(f, reader.fieldnames)
         writer.writeheader()
         writer.writerows(kept)
@@ -247,15 +248,15 @@ class Checkpoint(Extension):
 
     def __call__(self, loop, event):
         state = loop.state_dict()
-        if not training.finite(state['shared'].values()):
+        if not checkpoints.finite(state['shared'].values()):
             return
-        training.save_checkpoint(self.path, state)
+        checkpoints.save_checkpoint(self.path, state)
         evaluations = loop.status['evaluations']
         bounds = [e['heldout_K_bits'] for e in evaluations  # a NaN bound (null once stored) is never the best
                   if isinstance(e['heldout_K_bits'], float) and math.isfinite(e['heldout_K_bits'])]
         if (self.best_path and evaluations and evaluations[-1]['iteration'] == loop.status['iterations_done']
                 and evaluations[-1]['heldout_K_bits'] in bounds and evaluations[-1]['heldout_K_bits'] >= max(bounds)):
-            training.save_checkpoint(self.best_path, state)
+            checkpoints.save_checkpoint(self.best_path, state)
         if event == 'interrupt':
             print('Checkpoint written to {} after {} minibatches. Resume with:\n  {}'.format(
                 self.path, loop.status['iterations_done'], self.resume_hint), file=sys.stderr, flush=True)
@@ -280,7 +281,7 @@ class NonFiniteGuard(Extension):
         self.streak = self.streak + 1 if dropped or not cost_finite else 0
         self.last = count
         i = loop.status['iterations_done']
-        if not cost_finite and not training.finite(v.get_value() for v in loop.shared.values()):
+        if not cost_finite and not checkpoints.finite(v.get_value() for v in loop.shared.values()):
             loop.nonfinite = 'the parameters became NaN or inf at minibatch {}'.format(i)
         elif self.streak >= self.patience:
             loop.nonfinite = '{} minibatches in a row, up to minibatch {}, had a NaN or inf cost or gradient'.format(
@@ -300,7 +301,7 @@ class HeldOutBound(Extension):
     The same examples every time, with fresh steps and noise at each evaluation (drawn
     from the iteration), so that the points of the K curve have independent sampling
     errors; what they share is the choice of examples. With an average of the parameters
-    (training.ParameterAverage) the bound is the average's. With several processes (comm)
+    (steprules.ParameterAverage) the bound is the average's. With several processes (comm)
     they share the work, after checking that they all hold the same parameters.
     """
 
@@ -322,7 +323,7 @@ class HeldOutBound(Extension):
         if not self.comm.same_everywhere(self.exp.params_checksum()):
             raise RuntimeError('after {} minibatches the processes hold different parameters; stopping '
                                '(the last checkpoint is good)'.format(loop.status['iterations_done']))
-        with training.averaged(self.average):
+        with steprules.averaged(self.average):
             r = bound.heldout_bound(self.exp, self.x, n_t=self.exp.monitor_draws, fn=self.fn, comm=self.comm,
                                     seed=MONITOR_SEED + loop.status['iterations_done'],
                                     progress=self.comm.is_writer)
@@ -331,7 +332,7 @@ class HeldOutBound(Extension):
             loop.record = {'iteration': s['iterations_done'], 'epoch': s['epochs_done']}
         loop.record.update({'heldout_K_bits': r['K_bits'], 'heldout_stderr_bits': r['stderr_bits'],
                             'heldout_K_minus_Lnull_bits': r['K_minus_Lnull_bits'], 'wall_s': s['wall_s']})
-        s['evaluations'].append(training.evaluation_record(loop.record))
+        s['evaluations'].append(checkpoints.evaluation_record(loop.record))
 
 
 class Plots(Extension):
@@ -345,7 +346,7 @@ class Plots(Extension):
         self.compiled = {}  # functions compiled once, reused at every call
 
     def __call__(self, loop, event):
-        with training.averaged(self.average):
+        with steprules.averaged(self.average):
             figures.training_figures(self.exp, loop.status['evaluations'], self.run_dir, self.compiled)
 
 
@@ -368,13 +369,13 @@ class SamplePlots(Extension):
         self.affordable = None
 
     def __call__(self, loop, event):
-        with training.averaged(self.average):
+        with steprules.averaged(self.average):
             self.plot(loop)
 
     def plot(self, loop):
         if self.kernel is None:
-            self.kernel = sampler.compile_reverse_kernel(self.exp.diffusion, self.exp.train_x.ndim)
-            x = sampler.to_model_units(self.exp, sampler.originals(self.exp, self.n))
+            self.kernel = reverse.compile_reverse_kernel(self.exp.diffusion, self.exp.train_x.ndim)
+            x = reverse.to_model_units(self.exp, reverse.originals(self.exp, self.n))
             self.kernel(x, np.full(len(x), 1, dtype='int64'))  # warm-up
             start = time.time()
             self.kernel(x, np.full(len(x), 1, dtype='int64'))
@@ -388,6 +389,6 @@ class SamplePlots(Extension):
             return
         modes = ['sample'] + (['inpaint'] if self.exp.pixels else [])
         for mode in modes:
-            result = sampler.run(self.exp, mode, n=self.n, seed=loop.status['seed'], mask='centre',
+            result = reverse.run(self.exp, mode, n=self.n, seed=loop.status['seed'], mask='centre',
                                  n_frames=6, kernel=self.kernel)
-            sampler.save(result, self.exp, self.run_dir, mode, arrays=False)
+            figures.save_samples(result, self.exp, self.run_dir, mode, arrays=False)

@@ -1,7 +1,7 @@
 """Figures a person can look at: the paper's Figure 1 layout for the Swiss roll,
 heartbeat samples beside training sequences, the forward schedule, the image read-out,
 training curves of the held-out bound, and evaluate.py's per-step costs and entropies."""
-import util  # noqa: F401  (configures Theano before it is imported)
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import os
 
@@ -9,11 +9,20 @@ import matplotlib
 import numpy as np
 import theano
 import theano.tensor as T
+from PIL import Image
 
-import sampler
+import experiments
+import presets
+import reverse
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only back end)
+
+
+def save(fig, path, dpi=80):
+    """Write the figure `fig` to `path` (PNG) and free it."""
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
 def swissroll_figure(exp, path, seed, n=2000):
@@ -24,8 +33,8 @@ def swissroll_figure(exp, path, seed, n=2000):
     rng = np.random.default_rng([seed, 7])
     x0 = exp.test_x[:n]
     beta = exp.diffusion.beta_values()
-    kernel = sampler.compile_reverse_kernel(exp.diffusion, 2)
-    _, frames = sampler.sample_trajectory(exp.diffusion, kernel, x0.shape, rng, keep=times)
+    kernel = reverse.compile_reverse_kernel(exp.diffusion, 2)
+    _, frames = reverse.sample_trajectory(exp.diffusion, kernel, x0.shape, rng, keep=times)
     fig, axes = plt.subplots(3, 3, figsize=(10, 10))
     grid = np.stack(np.meshgrid(np.linspace(-2.5, 2.5, 21), np.linspace(-2.5, 2.5, 21)), -1)
     grid = grid.reshape(-1, 2).astype('float32')
@@ -45,15 +54,14 @@ def swissroll_figure(exp, path, seed, n=2000):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 def heartbeat_figure(exp, path, seed, n=40):
     """Model samples beside training sequences, one sequence per row, black = 1."""
     rng = np.random.default_rng([seed, 7])
-    kernel = sampler.compile_reverse_kernel(exp.diffusion, 2)
-    samples, _ = sampler.sample_trajectory(exp.diffusion, kernel, (n, exp.train_x.shape[1]), rng)
+    kernel = reverse.compile_reverse_kernel(exp.diffusion, 2)
+    samples, _ = reverse.sample_trajectory(exp.diffusion, kernel, (n, exp.train_x.shape[1]), rng)
     fig, axes = plt.subplots(1, 2, figsize=(8, 6))
     for ax, data, title in ((axes[0], exp.train_x[:n], 'training sequences'),
                             (axes[1], samples, 'model samples')):
@@ -61,8 +69,7 @@ def heartbeat_figure(exp, path, seed, n=40):
         ax.set_title(title)
         ax.set_xlabel('bin')
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 def schedule_figure(exp, path):
@@ -74,8 +81,7 @@ def schedule_figure(exp, path):
     ax.set_ylabel('b_t')
     ax.set_title('forward schedule')
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 DATASET_FIGURES = {'swissroll': ('swissroll_trajectories.png', swissroll_figure),
@@ -105,8 +111,7 @@ def kl_by_t_figure(result, path):
     ax.set_ylabel('(T-1) E[KL at t], {}'.format(result['unit']))
     ax.set_title('cost of each step (mean over t = the KL part of -K)')
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 def entropy_figure(result, path):
@@ -121,8 +126,7 @@ def entropy_figure(result, path):
     ax.set_title('{} below, {} above'.format(result['n_below_lower'], result['n_above_upper']))
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 def compile_readout(diffusion, x_ndim):
@@ -154,27 +158,31 @@ def readout_figure(exp, path, readout_fn, n_steps=25, seed=0):
         ax.set_ylabel('{}(t), one image'.format(name))
     axes[2].set_xlabel('t')
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
-def heldout_figure(evaluations, path, unit):
+def heldout_figure(evaluations, path, unit, paper=None):
     """The monitored held-out bound K with its standard error, against minibatches (left)
-    and training time (right); False when there is no evaluation yet."""
+    and training time (right), the paper's Table 1 value (`paper`) as a dashed line where
+    there is one; False when there is no evaluation yet."""
     if not evaluations:
         return False
     k = np.array([r['heldout_K_bits'] for r in evaluations])
     se = np.array([r['heldout_stderr_bits'] for r in evaluations])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, key, label in ((axes[0], 'iteration', 'minibatches'), (axes[1], 'wall_s', 'training time (h)')):
+    for ax, key, label in ((axes[0], 'iteration', 'minibatches'), (axes[1], 'wall_s', 'training time (hours)')):
         x = np.array([r.get(key, np.nan) for r in evaluations], dtype=float) / (3600 if key == 'wall_s' else 1)
-        ax.errorbar(x, k, yerr=se, marker='o', ms=3, capsize=2)
+        ax.errorbar(x, k, yerr=se, marker='o', ms=3, capsize=2, label='this run (held-out monitor)')
+        if paper is not None:
+            ax.axhline(paper, color='k', linestyle='--', linewidth=1,
+                       label='paper, Table 1: {} {}'.format(paper, unit))
         ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
     axes[0].set_ylabel('held-out K ({})'.format(unit))
-    axes[0].set_title('monitored bound (higher is better)')
+    axes[0].legend(loc='lower right', fontsize=8)
+    fig.suptitle('Monitored bound K (higher is better)')
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 
@@ -207,8 +215,7 @@ def extrapolation_figure(evaluations, fit, path, unit='bits/pixel'):
     ax.set_title('Uncertainty: the monitor\'s sampling error, for this form of curve only', fontsize=9)
     ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 def training_figures(exp, evaluations, run_dir, compiled):
@@ -223,6 +230,132 @@ def training_figures(exp, evaluations, run_dir, compiled):
         paths.append(os.path.join(run_dir, 'readout.png'))
         readout_figure(exp, paths[-1], compiled['readout'], seed=exp.seed)
     path = os.path.join(run_dir, 'heldout_bound.png')
-    if heldout_figure(evaluations, path, exp.unit):
+    if heldout_figure(evaluations, path, exp.unit, presets.TABLE_1.get(exp.dataset, (None,))[0]):
         paths.append(path)
     return paths
+
+
+# ---------------------------------------------------------------- samples, inpainting, denoising (sampler.py)
+
+DISPLAY_COLUMNS = 16  # samples shown per row of the frames figure
+
+
+def tile(images, columns):
+    """(n, C, H, W) in [0, 1] -> one (rows*(H+1)-1, columns*(W+1)-1, C) array, 1-pixel gaps."""
+    n, C, H, W = images.shape
+    rows = -(-n // columns)
+    out = np.ones((rows * (H + 1) - 1, columns * (W + 1) - 1, C), dtype=np.float32)
+    for i, im in enumerate(images):
+        r, c = divmod(i, columns)
+        out[r * (H + 1):r * (H + 1) + H, c * (W + 1):c * (W + 1) + W] = im.transpose(1, 2, 0)
+    return out
+
+
+def save_tiles(array, path, zoom):
+    """Save a tiled [0, 1] array as a PNG, each pixel a zoom x zoom block."""
+    u8 = np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
+    u8 = u8.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    Image.fromarray(u8[..., 0] if u8.shape[-1] == 1 else u8).save(path, optimize=True)
+
+
+def display_observed(result):
+    """The observed row: unknown pixels shown mid-grey (inpainting)."""
+    if 'mask' in result and result['mask'].any():
+        return np.where(result['mask'], result['observed'], 0.5)
+    return result['observed']
+
+
+def paper_layout(result, training_images, columns):
+    """The paper's layout as [(title, tiled array)]: Figure 4 for samples (training images,
+    left, beside samples, right, in grids of the same size); Figure 5 for inpainting (per
+    example, one row: the original, the trajectory's start x^T with the unknown region drawn
+    from the prior, and the inpainted image)."""
+    if 'mask' not in result:
+        n = len(result['samples'])
+        return [('training images', tile(training_images[:n], columns)),
+                ('samples from the model', tile(result['samples'], columns))]
+    k = min(4, len(result['samples']))
+    return [('original', tile(result['original'][:k], 1)),
+            ('start x^T (unknown region from the prior)', tile(result['frames'][0, :k], 1)),
+            ('inpainted', tile(result['samples'][:k], 1))]
+
+
+def save_labelled_panels(panels, path, zoom, dpi=80):
+    """Tiled panels [(title, (h, w, C) array in [0, 1])] side by side, each under its title, at
+    about zoom screen pixels per image pixel."""
+    height = max(a.shape[0] for _, a in panels)
+    widths = [a.shape[1] for _, a in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(zoom * (sum(widths) + 8 * len(panels)) / dpi,
+                                                      zoom * height / dpi + 0.5),
+                             gridspec_kw={'width_ratios': widths}, squeeze=False)
+    for ax, (title, a) in zip(axes[0], panels):
+        ax.imshow(np.clip(a[..., 0] if a.shape[-1] == 1 else a, 0, 1), cmap='gray', vmin=0, vmax=1,
+                  interpolation='nearest')
+        ax.set_title(title, fontsize=10)
+        ax.axis('off')
+    fig.tight_layout(pad=0.3)
+    save(fig, path, dpi)
+
+
+def image_figures(result, prefix, training_images, zoom=None, columns=DISPLAY_COLUMNS):
+    """PREFIX_frames.png: one row per frame time (first row the observed inputs when
+    there are any, last row the results), one column per sample (the first `columns`);
+    PREFIX_samples.png: every final sample; PREFIX_paper.png: paper_layout, for sampling
+    and inpainting. Values clipped to [0, 1] for display only. training_images: [0, 1].
+    zoom: pixels per image pixel, by default about 64 pixels per image side (1 to 8)."""
+    zoom = zoom or int(np.clip(64 // result['samples'].shape[-1], 1, 8))
+    k = min(columns, len(result['samples']))
+    rows = ([display_observed(result)[:k]] if 'observed' in result else []) + list(result['frames'][:, :k])
+    paths = [prefix + '_frames.png', prefix + '_samples.png']
+    save_tiles(tile(np.concatenate(rows), k), paths[0], zoom)
+    n = len(result['samples'])
+    side = int(np.ceil(np.sqrt(n)))
+    save_tiles(tile(result['samples'], side), paths[1], zoom)
+    if 'observed' not in result or result['mask'].any():
+        paths.append(prefix + '_paper.png')
+        save_labelled_panels(paper_layout(result, training_images, side), paths[2], zoom)
+    return paths
+
+
+def vector_figure(result, path):
+    """One panel per frame, first the observed inputs: a scatter for 2-D data (the Swiss
+    roll; an inpainted one shows the known y coordinates as ticks on the left edge),
+    else the vectors as image rows (heartbeat; unknown bits grey)."""
+    panels = ([('observed', display_observed(result))] if 'observed' in result else [])
+    panels += [('t = {}'.format(t), f) for t, f in zip(result['frame_times'], result['frames'])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.4))
+    for ax, (title, x) in zip(np.atleast_1d(axes), panels):
+        if x.shape[1] == 2:
+            if title == 'observed' and result['mask'].any():
+                ax.scatter(*result['original'].T, s=1, color='0.8')
+                if result['mask'][0, 1]:  # y known: ticks on the left edge
+                    ax.plot(np.full(len(x), -2.4), x[:, 1], '_', color='C3', ms=6)
+                else:
+                    ax.plot(x[:, 0], np.full(len(x), -2.4), '|', color='C3', ms=6)
+            else:
+                ax.scatter(*x.T, s=1, color='C0' if title == 'observed' else 'C1')
+            ax.set_xlim(-2.5, 2.5)
+            ax.set_ylim(-2.5, 2.5)
+            ax.set_aspect('equal')
+        else:
+            ax.imshow(x[:40], cmap='gray_r', vmin=0, vmax=1, interpolation='nearest', aspect='auto')
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    save(fig, path, dpi=60)
+    return [path]
+
+
+def save_samples(result, exp, out_dir, mode, arrays=True):
+    """The figures OUT_DIR/MODE_*.png and, if `arrays`, OUT_DIR/MODE.npz; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    prefix = os.path.join(out_dir, mode)
+    paths = []
+    if arrays:
+        np.savez_compressed(prefix + '.npz', **result)
+        paths.append(prefix + '.npz')
+    if exp.pixels:
+        training_images = experiments.PixelUnits.unit(exp.train_x[:len(result['samples'])], np.float32)
+        return paths + image_figures(result, prefix, training_images)
+    return paths + vector_figure(result, prefix + '_frames.png')

@@ -12,7 +12,7 @@ import math
 
 import datasets
 import presets
-import util
+import backend
 
 F32, F64 = 4, 8
 UNIT_BYTES = 200  # a Python tuple of the bound's list of work units (bound.heldout_bound)
@@ -169,7 +169,7 @@ def check_training(dataset, fidelity, args, batch_size):
     def flag_of(key):
         return '--batch-size {}'.format(batch_size) if key == 'batch_size' else \
             '--model-args {}={!r}'.format(key, args[key])
-    return too_large(estimate, sizes, defaults, flag_of, util.launched_processes()[1])
+    return too_large(estimate, sizes, defaults, flag_of, backend.launched_processes()[1])
 
 
 def check_evaluation(flags, defaults, n_examples, dims, T_steps):
@@ -182,4 +182,4 @@ def check_evaluation(flags, defaults, n_examples, dims, T_steps):
     def flag_of(key):
         value = flags[key]
         return '--{} {}'.format(key.replace('_', '-'), ','.join(map(str, value)) if key == 'iw_k' else value)
-    return too_large(estimate, flags, defaults, flag_of, util.launched_processes()[1], 'this evaluation')
+    return too_large(estimate, flags, defaults, flag_of, backend.launched_processes()[1], 'this evaluation')

@@ -1,4 +1,5 @@
-"""The diffusion math (paper Sec. 2 and Appendix B): forward schedule, q(x^t | x^0), the
+"""The diffusion math (paper Sec. 2 and Appendix B): the forward process (Eqs. 1-4: the
+stationary pi, the kernel q(x^t | x^{t-1}) and its schedule, q(x^t | x^0), p(x^T) = pi), the
 posterior q(x^{t-1} | x^t, x^0), the reverse-kernel read-out, and the lower bound
 K of Eq. 14, for Gaussian and binomial diffusion; and, with the same methods for both
 families, the numpy side that sampling and evaluation use (schedule values, forward
@@ -7,12 +8,13 @@ sample and step, stationary density, prior, reverse-step sample and density).
 Time steps t run 1..T; arrays over t are indexed t - 1. Symbolic x^0 has shape
 (n, D) or (n, C, H, W); t is an int vector (n,) of steps in 2..T.
 """
-import util  # noqa: F401  (configures Theano before it is imported)
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import numpy as np
 import theano
 import theano.tensor as T
 
+import util
 from regression import Layer
 from util import logit
 
@@ -63,7 +65,8 @@ def logit_beta(T_steps, beta_1, A_T=1e-3):
 
 
 class ForwardSchedule(Layer):
-    """b_t of the forward kernel q(x^t | x^{t-1}) = N(x^{t-1} sqrt(1 - b_t), b_t I).
+    """b_t of the forward kernel q(x^t | x^{t-1}) = N(x^{t-1} sqrt(1 - b_t), b_t I) (Eq. 2,
+    Table App.1).
 
     b_t = m_t + sigmoid(logit(base_t) + sum_j c_j g_j(t)) (1 - m_t - 1e-5)
     (the released code's parameterisation: docs/paper_and_code.md, section 3, item 1), with
@@ -147,7 +150,30 @@ def readout_mu(xt, z_mu, sigma, beta_t, code):
     return (xt - z_mu) * (1 - sigma) + z_mu
 
 
-class GaussianDiffusion:
+class Diffusion:
+    """The bound K of Eq. 14 as Gaussian and binomial diffusion share it, from each family's
+    kl_and_outputs (the KL of one step at x^t ~ q(x^t | x^0), drawn by the family's
+    draw_noise) and edge_entropies (the entropy terms of Eq. 14)."""
+
+    def kl_term(self, x0, t, noise):
+        """KL(q(x^{t-1} | x^t, x^0) || p(x^{t-1} | x^t)) summed over dimensions, (n,), nats,
+        at x^t drawn from q(x^t | x^0) by `noise` (Gaussian: reparameterised; binomial: uniform)."""
+        return self.kl_and_outputs(x0, t, noise)[0]
+
+    def bound_K(self, x0, t, noise, weight=None):
+        """Monte Carlo estimate of K (Eq. 14) per example, nats: one t ~ U{2..T} per example,
+        the KL sample multiplied by (T - 1) (paper) or T (released code's Gaussian); with
+        `weight` (n,), t was drawn from a proposal q and each KL is also multiplied by
+        1 / ((T - 1) q(t)) (bound.ProposalSteps)."""
+        kl = self.kl_term(x0, t, noise) if weight is None else weight * self.kl_term(x0, t, noise)
+        return -self.kl_multiplier * kl + self.edge_entropies(x0)
+
+    def draw_t(self, rng, n):
+        """n steps t uniform in 2..T."""
+        return rng.integers(2, self.T_steps + 1, size=n).astype('int64')
+
+
+class GaussianDiffusion(Diffusion):
     """Gaussian diffusion with a learned reverse kernel (paper section 2).
 
     net(xt, t) returns (z_mu, z_sigma), each shaped like xt.
@@ -178,11 +204,6 @@ class GaussianDiffusion:
         sigma = readout_sigma(z_sigma, beta_t, self.T_steps, self.code_sigma)
         return readout_mu(xt, z_mu, sigma, beta_t, self.code_mu), sigma
 
-    def kl_term(self, x0, t, noise):
-        """KL(q(x^{t-1} | x^t, x^0) || p(x^{t-1} | x^t)) summed over dimensions, (n,), nats,
-        at x^t drawn from q(x^t | x^0) with the reparameterised `noise`."""
-        return self.kl_and_outputs(x0, t, noise)[0]
-
     def kl_and_outputs(self, x0, t, noise):
         """kl_term, and the network's outputs z it was read out from (a tuple)."""
         beta = self.schedule.beta()
@@ -203,18 +224,6 @@ class GaussianDiffusion:
         n_dims = T.cast(T.prod(x0.shape[1:]), floatX)  # an int64 count would make K float64
         return T.alloc(n_dims * per_dim, x0.shape[0])
 
-    def bound_K(self, x0, t, noise, weight=None):
-        """Monte Carlo estimate of K (Eq. 14) per example, nats: one t ~ U{2..T} per example,
-        the KL sample multiplied by (T - 1) (paper) or T (released code); with `weight`
-        (n,), t was drawn from a proposal q and each KL is also multiplied by
-        1 / ((T - 1) q(t)) (bound.ProposalSteps)."""
-        kl = self.kl_term(x0, t, noise) if weight is None else weight * self.kl_term(x0, t, noise)
-        return -self.kl_multiplier * kl + self.edge_entropies(x0)
-
-    def draw_t(self, rng, n):
-        """n steps t uniform in 2..T."""
-        return rng.integers(2, self.T_steps + 1, size=n).astype('int64')
-
     def draw_noise(self, rng, x0):
         """The noise input of bound_K for a minibatch x0 (numpy)."""
         return rng.standard_normal(x0.shape).astype(floatX)
@@ -230,23 +239,25 @@ class GaussianDiffusion:
         return np.asarray(self._beta_fn(), np.float64)
 
     def forward_sample(self, x0, t, rng, beta):
-        """x^t ~ q(x^t | x^0) = N(sqrt(A_t) x^0, (1 - A_t) I); t in 0..T, one for all rows or
-        one per row; beta = beta_values()."""
+        """x^t ~ q(x^t | x^0) = N(sqrt(A_t) x^0, (1 - A_t) I), the forward trajectory (Eq. 3)
+        marginalised; t in 0..T, one for all rows or one per row; beta = beta_values()."""
         log_A = per_row(log_alpha_bar(beta)[t], x0)
         return np.exp(0.5 * log_A) * x0 + np.sqrt(-np.expm1(log_A)) * rng.standard_normal(x0.shape)
 
     def forward_step(self, x_prev, t, rng, beta):
-        """(x^t ~ q(x^t | x^{t-1}) = N(sqrt(1 - b_t) x^{t-1}, b_t I), log q(x^t | x^{t-1}) per row)."""
+        """(x^t ~ q(x^t | x^{t-1}) = N(sqrt(1 - b_t) x^{t-1}, b_t I) (Eq. 2), log q(x^t | x^{t-1})
+        per row)."""
         mean = np.sqrt(1 - beta[t - 1]) * x_prev
         xt = mean + np.sqrt(beta[t - 1]) * rng.standard_normal(x_prev.shape)
         return xt, log_normal(xt, mean, beta[t - 1])
 
     def log_stationary(self, x):
-        """log pi(x) per row: the stationary distribution N(0, I) (= p(x^T))."""
+        """log pi(x) per row: the stationary distribution N(0, I) of the forward kernel (Eq. 1),
+        which is p(x^T) (Eq. 4)."""
         return log_normal(x, 0.0, 1.0)
 
     def prior_params(self, shape):
-        """Parameters of p(x^T) = N(0, I)."""
+        """Parameters of p(x^T) = pi(x^T) = N(0, I) (Eq. 4)."""
         return np.zeros(shape, floatX), np.ones(shape, floatX)
 
     def sample(self, params, rng):
@@ -310,7 +321,7 @@ def bernoulli_entropy(p, lib=T):
     return -(p * lib.log(p + eps) + (1 - p) * lib.log(1 - p + eps))
 
 
-class BinomialDiffusion:
+class BinomialDiffusion(Diffusion):
     """Binomial diffusion toward Bern(p) (paper section 2, Table App.1).
 
     q(x^t | x^{t-1}) = Bern(x^{t-1} (1 - b_t) + p b_t), b_t = 1 / (T - t + 1),
@@ -352,10 +363,6 @@ class BinomialDiffusion:
         stay = T.clip(xt * (1 - beta_t) + self.p * beta_t, 1e-6, 1 - 1e-6)
         return (T.nnet.sigmoid(z[0] + logit(stay, T)),)
 
-    def kl_term(self, x0, t, uniform):
-        """Summed KL(q(x^{t-1}|x^t,x^0) || p(x^{t-1}|x^t)), (n,), nats; x^t drawn by `uniform`."""
-        return self.kl_and_outputs(x0, t, uniform)[0]
-
     def kl_and_outputs(self, x0, t, uniform):
         """kl_term, and the network's output z it was read out from (a tuple)."""
         A = T.constant(self.A_np.astype(floatX))
@@ -372,12 +379,6 @@ class BinomialDiffusion:
         b_1 = self.beta_np[0]
         keep, drift = np.asarray([1 - b_1, self.p * b_1], dtype=floatX)  # float64 scalars would make K float64
         return -per_example(bernoulli_entropy(x0 * keep + drift))
-
-    def bound_K(self, x0, t, uniform, weight=None):
-        """K per example, nats (Eq. 14 with Bernoulli terms): -(T-1) E[KL] + edge entropies;
-        `weight` as in GaussianDiffusion.bound_K."""
-        kl = self.kl_term(x0, t, uniform) if weight is None else weight * self.kl_term(x0, t, uniform)
-        return -self.kl_multiplier * kl + self.edge_entropies(x0)
 
     def factorised_optimum_bits(self, patterns, n=1000, seed=0):
         """K (bits per sequence) of the best reverse kernel that is Bernoulli independently
@@ -407,9 +408,6 @@ class BinomialDiffusion:
         h1 = bernoulli_entropy(patterns * (1 - b_1) + self.p * b_1, np).sum(1).mean()
         return float(-(kl_sum + h1) / util.LOG2)
 
-    def draw_t(self, rng, n):
-        return rng.integers(2, self.T_steps + 1, size=n).astype('int64')
-
     def draw_noise(self, rng, x0):
         """The uniform input of bound_K that draws x^t (numpy)."""
         return rng.random(x0.shape).astype(floatX)
@@ -420,21 +418,25 @@ class BinomialDiffusion:
         return self.beta_np
 
     def forward_sample(self, x0, t, rng, beta):
-        """x^t ~ q(x^t | x^0) = Bern(x^0 A_t + p (1 - A_t)); t in 0..T, one or one per row."""
+        """x^t ~ q(x^t | x^0) = Bern(x^0 A_t + p (1 - A_t)), the forward trajectory (Eq. 3)
+        marginalised; t in 0..T, one or one per row."""
         A_t = per_row(np.exp(log_alpha_bar(beta))[t], x0)
         return (rng.random(x0.shape) < self.marginal(x0, A_t)).astype(floatX)
 
     def forward_step(self, x_prev, t, rng, beta):
-        """(x^t ~ Bern(x^{t-1} (1 - b_t) + p b_t), log q(x^t | x^{t-1}) per row)."""
+        """(x^t ~ q(x^t | x^{t-1}) = Bern(x^{t-1} (1 - b_t) + p b_t) (Eq. 2, Table App.1),
+        log q(x^t | x^{t-1}) per row)."""
         prob = x_prev * (1 - beta[t - 1]) + self.p * beta[t - 1]
         xt = (rng.random(x_prev.shape) < prob).astype(np.float64)
         return xt, log_bernoulli(xt, prob)
 
     def log_stationary(self, x):
-        """log pi(x) per row: the stationary Bern(p) (= p(x^T))."""
+        """log pi(x) per row: the stationary Bern(p) of the forward kernel (Eq. 1), which is
+        p(x^T) (Eq. 4)."""
         return log_bernoulli(x, np.full(x.shape, self.p))
 
     def prior_params(self, shape):
+        """Parameters of p(x^T) = pi(x^T) = Bern(p) (Eq. 4)."""
         return (np.full(shape, self.p, dtype=floatX),)
 
     def sample(self, params, rng):

@@ -18,7 +18,8 @@
 
 enum { MS_LINEAR = 0, MS_SOFTPLUS = 1, MS_TANH = 2, MS_LEAKY_RELU = 3 };
 
-#define MS_LEAKY_SLOPE 0.05f  /* regression.leaky_relu (released code) */
+/* MS_LEAKY_SLOPE, the leaky ReLU's slope (released code), is defined by multiscale.py
+   from conv3x3.LEAKY_RELU_SLOPE, its one definition. */
 
 /* ------------------------------------------------------------------ float32 math */
 

@@ -4,7 +4,7 @@
 - mean_pool_pyramid(x, n_scales): [x, pool_2(x), pool_4(x), ...], regression.mean_pool
   at every scale in one pass;
 - upsample_sum(parts, bias, activation, factor): f(factor sum_s up_{2^s}(parts[s]) + b),
-  regression.upsample_nearest of every scale, the sum, the bias (one per channel, or untied:
+  tests/reference_ops.upsample_nearest of every scale, the sum, the bias (one per channel, or untied:
   one per channel and pixel) and f in one pass;
 - bias_activation(x, b, activation): f(x + b) for the per-pixel layers after a Dot22.
 
@@ -18,10 +18,12 @@ import os
 
 import numpy as np
 
-import util  # noqa: F401  (configures Theano before it is imported)
+import backend  # noqa: F401  (configures Theano before it is imported)
 import theano.tensor as T
 from theano import gof
 from theano.gradient import DisconnectedType, grad_not_implemented
+
+import conv3x3
 
 C_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'multiscale.c')
 C_CODE_VERSION = 2  # raise when the C templates below change (multiscale.c is hashed)
@@ -31,9 +33,9 @@ MAX_PARTS = 32  # the C code's fixed-size arrays of parts and levels
 
 
 def c_source():
-    """The text of multiscale.c."""
+    """The C code of the ops: the leaky ReLU's slope (conv3x3.LEAKY_RELU_SLOPE), then multiscale.c."""
     with open(C_SOURCE) as f:
-        return f.read()
+        return '#define MS_LEAKY_SLOPE {}\n'.format(c_float(conv3x3.LEAKY_RELU_SLOPE)) + f.read()
 
 
 def c_float(value):
@@ -285,7 +287,7 @@ class BiasActivationGrad(MultiscaleOp):
 
 def mean_pool_pyramid(x, n_scales):
     """[x, pool_2(x), pool_4(x), ..., pool_{2^(n_scales - 1)}(x)] for x (n, C, H, W) with H
-    and W divisible by 2^(n_scales - 1); pool_k = regression.mean_pool(x, k)."""
+    and W divisible by 2^(n_scales - 1); pool_k = tests/reference_ops.mean_pool(x, k)."""
     x = as_float32(x, 4, 'mean_pool_pyramid', 'x')
     if not 1 <= n_scales <= MAX_PARTS:
         raise ValueError('mean_pool_pyramid: n_scales must be 1 to {}, not {}'.format(MAX_PARTS, n_scales))
@@ -296,7 +298,7 @@ def mean_pool_pyramid(x, n_scales):
 
 def upsample_sum(parts, bias=None, activation=None, factor=1.0):
     """f(factor sum_s up_{2^s}(parts[s]) + bias): parts[s] (n, C, H / 2^s, W / 2^s), up_k
-    = regression.upsample_nearest(., k), bias None, (C,) added per channel or (C, H, W)
+    = tests/reference_ops.upsample_nearest(., k), bias None, (C,) added per channel or (C, H, W)
     added per channel and pixel (untied), f one of None, 'softplus', 'tanh', 'leaky_relu'
     (slope 0.05).
 

@@ -1,11 +1,11 @@
 """Many processes, one run: synchronous data parallelism over MPI (mpiexec, Slurm's srun).
 
-Under a launcher with more than one process (util.launched_processes), `world()` is an
+Under a launcher with more than one process (backend.launched_processes), `world()` is an
 MPI communicator through mpi4py; otherwise a single process that does the same calls
 locally, so every caller is written once. What the processes share and split:
 - training: each process takes its contiguous share of every global minibatch, the
   summed gradients are added with one Allreduce of a single float32 buffer, and every
-  process applies the same update (training.MainLoop, experiments.Experiment);
+  process applies the same update (mainloop.MainLoop, experiments.Experiment);
 - the held-out bound, sampling, the Parzen and importance-weighted estimates: each
   process does its share of the units of work, and the results are added or gathered;
 - process 0 alone prints and writes files (`world().is_writer`).
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-import util
+import backend
 
 
 class SingleProcess:
@@ -94,7 +94,7 @@ def mpiexec():
 def world():
     """The processes of this run: MPIWorld under a launcher of more than one process, else
     SingleProcess. MPI is initialised by the first call (when mpi4py is imported)."""
-    if util.launched_processes()[0] > 1:
+    if backend.launched_processes()[0] > 1:
         from mpi4py import MPI  # here: MPI starts only when a launcher asked for processes
         return MPIWorld(MPI.COMM_WORLD)
     return SingleProcess()

@@ -8,10 +8,6 @@ import os
 
 import numpy as np
 
-import datasets
-import model as M
-import training
-
 # Paper-vs-code choices of the Gaussian model (docs/paper_and_code.md, section 3). Each is a
 # --model-args key.
 PRESETS = {
@@ -65,20 +61,23 @@ PAPER_DATASET_PRESETS = {'MNIST': dict(conv_path=False), 'digits': dict(conv_pat
                          'folder': dict(FULLY_CONVOLUTIONAL)}  # your own images: bark's network
 DATASET_PRESETS = {(name, fidelity): v for name, v in PAPER_DATASET_PRESETS.items() for fidelity in ('paper', 'fast')}
 
+OPTIMIZERS = ('adam', 'rmsprop')  # the step rules of steprules.STEP_RULES
 # Step-rule arguments of each preset: the released training passed max_scaling=1e10 to
-# RMSProp; training.RMSProp's default 1e5 is ours (the paper trained with SFO).
+# RMSProp; steprules.RMSProp's default 1e5 is ours (the paper trained with SFO).
 STEP_RULE_ARGS = {'paper': {}, 'fast': {}, 'code': {'rmsprop': {'max_scaling': 1e10}}}
 
-# How training estimates K, for every data set (bound.training_steps, training.ParameterAverage):
+# How training estimates K, for every data set (bound.training_steps, steprules.ParameterAverage):
 # the steps t uniform (the paper's and the released code's) or from a proposal with
 # importance weights, and an average of the parameters for evaluation and sampling (None:
 # none). The 'fast' preset changes them (FAST).
 TRAINING_ESTIMATE = dict(train_t='uniform', train_t_uniform=0.5, train_t_history=10, ema=None)
 
+SWISSROLL_NOISE = 0.005  # std of the Swiss roll's noise, in spiral units (before scaling; datasets.swissroll)
+
 # Model arguments of each data set (keys of --model-args).
 MODEL_ARGS = {
     'swissroll': dict(T=40, n_hidden=64, expert='quadratic', n_basis=10, beta_init='logit', beta_1=1e-7,
-                      beta_min=1e-7, noise=datasets.SWISSROLL_NOISE, n_train=200000, n_eval=20000,
+                      beta_min=1e-7, noise=SWISSROLL_NOISE, n_train=200000, n_eval=20000,
                       **TRAINING_ESTIMATE),
     'heartbeat': dict(T=2000, n_hidden=100, n_layers=3, readout='basis', n_basis=20,
                       basis_warp='logit', init_gain=4.0, p=0.2, n_train=100000, n_eval=20000,
@@ -130,8 +129,9 @@ RUN_DEFAULTS = {
     'folder': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
 }
 # Model keys added after runs had been made, with the value that reproduces those runs:
-# a checkpoint without the key loads as it was trained.
-ADDED_KEYS = dict({'swissroll': dict(TRAINING_ESTIMATE, beta_min=M.BETA_MIN, nonfinite_gradient='drop_step'),
+# a checkpoint without the key loads as it was trained (beta_min: the released code's floor,
+# model.BETA_MIN).
+ADDED_KEYS = dict({'swissroll': dict(TRAINING_ESTIMATE, beta_min=1e-6, nonfinite_gradient='drop_step'),
                    'heartbeat': dict(TRAINING_ESTIMATE, init_gain=1.0, nonfinite_gradient='drop_step')},
                   **{name: dict(TRAINING_ESTIMATE, conv_impl='corrmm', tied_biases=True, feature_scaling=False,
                                 nonfinite_gradient='drop_step') for name in IMAGES})
@@ -252,14 +252,6 @@ class Int:
             'an integer in [{}, {}]'.format(self.lo, self.hi)
 
 
-class OptionalInt(Int):
-    def accepts(self, v):
-        return v is None or super().accepts(v)
-
-    def __str__(self):
-        return super().__str__() + ' or None'
-
-
 class Real:
     """A finite number in the open interval (lo, hi), or [lo, hi) with closed_lo."""
 
@@ -276,12 +268,17 @@ class Real:
         return 'a number in {}{}, {})'.format('[' if self.closed_lo else '(', self.lo, self.hi)
 
 
-class OptionalReal(Real):
+class Optional:
+    """None, or what `rule` accepts."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
     def accepts(self, v):
-        return v is None or super().accepts(v)
+        return v is None or self.rule.accepts(v)
 
     def __str__(self):
-        return super().__str__() + ' or None'
+        return str(self.rule) + ' or None'
 
 
 class OneOf:
@@ -317,6 +314,8 @@ class Float32Probability(Real):
         return 'a number in (0, 1) that float32 holds as neither 0 nor 1 (about 1.4e-45 to 1 - 6e-8)'
 
 
+NONFINITE = ('drop_step', 'zero_gradient')  # what a step does with a NaN or inf gradient (steprules.gradient_updates)
+TRAIN_T = ('uniform', 'harmonic', 'adaptive', 'gradient')  # how training draws t (bound.training_steps)
 BOOL = OneOf(True, False)
 ARG_RULES = {
     # the diffusion and its schedule
@@ -328,20 +327,20 @@ ARG_RULES = {
     'scale_nonlinearity': OneOf('after_sum', 'per_scale'), 'conv_path': BOOL, 'dense_path': BOOL,
     'dense_depth_from_conv': BOOL,
     'dequantisation': OneOf('paper', 'code'), 'norm_from_minibatch': BOOL, 'skip_last_step': BOOL,
-    'tied_biases': BOOL, 'feature_scaling': BOOL, 'nonfinite_gradient': OneOf(*training.NONFINITE),
+    'tied_biases': BOOL, 'feature_scaling': BOOL, 'nonfinite_gradient': OneOf(*NONFINITE),
     # toy networks and data
     'n_hidden': Int(1), 'expert': OneOf('constant', 'linear', 'quadratic'), 'n_basis': Int(2),
     'n_layers': Int(1), 'readout': OneOf('basis', 'per_step'), 'basis_warp': OneOf('logit', 'linear'),
-    'init_gain': Real(0), 'noise': Real(0), 'n_train': Int(1), 'n_eval': Int(2), 'n_final_eval': OptionalInt(2),
+    'init_gain': Real(0), 'noise': Real(0), 'n_train': Int(1), 'n_eval': Int(2), 'n_final_eval': Optional(Int(2)),
     # image networks and data
     'n_temporal_basis': Int(2), 'n_hidden_dense_lower': Int(1), 'n_hidden_dense_lower_output': Int(1),
     'n_hidden_dense_upper': Int(1), 'n_hidden_conv': Int(1), 'n_layers_conv': Int(1),
     'n_layers_dense_lower': Int(1), 'n_layers_dense_upper': Int(1), 'n_scales': Int(1),
-    'folder': Folder(), 'patch': Int(2), 'image_size': Int(2), 'crop': OptionalInt(2), 'channels': OneOf(1, 3),
+    'folder': Folder(), 'patch': Int(2), 'image_size': Int(2), 'crop': Optional(Int(2)), 'channels': OneOf(1, 3),
     'conv_impl': OneOf('auto', 'corrmm', 'winograd', 'im2col'),
     # how training estimates K (TRAINING_ESTIMATE)
-    'train_t': OneOf('uniform', 'harmonic', 'adaptive', 'gradient'), 'train_t_uniform': Real(0, 1, closed_lo=True),
-    'train_t_history': Int(1), 'ema': OptionalReal(0, 1),
+    'train_t': OneOf(*TRAIN_T), 'train_t_uniform': Real(0, 1, closed_lo=True),
+    'train_t_history': Int(1), 'ema': Optional(Real(0, 1)),
 }
 
 

@@ -4,7 +4,7 @@ A network maps x^t to read-out coefficients; model.py turns those into the mean
 and variance of p(x^{t-1} | x^t). Every parameter is a named Theano shared
 variable with an explicit initialisation.
 """
-import util  # noqa: F401  (configures Theano before it is imported)
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import numpy as np
 import theano
@@ -12,6 +12,7 @@ import theano.tensor as T
 
 import conv3x3
 import multiscale
+import util
 
 floatX = theano.config.floatX
 
@@ -240,21 +241,6 @@ NONLINEARITIES = {'paper': {'conv': 'softplus', 'dense': 'tanh'},
 def leaky_relu(x, slope=conv3x3.LEAKY_RELU_SLOPE):
     """The released code's nonlinearity: x above zero, slope * x below."""
     return T.nnet.relu(x, alpha=slope)
-
-
-def mean_pool(x, factor):
-    """Mean over factor x factor blocks of x (n, C, H, W) -> (n, C, H / factor, W / factor)."""
-    if factor == 1:
-        return x
-    n, c, h, w = x.shape
-    return x.reshape((n, c, h // factor, factor, w // factor, factor)).mean(axis=(3, 5))
-
-
-def upsample_nearest(x, factor):
-    """Each pixel of x (n, C, h, w) repeated into a factor x factor block."""
-    if factor == 1:
-        return x
-    return T.repeat(T.repeat(x, factor, axis=2), factor, axis=3)
 
 
 # conv_impl='auto': Winograd at the full-resolution scale of layers with at least this many

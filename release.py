@@ -4,10 +4,11 @@ README that says how they were made, so that a fresh clone can evaluate, sample 
     python release.py runs/<run> models/deadleaves
 
 copies checkpoint.npz (parameters and optimiser state, what an exact --resume needs),
-log.jsonl, progress.csv, heldout_bound.png and results.json (when the run has ended) and
-writes models/NAME/README.md: each session of the run (its command, machine, instruction
-set, minibatches and training minutes), the totals in minibatches and core-hours, the
-held-out bound, and the size and sha256 of every file. Files that evaluate.py and
+log.jsonl, progress.csv and results.json (when the run has ended), draws the K curve
+(heldout_bound.png, with the paper's value) and writes models/NAME/README.md: each session
+of the run (its command, machine, instruction set, minibatches and training minutes), the
+totals in minibatches and core-hours, the held-out bound, and the size and sha256 of every
+file. Files that evaluate.py and
 sampler.py wrote into models/NAME are listed too. Running it again on the same run (or on
 models/NAME itself, after a resume there) brings the folder up to date.
 """
@@ -20,8 +21,10 @@ import shutil
 import sys
 import time
 
-RUN_FILES = ('checkpoint.npz', 'log.jsonl', 'progress.csv', 'heldout_bound.png', 'results.json')
-PAPER_K_BITS = {'deadleaves': 1.489, 'bark': 1.185, 'MNIST': 1.55, 'CIFAR10': 5.4}  # Table 1
+import checkpoints
+import presets
+
+RUN_FILES = ('checkpoint.npz', 'log.jsonl', 'progress.csv', 'results.json')
 
 
 def sha256(path):
@@ -31,14 +34,6 @@ def sha256(path):
         for block in iter(lambda: f.read(1 << 20), b''):
             digest.update(block)
     return digest.hexdigest()
-
-
-def checkpoint_meta(path):
-    """{'config', 'status'} of a checkpoint, read without Theano (the 'meta' entry of the npz)."""
-    import numpy as np
-    with np.load(path, allow_pickle=False) as archive:
-        meta = json.loads(str(archive['meta']))
-    return {'config': meta['config'], 'status': meta['status']}
 
 
 def progress_rows(path):
@@ -140,7 +135,7 @@ def readme(name, model_dir, meta, rows):
     dataset = args.get('dataset', name)
     core_hours = sum(s['minutes'] * s['cores'] for s in runs) / 60
     last = latest_K(meta)
-    paper = PAPER_K_BITS.get(dataset)
+    paper = presets.TABLE_1.get(dataset, (None,))[0]
     lines = ['# {}: a released model'.format(name), '',
              'The {} model of the `{}` preset, trained by `train.py`; made by `python release.py` on {}.'.format(
                  dataset, args.get('fidelity'), time.strftime('%Y-%m-%d')), '',
@@ -163,10 +158,21 @@ def readme(name, model_dir, meta, rows):
     return '\n'.join(lines) + '\n'
 
 
+def draw_k_curve(meta, path):
+    """heldout_bound.png: the monitored K against minibatches and training time, the paper's
+    Table 1 value as a line (figures.heldout_figure; loads Theano)."""
+    import figures
+    dataset = meta['config'].get('args', {}).get('dataset')
+    unit = 'bits/pixel' if dataset in presets.IMAGES else 'bits'
+    figures.heldout_figure(meta['status'].get('evaluations', []), path, unit,
+                           presets.TABLE_1.get(dataset, (None,))[0])
+
+
 def release(run_dir, model_dir):
     """Copy the run into model_dir and write its README.md; returns the README's path."""
     copy_run(run_dir, model_dir)
-    meta = checkpoint_meta(os.path.join(model_dir, 'checkpoint.npz'))
+    meta = checkpoints.load_checkpoint(os.path.join(model_dir, 'checkpoint.npz'))
+    draw_k_curve(meta, os.path.join(model_dir, 'heldout_bound.png'))
     path = os.path.join(model_dir, 'README.md')
     with open(path, 'w') as f:
         f.write(readme(os.path.basename(os.path.normpath(model_dir)), model_dir, meta,

@@ -13,7 +13,7 @@ models/<name>/ (a released model: checkpoint.npz, results.json, progress.csv, RE
 Each row says where its numbers come from, on which machine and software they were made,
 and, for a paper-preset run, below the table, where the run is not the paper.
 """
-import util  # configures Theano before it is imported
+import backend  # noqa: F401  (configures Theano before it is imported)
 
 import glob
 import json
@@ -26,9 +26,10 @@ import sys
 import numpy as np
 import scipy.optimize
 
-import figures
+import checkpoints
+import cli
 import presets
-import training
+import rundirs
 
 COLUMNS = ('run', 'data set', 'preset', 'K', '+-', 'paper K', 'against the paper', 'K - L_null', 'paper K - L_null',
            'unit', 'minibatches', 'training', 'source', 'environment')
@@ -84,7 +85,7 @@ def environment_summary(env):
 
 
 def code_origin(env):
-    """'commit <hash>', else where the code came from (util.code_source)."""
+    """'commit <hash>', else where the code came from (provenance.code_source)."""
     return 'commit {}'.format(env['git_commit']) if env.get('git_commit') else env.get('source', 'commit None')
 
 
@@ -136,11 +137,11 @@ def run_row(run_dir, name=None):
 
 def run_args(run_dir):
     """The run's train.py settings from its checkpoint, or None without a readable one."""
-    checkpoint = training.checkpoint_in(run_dir)
+    checkpoint = checkpoints.checkpoint_in(run_dir)
     if not os.path.exists(checkpoint):
         return None
     try:
-        return training.load_checkpoint(checkpoint)['config']['args']
+        return checkpoints.load_checkpoint(checkpoint)['config']['args']
     except ValueError:
         return None
 
@@ -319,7 +320,7 @@ def extrapolate(evaluations, target, skip=0.1, n_draws=4000, seed=0):
 
 
 def main(argv=None):
-    p = util.OneLineParser(description=__doc__.split('\n')[0])
+    p = cli.OneLineParser(description=__doc__.split('\n')[0])
     p.add_argument('run_dirs', nargs='*', help='run directories holding results.json (one with --extrapolate); '
                    'none: the committed results/*/ and models/*/ of the checkout')
     p.add_argument('--out', default='REPORT.md', help='the Markdown file to write (default REPORT.md)')
@@ -334,14 +335,14 @@ def main(argv=None):
     if root:
         args.run_dirs = committed_dirs(root)
         if not args.run_dirs:
-            util.fail('no results/*/ or models/*/ with a results.json in {}: give run directories'.format(root))
+            cli.fail('no results/*/ or models/*/ with a results.json in {}: give run directories'.format(root))
     missing = [d for d in args.run_dirs if not os.path.exists(os.path.join(d, 'results.json'))]
     if missing:
-        util.fail('no results.json in {} (is the run finished?)'.format(', '.join(missing)))
+        cli.fail('no results.json in {} (is the run finished?)'.format(', '.join(missing)))
     try:
         text = write_report(args.run_dirs, args.out, root)
     except (OSError, ValueError, KeyError) as e:
-        util.fail('cannot write the report: {}'.format(e))
+        cli.fail('cannot write the report: {}'.format(e))
     print(text)
     print('Written to {}'.format(args.out), file=sys.stderr)
 
@@ -349,25 +350,26 @@ def main(argv=None):
 def extrapolate_run(run_dirs, target):
     """The --extrapolate command: the K curve from the run's checkpoint."""
     if len(run_dirs) != 1:
-        util.fail('--extrapolate takes one run directory')
+        cli.fail('--extrapolate takes one run directory')
     run_dir = run_dirs[0]
     try:
-        state = training.load_checkpoint(training.checkpoint_in(run_dir))
+        state = checkpoints.load_checkpoint(checkpoints.checkpoint_in(run_dir))
     except ValueError as e:
-        util.fail(str(e))
+        cli.fail(str(e))
     dataset = state['config']['args']['dataset']
     if target is None:
         if dataset not in presets.TABLE_1:
-            util.fail('{} has no Table 1 figure; give --target'.format(dataset))
+            cli.fail('{} has no Table 1 figure; give --target'.format(dataset))
         target = presets.TABLE_1[dataset][0]
     evaluations = state['status']['evaluations']
     try:
         out = extrapolate(evaluations, target)
     except (ValueError, RuntimeError) as e:
-        util.fail(str(e))
+        cli.fail(str(e))
     out['step_s'] = state['status']['wall_s'] / max(state['status']['iterations_done'], 1)
-    util.write_json(os.path.join(run_dir, 'extrapolation.json'), out)
+    rundirs.write_json(os.path.join(run_dir, 'extrapolation.json'), out)
     unit = 'bits/pixel' if dataset in presets.IMAGES else 'bits' if dataset == 'swissroll' else 'bits/seq'
+    import figures  # Theano loads here, for this figure alone
     figures.extrapolation_figure(evaluations, out, os.path.join(run_dir, 'extrapolation.png'), unit)
     print(json.dumps(out, indent=2))
     return out

@@ -6,9 +6,11 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 PACKAGE = 'diffusion_thermodynamics'
-MODULES = ['util', 'parallel', 'streams', 'archives', 'datasets', 'multiscale', 'conv3x3', 'regression',
-           'model', 'presets', 'training', 'extensions', 'experiments', 'bound', 'figures', 'sampler',
-           'evaluate', 'ceiling', 'baseline', 'report', 'bench', 'train', 'memory', 'release', 'commands', 'meter']
+MODULES = ['backend', 'cli', 'rundirs', 'provenance', 'util', 'meter', 'parallel', 'streams', 'archives',
+           'datasets', 'multiscale', 'conv3x3', 'regression', 'model', 'presets', 'steprules', 'checkpoints',
+           'mainloop', 'extensions', 'experiments', 'bound', 'reverse', 'figures', 'estimators', 'settings',
+           'session', 'sampler', 'evaluate', 'ceiling', 'baseline', 'report', 'bench', 'train', 'memory', 'release',
+           'commands']
 COMMANDS = {'train': 'train', 'evaluate': 'evaluate', 'sample': 'sampler', 'report': 'report',
             'datasets': 'datasets', 'ceiling': 'ceiling', 'baseline': 'baseline', 'bench': 'bench'}
 

@@ -137,7 +137,7 @@ class ShuffledScheme(SequentialScheme):
 class DataStream:
     """Minibatches (dicts source -> array) of `dataset` in the order of `scheme`. The
     per-minibatch randomness of training (noise, t, dequantisation, crops) is not here: it
-    comes from the iteration's generator (training.MainLoop.rng), so a resumed run repeats
+    comes from the iteration's generator (mainloop.MainLoop.rng), so a resumed run repeats
     an uninterrupted one."""
 
     def __init__(self, dataset, scheme):

@@ -5,7 +5,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import util  # noqa: E402,F401  (configures Theano before any test imports it)
+import backend  # noqa: E402,F401  (configures Theano before any test imports it)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

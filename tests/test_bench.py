@@ -5,6 +5,8 @@ import theano.tensor as T
 
 import bench
 
+pytestmark = pytest.mark.slow  # builds the image networks (python -m pytest -m "not slow" leaves it out)
+
 
 def test_op_groups_name_the_scalar_op_and_the_accumulator():
     x = T.matrix('x')

@@ -4,9 +4,11 @@ import pytest
 import theano
 
 import bound
+import checkpoints
 import experiments
 import presets
-import training
+
+pytestmark = pytest.mark.slow  # compiles the bound of small models (python -m pytest -m "not slow" leaves it out)
 
 
 def roll_experiment(fidelity='paper', **overrides):
@@ -156,16 +158,16 @@ def test_code_factor_is_reported_beside_the_papers(tmp_path):
 def test_training_and_evaluation_agree_for_a_code_preset_run(tmp_path):
     """train.py's results.json and evaluate.py call the same estimator: for a code-preset
     run they agree within their standard errors, with the factor stated."""
-    import evaluate
+    import estimators
     import train
     out = tmp_path / 'runs'
     results = train.main(['--dataset', 'swissroll', '--fidelity', 'code', '--max-batches', '100',
                           '--ext-every-n', '50', '--output-dir', str(out), '--model-args',
                           'T=8,n_hidden=4,n_train=1000,n_eval=300,noise=0.05'])
     run_dir = str(next(out.iterdir()))
-    evaluation = evaluate.evaluate(*evaluate.load_experiment(run_dir)[:2], run_dir, n_t=5, progress=False)['bound']
+    evaluation = estimators.evaluate(*estimators.load_experiment(run_dir)[:2], run_dir, n_t=5, progress=False)['bound']
     assert results['kl_factor'] == evaluation['kl_factor'] == 'T-1'
     se = np.hypot(results['stderr_bits'], evaluation['stderr_bits'])
     assert abs(results['K_bits'] - evaluation['K_bits']) < 4 * se
-    assert training.load_checkpoint(run_dir + '/checkpoint.npz')['config']['model']['kl_factor'] == 'T'
+    assert checkpoints.load_checkpoint(run_dir + '/checkpoint.npz')['config']['model']['kl_factor'] == 'T'
     assert results['K_bits_code_factor'] < results['K_bits']

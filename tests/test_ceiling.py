@@ -91,6 +91,7 @@ def test_nearly_tight_on_flat_images_and_never_above_the_upper_limit():
         assert upper - lower < 0.15
 
 
+@pytest.mark.slow  # fits the mixture on dead leaves
 def test_rises_as_beta_1_falls_on_dead_leaves():
     images = datasets.deadleaves(300, size=16, seed=3)
     pixels = pixel_units(images[:200])
@@ -109,6 +110,7 @@ def test_bracket_is_below_a_thousandth_of_a_bit_at_the_harmonic_A_T():
     assert -1e-3 < low < 0 < high < 1e-6
 
 
+@pytest.mark.slow  # fits the mixture on the digits
 def test_command_on_the_digits(tmp_path):
     results = C.main(['--dataset', 'Digits', '--beta-1', '1e-3,1e-4', '--n-fit', '200', '--out-dir', str(tmp_path)])
     with open(os.path.join(tmp_path, 'ceiling_digits.json')) as f:

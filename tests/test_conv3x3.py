@@ -8,6 +8,8 @@ import theano.tensor as T
 
 import conv3x3 as C
 
+pytestmark = pytest.mark.slow  # compiles the C op and its gradients (python -m pytest -m "not slow" leaves it out)
+
 IMPLS = ('winograd', 'im2col')
 # (n, C_in, C_out, H, W): odd sizes, 1 and 3 input channels, pooled scales (32 -> 16 -> 8
 # -> 4, 28 -> 14 -> 7) down to 2x2 and 1x1, batch 1 and 5, C_out != C_in.

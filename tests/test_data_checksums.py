@@ -35,6 +35,7 @@ def test_generated_dead_leaves_keep_their_checksum_and_a_damaged_file_is_refused
     np.testing.assert_array_equal(datasets.load_images('deadleaves', 'train', str(tmp_path), **options), train_x)
 
 
+@pytest.mark.slow  # starts train.py
 def test_a_converted_file_that_is_damaged_stops_a_run_in_one_line(tmp_path, capsys):
     rng = np.random.default_rng(0)
     images = {s: rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8) for s, n in (('train', 60), ('test', 10))}

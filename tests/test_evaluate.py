@@ -8,12 +8,15 @@ import pytest
 from scipy.stats import norm
 
 import bound
-import evaluate as V
+import checkpoints
+import estimators
+import evaluate
 import experiments
 import presets
-import sampler
-import training
+import reverse
 import util
+
+pytestmark = pytest.mark.slow  # compiles and evaluates small models (python -m pytest -m "not slow" leaves it out)
 
 
 def tiny(dataset, **overrides):
@@ -39,10 +42,10 @@ def test_trajectory_estimate_k1_equals_K_in_expectation(dataset):
     exp = tiny(dataset)
     x = exp.test_x[:4]
     n_draws = 3000
-    kernel = sampler.compile_reverse_kernel(exp.diffusion, x.ndim)
+    kernel = reverse.compile_reverse_kernel(exp.diffusion, x.ndim)
     beta = exp.diffusion.beta_values()
     rng = np.random.default_rng(5)
-    log_w = V.trajectory_log_weights(exp.diffusion, kernel, beta, np.repeat(x, n_draws, axis=0), rng)
+    log_w = estimators.trajectory_log_weights(exp.diffusion, kernel, beta, np.repeat(x, n_draws, axis=0), rng)
     log_w = log_w.reshape(len(x), n_draws)
     fn = bound.compile_terms(exp)
     for j in range(len(x)):
@@ -56,7 +59,7 @@ def test_trajectory_estimate_k1_equals_K_in_expectation(dataset):
 def test_importance_weighted_bound_tightens_K(roll):
     exp, fn = roll
     x = exp.test_x[:100]
-    iw = V.importance_weighted_bound(exp, x, ks=(1, 4, 16), seed=0, progress=False)
+    iw = estimators.importance_weighted_bound(exp, x, ks=(1, 4, 16), seed=0, progress=False)
     K = bound.heldout_bound(exp, x, n_t=20, fn=fn)
     assert iw['1']['gain_over_k1_bits'] == 0
     assert 0 < iw['4']['gain_over_k1_bits'] < iw['16']['gain_over_k1_bits']
@@ -67,16 +70,16 @@ def test_importance_weighted_bound_tightens_K(roll):
 
 def test_log_mean_exp_is_stable():
     a = np.array([[1000.0, 1000.0 + np.log(3)], [-1000.0, -1000.0]])
-    np.testing.assert_allclose(V.log_mean_exp(a, axis=1), [1000 + np.log(2), -1000.0])
+    np.testing.assert_allclose(estimators.log_mean_exp(a, axis=1), [1000 + np.log(2), -1000.0])
 
 
 def test_discrete_bits_per_dim_by_hand():
     # scale 4: levels 4/255 apart in z units; K = 3 bits/pixel, 1 channel:
     # -3 - log2(4/255) = -3 - 2 + log2(255) = 2.99435
-    assert V.discrete_nll_bits_per_dim(3.0, 1, 4 / 255, 4 / 255) == pytest.approx(2.994353, abs=1e-6)
+    assert estimators.discrete_nll_bits_per_dim(3.0, 1, 4 / 255, 4 / 255) == pytest.approx(2.994353, abs=1e-6)
     # 3 channels, K = 6 bits/pixel -> 2 bits/dim; width 1/2: -2 + 1 = -1
-    assert V.discrete_nll_bits_per_dim(6.0, 3, 0.5, 0.5) == pytest.approx(-1.0)
-    assert V.discrete_nll_bits_per_dim(6.0, 3, 0.5, 0.25) is None  # boxes overlap: no bound
+    assert estimators.discrete_nll_bits_per_dim(6.0, 3, 0.5, 0.5) == pytest.approx(-1.0)
+    assert estimators.discrete_nll_bits_per_dim(6.0, 3, 0.5, 0.25) is None  # boxes overlap: no bound
 
 
 def test_parzen_against_direct_computation():
@@ -84,14 +87,14 @@ def test_parzen_against_direct_computation():
     samples, x = rng.normal(0, 0.3, (7, 3)), rng.normal(0, 0.3, (5, 3))
     sigma = 0.2
     direct = [np.log(np.mean([norm.pdf(xi, s, sigma).prod() for s in samples])) for xi in x]
-    np.testing.assert_allclose(V.parzen_log_likelihood(samples, x, sigma, chunk=2), direct, rtol=1e-10)
+    np.testing.assert_allclose(estimators.parzen_log_likelihood(samples, x, sigma, chunk=2), direct, rtol=1e-10)
 
 
 def test_parzen_width_chosen_on_validation():
     rng = np.random.default_rng(1)
     samples, valid = rng.normal(0, 0.3, (200, 4)), rng.normal(0, 0.3, (100, 4))
     sigmas = np.logspace(-2, 0.5, 11)
-    best, scores = V.choose_parzen_sigma(samples, valid, sigmas)
+    best, scores = estimators.choose_parzen_sigma(samples, valid, sigmas)
     direct = {s: np.mean([np.log(np.mean([norm.pdf(v, smp, s).prod() for smp in samples])) for v in valid])
               for s in sigmas}
     assert best == pytest.approx(max(direct, key=direct.get))
@@ -103,7 +106,7 @@ def test_parzen_width_chosen_on_validation():
 
 def test_reverse_entropies_and_their_bounds(roll):
     exp, _ = roll
-    r = V.reverse_entropies(exp, exp.test_x[:50], progress=False)
+    r = estimators.reverse_entropies(exp, exp.test_x[:50], progress=False)
     beta = np.asarray(exp.diffusion.beta_values(), np.float64)
     A = np.cumprod(1 - beta)
     t = 3  # index t - 2 in the lists
@@ -119,9 +122,9 @@ def test_json_flag_prints_the_json_alone_on_stdout(tmp_path, capsys):
     exp = tiny('heartbeat')
     path = str(tmp_path / 'checkpoint.npz')
     args = {'dataset': 'heartbeat', 'fidelity': 'paper', 'model_args': {}, 'seed': 0, 'data_path': None}
-    training.save_checkpoint(path, {'shared': {p.name: p.get_value() for p in exp.params},
+    checkpoints.save_checkpoint(path, {'shared': {p.name: p.get_value() for p in exp.params},
                                     'status': {'iterations_done': 0}, 'config': {'args': args, 'model': exp.args}})
-    V.main([str(tmp_path), '--n-t', '1', '--n-examples', '20', '--json'])
+    evaluate.main([str(tmp_path), '--n-t', '1', '--n-examples', '20', '--json'])
     captured = capsys.readouterr()
     out = json.loads(captured.out)  # nothing else on stdout
     assert out['bound']['n_eval'] == 20 and 'K = ' in captured.err

@@ -21,15 +21,19 @@ import pytest
 import theano
 
 import bound
+import checkpoints
+import estimators
 import evaluate
 import experiments
 import extensions as E
+import mainloop
 import parallel
+import rundirs
 import sampler
 import streams
 import train
-import training
-import util
+
+pytestmark = pytest.mark.slow  # runs train.py, evaluate.py and sampler.py in subprocesses (python -m pytest -m "not slow" leaves it out)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, 'train.py')
@@ -193,7 +197,7 @@ def test_a_run_directory_that_fails_ends_in_one_line_and_keeps_the_checkpoint(tm
                          r'(python train\.py --resume {})'.format(reason, re.escape(ckpt), re.escape(run_dir)), line)
     assert match and match.group(1).startswith(run_dir), line
     done = int(match.group(2))
-    assert done >= 100 and training.load_checkpoint(ckpt)['status']['iterations_done'] == done
+    assert done >= 100 and checkpoints.load_checkpoint(ckpt)['status']['iterations_done'] == done
     if small_tmpfs and fault == 'read-only':
         remount(out, 'rw')
     else:
@@ -243,8 +247,8 @@ def test_a_signal_while_a_resumed_run_compiles_keeps_its_checkpoint(run_copy):
     assert r.returncode == parallel.INTERRUPTED
     assert one_line(r.stderr) == ('train.py: stopped by SIGTERM; kept: {0} (300 minibatches); resume with: '
                                   'python train.py --resume {1}'.format(ckpt, run_dir))
-    assert training.load_checkpoint(ckpt)['status']['iterations_done'] == 300
-    assert not os.path.exists(os.path.join(run_dir, util.RunLock.FILE))
+    assert checkpoints.load_checkpoint(ckpt)['status']['iterations_done'] == 300
+    assert not os.path.exists(os.path.join(run_dir, rundirs.RunLock.FILE))
 
 
 class SignalDuringReduction(parallel.SingleProcess):
@@ -277,7 +281,7 @@ def counter_loop(tmp_path, extensions, comm=None):
     data = np.zeros((40, 2), 'float32')
     stream = streams.DataStream(streams.ArrayDataset(features=data), streams.ShuffledScheme(40, 4, 0))
     m = Counter()
-    loop = training.MainLoop(m.step, stream, {'w': m.w}, extensions, 0, {'args': {}}, comm)
+    loop = mainloop.MainLoop(m.step, stream, {'w': m.w}, extensions, 0, {'args': {}}, comm)
     return loop, m
 
 
@@ -290,14 +294,14 @@ def test_a_signal_during_the_reduction_of_the_stop_flags_is_kept(tmp_path):
     loop.comm = SignalDuringReduction(lambda: loop.status, at=5)
     loop.run()
     assert loop.interrupted and loop.status['iterations_done'] == 6
-    assert training.load_checkpoint(ckpt)['status']['iterations_done'] == 6
+    assert checkpoints.load_checkpoint(ckpt)['status']['iterations_done'] == 6
 
 
 # ---------------------------------------------------------------- one writer per run directory
 
 def test_a_second_writer_of_a_run_directory_is_refused_naming_the_holder(run_copy):
     run_dir, ckpt = run_copy
-    hold = ('import sys, time; sys.path.insert(0, {!r}); import util; util.RunLock({!r}).acquire(); '
+    hold = ('import sys, time; sys.path.insert(0, {!r}); import rundirs; rundirs.RunLock({!r}).acquire(); '
             'print("locked", flush=True); time.sleep(120)'.format(ROOT, run_dir))
     holder = subprocess.Popen([sys.executable, '-c', hold], stdout=subprocess.PIPE, text=True)
     try:
@@ -308,14 +312,14 @@ def test_a_second_writer_of_a_run_directory_is_refused_naming_the_holder(run_cop
         holder.wait()
     assert r.returncode == 2
     assert 'is in use by process {} on {}'.format(holder.pid, socket.gethostname()) in one_line(r.stderr)
-    assert training.load_checkpoint(ckpt)['status']['iterations_done'] == 300
+    assert checkpoints.load_checkpoint(ckpt)['status']['iterations_done'] == 300
 
 
 def test_the_lock_of_a_process_that_is_gone_is_taken_over(run_copy):
     run_dir, ckpt = run_copy
     gone = subprocess.Popen([sys.executable, '-c', 'pass'])
     gone.wait()
-    lock = os.path.join(run_dir, util.RunLock.FILE)
+    lock = os.path.join(run_dir, rundirs.RunLock.FILE)
     with open(lock, 'w') as f:  # what a run killed with kill -9 leaves
         json.dump({'pid': gone.pid, 'host': socket.gethostname(), 'since': '2026-01-01 00:00:00'}, f)
     r = train_cli('--resume_file', ckpt)  # finished: the final evaluation again
@@ -336,8 +340,8 @@ def test_a_run_that_goes_non_finite_keeps_its_last_finite_checkpoint_and_fails(r
                         r'30[12]; kept: {0} \(300 minibatches\); resume with: python train\.py --resume {1} '
                         r'\(try a lower --lr than 1e\+300, or other --model-args\)'.format(
                             re.escape(ckpt), re.escape(run_dir)), line), line
-    state = training.load_checkpoint(ckpt)
-    assert state['status']['iterations_done'] == 300 and training.finite(state['shared'].values())
+    state = checkpoints.load_checkpoint(ckpt)
+    assert state['status']['iterations_done'] == 300 and checkpoints.finite(state['shared'].values())
     assert all(rec['iteration'] <= 302 for rec in strict_json_lines(os.path.join(run_dir, 'log.jsonl')))
     assert json.load(open(os.path.join(run_dir, 'results.json')))['iterations'] == 300  # the old results stay
 
@@ -365,16 +369,16 @@ def test_a_run_whose_cost_stays_non_finite_stops_and_says_so(tmp_path):
 
 def test_results_and_logs_are_valid_json_without_nan(tmp_path):
     path = str(tmp_path / 'r.json')
-    util.write_json(path, {'K_bits': float('nan'), 'curve': [np.float32('inf'), 1.5], 'n': np.int64(3)})
+    rundirs.write_json(path, {'K_bits': float('nan'), 'curve': [np.float32('inf'), 1.5], 'n': np.int64(3)})
     assert json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(c)) == \
         {'K_bits': None, 'curve': [None, 1.5], 'n': 3}
 
 
 def test_a_bound_far_below_the_null_model_is_warned_about():
-    warning = evaluate.implausible(-442882.0, -14.44, 'bits/seq')
+    warning = estimators.implausible(-442882.0, -14.44, 'bits/seq')
     assert warning.startswith('K = -442882 bits/seq is far below the null model\'s L_null = -14.44')
-    assert evaluate.implausible(-9.4, -14.44, 'bits/seq') is None  # a short run's K, above L_null
-    assert evaluate.implausible(-3.8, -2.05, 'bits/pixel') is None  # an untrained image network's
+    assert estimators.implausible(-9.4, -14.44, 'bits/seq') is None  # a short run's K, above L_null
+    assert estimators.implausible(-3.8, -2.05, 'bits/pixel') is None  # an untrained image network's
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -430,12 +434,12 @@ def test_a_log_shorter_than_the_checkpoint_expects_is_refused(run_copy, capsys):
 
 def doctored_checkpoint(source, path, change):
     """A copy of the checkpoint `source` at `path` with its meta (a dict) and shared arrays changed."""
-    state = training.load_checkpoint(source)
-    meta = {'format': training.CHECKPOINT_FORMAT, 'version': training.CHECKPOINT_VERSION,
+    state = checkpoints.load_checkpoint(source)
+    meta = {'format': checkpoints.CHECKPOINT_FORMAT, 'version': checkpoints.CHECKPOINT_VERSION,
             'config': state['config'], 'status': state['status']}
     shared = dict(state['shared'])
     change(meta, shared)
-    arrays = {training.SHARED_PREFIX + k: v for k, v in shared.items()}
+    arrays = {checkpoints.SHARED_PREFIX + k: v for k, v in shared.items()}
     np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
 
@@ -496,14 +500,14 @@ def test_convert_checkpoint_replaces_an_existing_npz_only_with_overwrite(tmp_pat
            'status': {'iterations_done': 2, 'epochs_done': 0, 'batch_in_epoch': 2, 'seed': 0, 'wall_s': 1.0}}
     with open(pkl, 'wb') as f:
         pickle.dump(old, f, protocol=2)
-    training.save_checkpoint(npz, dict(old, status=dict(old['status'], iterations_done=5)))
+    checkpoints.save_checkpoint(npz, dict(old, status=dict(old['status'], iterations_done=5)))
     with pytest.raises(SystemExit) as stop:
         train.main(['--convert-checkpoint', pkl])
     assert stop.value.code == 2
     assert error(capsys.readouterr().err) == '{} exists already; add --overwrite to replace it'.format(npz)
-    assert training.load_checkpoint(npz)['status']['iterations_done'] == 5
+    assert checkpoints.load_checkpoint(npz)['status']['iterations_done'] == 5
     train.main(['--convert-checkpoint', pkl, '--overwrite'])
-    assert training.load_checkpoint(npz)['status']['iterations_done'] == 2
+    assert checkpoints.load_checkpoint(npz)['status']['iterations_done'] == 2
 
 
 def test_resuming_another_file_of_a_run_does_not_replace_its_checkpoint_without_overwrite(run_copy, capsys):
@@ -512,7 +516,7 @@ def test_resuming_another_file_of_a_run_does_not_replace_its_checkpoint_without_
         train.main(['--resume_file', os.path.join(run_dir, 'best.npz')])
     assert stop.value.code == 2
     assert 'would replace {}'.format(ckpt) in one_line(capsys.readouterr().err)
-    assert training.load_checkpoint(ckpt)['status']['iterations_done'] == 300
+    assert checkpoints.load_checkpoint(ckpt)['status']['iterations_done'] == 300
 
 
 # ---------------------------------------------------------------- seeds and evaluate.py's partial file

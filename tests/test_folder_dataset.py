@@ -12,6 +12,8 @@ from PIL import Image
 
 import datasets
 
+pytestmark = pytest.mark.slow  # trains on image folders (python -m pytest -m "not slow" leaves it out)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--seed', '3', '--max-batches', '3', '--ext-every-n', '3', '--batch-size', '9', '--model-args',
         'T=10,n_temporal_basis=2,image_size=8,crop=8,n_scales=1,n_hidden_conv=4,n_layers_conv=1,'

@@ -10,7 +10,7 @@ kernel family, SkylakeX against Haswell; numpy's AVX-512 ufuncs) and the number 
 threads (1 against 2); and, by their nature, other versions of numpy, scipy, Theano or
 OpenBLAS, other THEANO_FLAGS, another compiler, and any change of the model code or its
 defaults. So the golden runs pin the x86-64-v3 baseline (AVX2 with FMA) for all three
-(DIFFUSION_ISA=avx2, util.pin_isa), which AVX2 and AVX-512 machines both run, and two
+(DIFFUSION_ISA=avx2, backend.pin_isa), which AVX2 and AVX-512 machines both run, and two
 threads. When a figure differs, the message names the parts of the recorded environment
 that differ, the instruction sets first.
 
@@ -30,11 +30,13 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # trains the golden short runs (python -m pytest -m "not slow" leaves it out)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import training  # noqa: E402
+import checkpoints
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'golden.json')
 RUNS = {
@@ -57,7 +59,7 @@ PINNED = {'DIFFUSION_ISA': 'avx2', 'OMP_NUM_THREADS': '2', 'OPENBLAS_NUM_THREADS
 # beside a difference of the pinned ones
 NOT_NUMERIC = ('command', 'git_commit', 'git_dirty', 'project_version', 'source', 'cores', 'platform', 'cpu',
                'isa', 'NPY_DISABLE_CPU_FEATURES')
-# what the instruction set changes (util.isa_record), named first when a figure differs
+# what the instruction set changes (provenance.isa_record), named first when a figure differs
 ISA_KEYS = ('isa_pinned', 'c_march', 'openblas_core', 'numpy_simd', 'cxx')
 
 
@@ -68,7 +70,7 @@ def run(name, output_dir):
                    env=dict(os.environ, **PINNED), check=True, capture_output=True, timeout=900)
     run_dir, = [os.path.join(output_dir, d) for d in os.listdir(output_dir)]
     results = json.load(open(os.path.join(run_dir, 'results.json')))
-    shared = training.load_checkpoint(os.path.join(run_dir, 'checkpoint.npz'))['shared']
+    shared = checkpoints.load_checkpoint(os.path.join(run_dir, 'checkpoint.npz'))['shared']
     digest = hashlib.sha256()
     for key in sorted(shared):
         digest.update(key.encode() + np.ascontiguousarray(shared[key]).tobytes())

@@ -11,8 +11,10 @@ import theano
 import experiments
 import presets
 import regression as R
-import sampler
-import training
+import reverse
+import steprules
+
+pytestmark = pytest.mark.slow  # compiles the training graphs (python -m pytest -m "not slow" leaves it out)
 
 SMALL = dict(T=20, n_temporal_basis=3, n_hidden_dense_lower=8, n_hidden_dense_lower_output=2,
              n_hidden_dense_upper=4, n_hidden_conv=4, n_layers_conv=2, n_layers_dense_lower=2,
@@ -53,7 +55,7 @@ def op_names(fn):
 @pytest.mark.parametrize('fidelity', ['code', 'paper'])
 def test_training_step_graph_is_float32_on_blas(compiled, fidelity):
     exp, functions = compiled(fidelity)
-    step, _ = exp.compile_train(training.RMSProp())
+    step, _ = exp.compile_train(steprules.RMSProp())
     (fn,) = functions
     assert float64_nodes(fn) == []
     names = op_names(fn)
@@ -71,9 +73,9 @@ def test_each_matrix_product_is_computed_once(compiled):
     at each example's step is 3 batched products, and its bias 2 more (forward and
     gradient). Theano's Dot22Scalar rewrite used to add a second copy of every product
     that a scalar multiplied (the learning rate, the leaky ReLU's slopes), which
-    util.BASE_FLAGS switches off."""
+    backend.BASE_FLAGS switches off."""
     exp, functions = compiled('code')
-    exp.compile_train(training.RMSProp())
+    exp.compile_train(steprules.RMSProp())
     (fn,) = functions
     net = exp.diffusion.net.net
     n_dense = len(net.dense_lower) + len(net.dense_upper)
@@ -96,7 +98,7 @@ def test_temporal_basis_has_no_denormals():
 
 def test_sampling_graph_is_float32_on_blas(compiled):
     exp, functions = compiled('code')
-    kernel = sampler.compile_reverse_kernel(exp.diffusion, 4)
+    kernel = reverse.compile_reverse_kernel(exp.diffusion, 4)
     assert functions == [kernel]
     assert float64_nodes(kernel) == []
     names = op_names(kernel)

@@ -12,6 +12,8 @@ import presets
 import regression as R
 from conftest import TINY_IMAGE_ARGS
 
+pytestmark = pytest.mark.slow  # builds and compiles image networks (python -m pytest -m "not slow" leaves it out)
+
 floatX = theano.config.floatX
 
 

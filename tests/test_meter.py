@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from tqdm import tqdm
 
+import checkpoints
 import datasets
-import meter
 import experiments
+import meter
 import presets
-import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK_S = 10.0  # each reading of the injected clock advances it this much
@@ -142,11 +142,12 @@ def progress_lines(output, desc):
     return counts
 
 
+@pytest.mark.slow  # runs a command in a subprocess
 def test_evaluate_to_a_pipe_prints_whole_sparse_lines_of_the_bound(tmp_path):
     exp = experiments.build('heartbeat', presets.model_args('heartbeat', 'paper', dict(
         T=10, n_hidden=8, n_layers=1, n_basis=5, n_train=500, n_eval=200)), seed=0)
     args = {'dataset': 'heartbeat', 'fidelity': 'paper', 'model_args': {}, 'seed': 0, 'data_path': None}
-    training.save_checkpoint(str(tmp_path / 'checkpoint.npz'), {
+    checkpoints.save_checkpoint(str(tmp_path / 'checkpoint.npz'), {
         'shared': {p.name: p.get_value() for p in exp.params}, 'status': {'iterations_done': 0},
         'config': {'args': args, 'model': exp.args}})
     output = run_piped('evaluate.py', str(tmp_path), '--n-t', '4', '--n-examples', '40', '--batch-size', '10')
@@ -154,11 +155,12 @@ def test_evaluate_to_a_pipe_prints_whole_sparse_lines_of_the_bound(tmp_path):
     assert re.search(r'^K = ', output, re.M)
 
 
+@pytest.mark.slow  # runs a command in a subprocess
 def test_sampler_to_a_pipe_prints_whole_sparse_lines_of_the_reverse_steps(tmp_path):
     exp = experiments.build('swissroll', presets.model_args('swissroll', 'paper', dict(T=12, n_train=500, n_eval=200)),
                             seed=0)
     args = {'dataset': 'swissroll', 'fidelity': 'paper', 'model_args': {}, 'seed': 0, 'data_path': None}
-    training.save_checkpoint(str(tmp_path / 'checkpoint.npz'), {
+    checkpoints.save_checkpoint(str(tmp_path / 'checkpoint.npz'), {
         'shared': {p.name: p.get_value() for p in exp.params}, 'status': {'iterations_done': 0},
         'config': {'args': args, 'model': exp.args}})
     output = run_piped('sampler.py', str(tmp_path / 'checkpoint.npz'), '--n', '20', '--output-dir', str(tmp_path))

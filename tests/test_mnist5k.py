@@ -11,7 +11,7 @@ import pytest
 
 import archives
 import datasets
-import evaluate
+import estimators
 import streams
 import train
 
@@ -93,7 +93,7 @@ def test_pipeline_from_training_to_parzen(tmp_path):
     run_dir, = glob.glob(str(out / 'diffusion_mnist5k_*'))
     results = json.load(open(os.path.join(run_dir, 'results.json')))
     assert results['iterations'] == 3 and np.isfinite(results['K_bits'])
-    r = evaluate.evaluate(*evaluate.load_experiment(run_dir, str(tmp_path))[:2], str(tmp_path), n_t=1,
+    r = estimators.evaluate(*estimators.load_experiment(run_dir, str(tmp_path))[:2], str(tmp_path), n_t=1,
                           n_examples=20, parzen_samples=30, progress=False,
                           valid_x=datasets.validation_images('mnist5k', str(tmp_path)))['parzen']
     assert r['valid_from'] == 'validation split' and r['n_valid'] == 500 and r['n_test'] == 500

@@ -9,6 +9,8 @@ import theano.tensor as T
 import model as M
 import regression as R
 
+pytestmark = pytest.mark.slow  # compiles the diffusion math and trains small models (python -m pytest -m "not slow" leaves it out)
+
 f32 = 'float32'
 
 

@@ -10,7 +10,10 @@ import theano.tensor as T
 
 import conv3x3
 import multiscale as M
+import reference_ops
 import regression as R
+
+pytestmark = pytest.mark.slow  # compiles the C ops and their gradients (python -m pytest -m "not slow" leaves it out)
 
 ACTIVATIONS = (None, 'softplus', 'tanh', 'leaky_relu')
 THEANO_ACTIVATION = {None: lambda v: v, 'softplus': T.nnet.softplus, 'tanh': T.tanh,
@@ -21,9 +24,9 @@ SHAPES = [(1, 3, 8, 12, 3), (2, 5, 16, 8, 4), (3, 1, 2, 6, 2), (2, 3, 5, 7, 1), 
 
 
 def test_the_c_leaky_relu_slope_is_pythons():
-    """multiscale.c keeps its own MS_LEAKY_SLOPE; it must be conv3x3.LEAKY_RELU_SLOPE."""
-    c_slope = re.search(r'#define MS_LEAKY_SLOPE ([0-9.]+)f', M.c_source()).group(1)
-    assert float(c_slope) == conv3x3.LEAKY_RELU_SLOPE
+    """The C code's MS_LEAKY_SLOPE is defined once, from conv3x3.LEAKY_RELU_SLOPE."""
+    slopes = re.findall(r'#define MS_LEAKY_SLOPE ([0-9.e+-]+)f', M.c_source())
+    assert len(slopes) == 1 and np.float32(slopes[0]) == np.float32(conv3x3.LEAKY_RELU_SLOPE)
 
 
 def assert_close(ours, ref):
@@ -57,7 +60,7 @@ def test_mean_pool_pyramid_matches_mean_pool(shape):
     xv = normal(rng, (n, C, H, W))
     cots = [normal(rng, (n, C, H >> s, W >> s)) for s in range(n_scales)]
     ours = values_and_grads(M.mean_pool_pyramid(x, n_scales), [x], [xv], cots)
-    ref = values_and_grads([R.mean_pool(x, 2 ** s) for s in range(n_scales)], [x], [xv], cots)
+    ref = values_and_grads([reference_ops.mean_pool(x, 2 ** s) for s in range(n_scales)], [x], [xv], cots)
     assert len(ours) == len(ref) == n_scales + 1
     for a, b in zip(ours, ref):
         assert a.shape == b.shape
@@ -70,7 +73,7 @@ def test_mean_pool_pyramid_gradient_of_some_levels():
     x = T.tensor4('x')
     xv, cot = normal(rng, (2, 3, 8, 8)), normal(rng, (2, 3, 2, 2))
     ours = values_and_grads([M.mean_pool_pyramid(x, 4)[2]], [x], [xv], [cot])
-    ref = values_and_grads([R.mean_pool(x, 4)], [x], [xv], [cot])
+    ref = values_and_grads([reference_ops.mean_pool(x, 4)], [x], [xv], [cot])
     for a, b in zip(ours, ref):
         assert_close(a, b)
 
@@ -89,7 +92,7 @@ def test_upsample_sum_matches_theano(shape, activation):
     for bias, factor in ((b, 1.0), (None, 1.0 / 3), (untied, 1.0)):
         inputs = parts + ([bias] if bias is not None else [])
         bias_values = {None: [], b: [values[-1]], untied: [untied_value]}[bias]
-        pre = factor * sum(R.upsample_nearest(p, 2 ** s) for s, p in enumerate(parts))
+        pre = factor * sum(reference_ops.upsample_nearest(p, 2 ** s) for s, p in enumerate(parts))
         if bias is not None:
             pre = pre + (b.dimshuffle('x', 0, 'x', 'x') if bias is b else untied.dimshuffle('x', 0, 1, 2))
         ref = values_and_grads([f(pre)], inputs, values[:n_scales] + bias_values, [cot])

@@ -5,11 +5,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import commands  # noqa: E402
+
+pytestmark = pytest.mark.slow  # builds and runs the package in subprocesses (python -m pytest -m "not slow" leaves it out)
 
 
 def setup_value(name):
@@ -43,21 +47,21 @@ def test_a_command_runs_its_module_from_another_folder(tmp_path):
             'try:\n'
             '    cmd.report()\n'
             'except SystemExit as e:\n'
-            '    print(e.code, sys.modules["util"].__file__)\n').format(os.path.join(ROOT, 'commands.py'))
+            '    print(e.code, sys.modules["backend"].__file__)\n').format(os.path.join(ROOT, 'commands.py'))
     r = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=''),
                        capture_output=True, text=True, timeout=600)
     assert r.stdout.startswith('usage: report.py'), r.stderr
-    assert r.stdout.splitlines()[-1] == '0 ' + os.path.join(ROOT, 'util.py')
+    assert r.stdout.splitlines()[-1] == '0 ' + os.path.join(ROOT, 'backend.py')
 
 
 def test_an_installed_package_inside_another_checkout_records_no_commit(monkeypatch):
     """A virtual environment may sit inside some git checkout: its commit is not the code's."""
-    import util
-    monkeypatch.setattr(util, 'PROJECT_DIR', os.path.join(ROOT, 'tests'))
-    assert util.git_commit() == (None, None)
-    assert util.code_source(None) == 'source folder'  # this util.py is no installed package's
-    assert util.code_source('0123abc') == 'git checkout'
+    import provenance
+    monkeypatch.setattr(provenance, 'PROJECT_DIR', os.path.join(ROOT, 'tests'))
+    assert provenance.git_commit() == (None, None)
+    assert provenance.code_source(None) == 'source folder'  # this provenance.py is no installed package's
+    assert provenance.code_source('0123abc') == 'git checkout'
     if os.path.exists(os.path.join(ROOT, '.git')):
-        monkeypatch.setattr(util, 'PROJECT_DIR', ROOT)
-        commit, dirty = util.git_commit()
+        monkeypatch.setattr(provenance, 'PROJECT_DIR', ROOT)
+        commit, dirty = provenance.git_commit()
         assert len(commit) == 40 and dirty in (True, False)

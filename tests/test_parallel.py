@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 import parallel
-import training
-import util
+import checkpoints
+import backend
+
+pytestmark = pytest.mark.slow  # runs MPI launches (python -m pytest -m "not slow" leaves it out)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIEXEC = parallel.mpiexec()
@@ -47,7 +49,7 @@ def digits_runs(tmp_path_factory):
 
 
 def test_two_processes_train_the_same_parameters_as_one(digits_runs):
-    one, two = (training.load_checkpoint(os.path.join(d, 'checkpoint.npz')) for d in digits_runs)
+    one, two = (checkpoints.load_checkpoint(os.path.join(d, 'checkpoint.npz')) for d in digits_runs)
     assert one['status']['iterations_done'] == two['status']['iterations_done'] == 20
     assert sorted(one['shared']) == sorted(two['shared'])
     for name, a in one['shared'].items():
@@ -65,7 +67,7 @@ def fast_runs(tmp_path_factory):
 def test_two_processes_train_a_fast_run_as_one(fast_runs):
     """The adaptive proposal sees every example's KL, summed over processes, so both
     runs draw the same steps; the average and Adam's moments agree too."""
-    one, two = (training.load_checkpoint(os.path.join(d, 'checkpoint.npz'))['shared'] for d in fast_runs)
+    one, two = (checkpoints.load_checkpoint(os.path.join(d, 'checkpoint.npz'))['shared'] for d in fast_runs)
     assert sorted(one) == sorted(two) and 'train_t.losses' in one and any(k.startswith('ema/') for k in one)
     for name, a in one.items():
         np.testing.assert_allclose(two[name], a, rtol=1e-4, atol=1e-4 * max(1e-8, np.abs(a).max()), err_msg=name)
@@ -107,7 +109,7 @@ def test_interrupted_two_process_run_resumes_on_one(tmp_path):
     assert proc.returncode == 130, err
     run_dir, = glob.glob(str(tmp_path / 'b' / 'diffusion_*'))
     ckpt = os.path.join(run_dir, 'checkpoint.npz')
-    assert 100 <= training.load_checkpoint(ckpt)['status']['iterations_done'] < 300
+    assert 100 <= checkpoints.load_checkpoint(ckpt)['status']['iterations_done'] < 300
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--resume_file', ckpt],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
@@ -150,11 +152,11 @@ def test_processes_and_threads_from_the_launcher(monkeypatch, env, expected):
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(16)))
     monkeypatch.setattr(os, 'cpu_count', lambda: 16)
-    assert util.launched_processes() == expected
-    util.default_threads()
+    assert backend.launched_processes() == expected
+    backend.default_threads()
     threads = os.environ.get('OMP_NUM_THREADS')
     assert threads == (None if expected[0] == 1 else str(16 // expected[1]))
     assert os.environ.get('OPENBLAS_NUM_THREADS') == threads
     monkeypatch.setenv('OMP_NUM_THREADS', '3')  # an explicit setting wins
-    util.default_threads()
+    backend.default_threads()
     assert os.environ['OMP_NUM_THREADS'] == '3'

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 import extensions as E
+import mainloop
 import meter
 import streams
-import training
+
+pytestmark = pytest.mark.slow  # trains a digits network (python -m pytest -m "not slow" leaves it out)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # digits with a tiny network: a run of 20 minibatches takes seconds once compiled
@@ -92,7 +94,7 @@ def quiet_loop(printing):
     step = lambda batch, rng: {'cost_bits_per_dim': 1.0}  # noqa: E731
     finish = E.FinishAfter(max_batches=25)
     printing.finish = finish
-    return training.MainLoop(step, stream, {}, [finish, printing], 0)
+    return mainloop.MainLoop(step, stream, {}, [finish, printing], 0)
 
 
 @pytest.mark.parametrize('quiet_s, expected', [(3600.0, ['iter 10', 'iter 20', 'iter 25']),

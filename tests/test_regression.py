@@ -6,9 +6,12 @@ import theano
 import theano.tensor as T
 
 import experiments
-import presets
 import multiscale
+import presets
+import reference_ops
 import regression as R
+
+pytestmark = pytest.mark.slow  # compiles the networks (python -m pytest -m "not slow" leaves it out)
 
 floatX = theano.config.floatX
 CIFAR_SHAPE, MNIST_SHAPE = (3, 32, 32), (1, 28, 28)
@@ -298,12 +301,12 @@ def test_multiscale_layer_is_its_reference_formula(placement):
     for b in layer.b:
         b.set_value(rng.normal(size=3).astype(floatX))
     xs = T.tensor4('x')
-    conv = [T.nnet.conv2d(R.mean_pool(xs, 2 ** s), layer.W[s], border_mode='half', filter_flip=False)
+    conv = [T.nnet.conv2d(reference_ops.mean_pool(xs, 2 ** s), layer.W[s], border_mode='half', filter_flip=False)
             + layer.b[s].dimshuffle('x', 0, 'x', 'x') for s in range(3)]
     if placement == 'after_sum':
-        reference = T.nnet.softplus(sum(R.upsample_nearest(c, 2 ** s) for s, c in enumerate(conv)))
+        reference = T.nnet.softplus(sum(reference_ops.upsample_nearest(c, 2 ** s) for s, c in enumerate(conv)))
     else:
-        reference = sum(R.upsample_nearest(T.nnet.softplus(c), 2 ** s) for s, c in enumerate(conv)) / 3
+        reference = sum(reference_ops.upsample_nearest(T.nnet.softplus(c), 2 ** s) for s, c in enumerate(conv)) / 3
     x = rng.normal(size=(2, 2, 8, 12)).astype(floatX)
     fast, slow = (theano.function([xs], e)(x) for e in (layer(xs), reference))
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
+import checkpoints
 import release
-import training
 
 
 def session(start, command, threads=1, processes=1):
@@ -26,7 +26,7 @@ def fake_run(run_dir):
               'evaluations': [{'iteration': 250, 'wall_s': 250.0, 'heldout_K_bits': -1.5, 'heldout_stderr_bits': 0.01},
                               {'iteration': 500, 'wall_s': 500.0, 'heldout_K_bits': -0.25,
                                'heldout_stderr_bits': 0.02}]}
-    training.save_checkpoint(os.path.join(run_dir, 'checkpoint.npz'),
+    checkpoints.save_checkpoint(os.path.join(run_dir, 'checkpoint.npz'),
                              {'shared': {'W': np.ones(3, np.float32)}, 'config': config, 'status': status})
     with open(os.path.join(run_dir, 'progress.csv'), 'w', newline='') as f:
         w = csv.writer(f)
@@ -41,7 +41,7 @@ def test_release_copies_the_run_and_describes_its_sessions(tmp_path):
     run, model = str(tmp_path / 'run'), str(tmp_path / 'models' / 'deadleaves')
     fake_run(run)
     text = open(release.release(run, model)).read()
-    assert sorted(os.listdir(model)) == ['README.md', 'checkpoint.npz', 'log.jsonl', 'progress.csv']
+    assert sorted(os.listdir(model)) == ['README.md', 'checkpoint.npz', 'heldout_bound.png', 'log.jsonl', 'progress.csv']
     assert '| 1 | 0 to 300 | 5.0 | 1 |' in text  # 300 s on one core
     assert '| 2 | 300 to 500 | 3.3 | 2 |' in text  # 200 s on two processes
     assert '0.19 core-hours' in text  # (300 x 1 + 200 x 2) / 3600 = 0.194

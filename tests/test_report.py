@@ -79,10 +79,10 @@ def test_command_line_refuses_unfinished_runs(tmp_path, capsys):
 
 
 def test_run_without_recorded_commands_gets_one_from_its_checkpoint(tmp_path):
-    import training
+    import checkpoints
     run = write_run(tmp_path, sessions=[])
     args = {'dataset': 'swissroll', 'fidelity': 'paper', 'model_args': {}, 'seed': 0, 'max_batches': 100}
-    training.save_checkpoint(str(run / 'checkpoint.npz'), {'shared': {}, 'status': {'iterations_done': 100}, 'config': {'args': args}})
+    checkpoints.save_checkpoint(str(run / 'checkpoint.npz'), {'shared': {}, 'status': {'iterations_done': 100}, 'config': {'args': args}})
     assert report.run_row(str(run))['commands'] == [
         'python train.py --dataset swissroll --fidelity paper --seed 0 --max-batches 100']
 
@@ -122,7 +122,7 @@ def test_verdict_from_K_its_standard_error_and_the_paper():
 def test_stand_in_data_are_not_compared(tmp_path):
     """Bark from the built-in textures, and the digits, carry a caveat instead of a verdict;
     bark from a folder of the paper's images is compared."""
-    import training
+    import checkpoints
     assert 'scikit-image' in report.stand_in('bark', {})
     assert report.stand_in('bark', {'folder': '/data/uiuc'}) is None
     assert 'instead of MNIST' in report.stand_in('digits', {})
@@ -135,7 +135,7 @@ def test_stand_in_data_are_not_compared(tmp_path):
     row = [line for line in text.splitlines() if line.startswith('| diffusion_swissroll_x')][0]
     assert '- caveat: stand-in data' in text and 'reproduced' not in row
     args = {'dataset': 'bark', 'fidelity': 'paper', 'model_args': {'folder': str(tmp_path)}, 'seed': 0}
-    training.save_checkpoint(str(run / 'checkpoint.npz'),
+    checkpoints.save_checkpoint(str(run / 'checkpoint.npz'),
                              {'shared': {}, 'status': {'iterations_done': 100}, 'config': {'args': args}})
     assert report.run_row(str(run))['verdict'] == 'reproduced: 0.485 above the paper (2.9 standard errors)'
 

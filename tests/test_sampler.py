@@ -8,14 +8,17 @@ import pytest
 import theano
 import theano.tensor as T
 
+import checkpoints
 import datasets
 import experiments
 import extensions
+import figures
 import model as M
 import presets
-import sampler
-import training
+import reverse
 from conftest import TINY_IMAGE_ARGS
+
+pytestmark = pytest.mark.slow  # compiles and samples small models (python -m pytest -m "not slow" leaves it out)
 
 floatX = theano.config.floatX
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +40,7 @@ def roll_exp(fidelity='paper'):
 # ---------------------------------------------------------------- inpainting
 
 def test_inpainting_keeps_known_pixels_exactly(image_exp):
-    r = sampler.run(image_exp, 'inpaint', n=6, mask='centre', n_frames=5)
+    r = reverse.run(image_exp, 'inpaint', n=6, mask='centre', n_frames=5)
     mask = r['mask']
     assert mask.shape == r['samples'].shape and mask.any() and not mask.all()
     assert not mask[:, :, 1:3, 1:3].any() and mask[:, :, 0].all()  # the centred 2x2 is unknown
@@ -46,11 +49,11 @@ def test_inpainting_keeps_known_pixels_exactly(image_exp):
         assert np.array_equal(frame[mask], r['original'][mask])
     assert not np.allclose(r['samples'][~mask], r['original'][~mask], atol=1e-3)
     # in model units too, at x^T and after every step
-    known = sampler.to_model_units(image_exp, r['original'])
-    condition = sampler.Inpainting(known, mask)
-    kernel = sampler.compile_reverse_kernel(image_exp.diffusion, 4)
+    known = reverse.to_model_units(image_exp, r['original'])
+    condition = reverse.Inpainting(known, mask)
+    kernel = reverse.compile_reverse_kernel(image_exp.diffusion, 4)
     times = range(image_exp.args['T'] + 1)
-    _, frames = sampler.sample_trajectory(image_exp.diffusion, kernel, known.shape,
+    _, frames = reverse.sample_trajectory(image_exp.diffusion, kernel, known.shape,
                                           np.random.default_rng(0), keep=times, condition=condition)
     assert sorted(frames) == list(times)
     for x in frames.values():
@@ -61,22 +64,22 @@ def test_mask_everywhere_known_returns_the_original(image_exp, tmp_path):
     from PIL import Image
     path = str(tmp_path / 'all_known.png')
     Image.fromarray(np.full((4, 4), 255, np.uint8)).save(path)
-    r = sampler.run(image_exp, 'inpaint', n=4, mask=path, n_frames=3)
+    r = reverse.run(image_exp, 'inpaint', n=4, mask=path, n_frames=3)
     assert r['mask'].all()
     assert np.array_equal(r['samples'], r['original'])
 
 
 def test_masks_left_centre_and_file_size_check(tmp_path):
-    left = sampler.make_mask('left', (1, 4, 6))
+    left = reverse.make_mask('left', (1, 4, 6))
     assert not left[:, :, :3].any() and left[:, :, 3:].all()
-    centre = sampler.make_mask('centre', (1, 8, 8))
+    centre = reverse.make_mask('centre', (1, 8, 8))
     assert (~centre).sum() == 16 and not centre[0, 2:6, 2:6].any()
-    assert list(sampler.make_mask('left', (2,))) == [False, True]  # Swiss roll: y known
+    assert list(reverse.make_mask('left', (2,))) == [False, True]  # Swiss roll: y known
     from PIL import Image
     path = str(tmp_path / 'm.png')
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(path)
     with pytest.raises(ValueError, match='5x5, the images are 4x4'):
-        sampler.make_mask(path, (1, 4, 4))
+        reverse.make_mask(path, (1, 4, 4))
 
 
 # ---------------------------------------------------------------- denoising and the Gaussian product
@@ -88,27 +91,27 @@ def test_gaussian_product_against_numeric_product_on_a_grid():
         density /= density.sum()
         mean = (x * density).sum()
         var = ((x - mean) ** 2 * density).sum()
-        got_mean, got_var = sampler.gaussian_product(mu1, var1, mu2, var2)
+        got_mean, got_var = reverse.gaussian_product(mu1, var1, mu2, var2)
         assert got_mean == pytest.approx(mean, abs=1e-6) and got_var == pytest.approx(var, rel=1e-5)
-    assert sampler.gaussian_product(0.7, 0.3, -2.0, 0.0) == (-2.0, 0.0)
+    assert reverse.gaussian_product(0.7, 0.3, -2.0, 0.0) == (-2.0, 0.0)
 
 
 def test_denoising_with_vanishing_noise_returns_the_observation(image_exp):
-    r = sampler.run(image_exp, 'denoise', n=5, noise_std=1e-4, n_frames=3)
+    r = reverse.run(image_exp, 'denoise', n=5, noise_std=1e-4, n_frames=3)
     assert not r['mask'].any()
     assert np.abs(r['observed'] - r['original']).max() < 1e-3 * 4  # noise 1e-4 z-units
     np.testing.assert_allclose(r['samples'], r['observed'], atol=1e-4)
     y = np.random.default_rng(1).standard_normal((5, 2)).astype(floatX)
     exp = roll_exp()
-    x, _ = sampler.sample_trajectory(exp.diffusion, sampler.compile_reverse_kernel(exp.diffusion, 2), y.shape,
-                                     np.random.default_rng(0), condition=sampler.GaussianObservation(y, 0.0))
+    x, _ = reverse.sample_trajectory(exp.diffusion, reverse.compile_reverse_kernel(exp.diffusion, 2), y.shape,
+                                     np.random.default_rng(0), condition=reverse.GaussianObservation(y, 0.0))
     assert np.array_equal(x, y)
 
 
 def test_denoising_moves_samples_toward_the_observation(image_exp):
     """Against plain sampling with the same seed, the denoised samples are much nearer y."""
-    r = sampler.run(image_exp, 'denoise', n=8, noise_std=0.3, n_frames=2)
-    plain = sampler.run(image_exp, 'sample', n=8, n_frames=2)
+    r = reverse.run(image_exp, 'denoise', n=8, noise_std=0.3, n_frames=2)
+    plain = reverse.run(image_exp, 'sample', n=8, n_frames=2)
     d_denoised = np.abs(r['samples'] - r['observed']).mean()
     assert d_denoised < 0.5 * np.abs(plain['samples'] - r['observed']).mean()
 
@@ -120,8 +123,8 @@ def test_eq61_gaussian_r_agrees_with_closed_form_to_first_order():
     Sigma (y - mu) / (Sigma + s^2). Their relative difference is Sigma / s^2 (first order)."""
     y = np.array([[1.5, -0.5]], floatX)
     s2 = 1.0
-    smooth = sampler.SmoothObservation(lambda x: -T.sqr(x - y) / (2 * s2), 2)
-    exact = sampler.GaussianObservation(y, s2)
+    smooth = reverse.SmoothObservation(lambda x: -T.sqr(x - y) / (2 * s2), 2)
+    exact = reverse.GaussianObservation(y, s2)
     mu = np.array([[0.2, 0.4]], floatX)
     for eps in (1e-1, 1e-2, 1e-3):
         var = np.full_like(mu, eps * s2)
@@ -132,12 +135,12 @@ def test_eq61_gaussian_r_agrees_with_closed_form_to_first_order():
         np.testing.assert_allclose(rel, eps, rtol=0.05)  # float32
     # a whole trajectory: with s^2 much larger than every Sigma <= 1, the two agree closely
     exp = roll_exp()
-    kernel = sampler.compile_reverse_kernel(exp.diffusion, 2)
+    kernel = reverse.compile_reverse_kernel(exp.diffusion, 2)
     s2 = 100.0
     y = np.random.default_rng(2).standard_normal((50, 2)).astype(floatX)
-    run = [sampler.sample_trajectory(exp.diffusion, kernel, y.shape, np.random.default_rng(0), condition=c)[0]
-           for c in (sampler.GaussianObservation(y, s2),
-                     sampler.SmoothObservation(lambda x: -T.sqr(x - y) / (2 * s2), 2))]
+    run = [reverse.sample_trajectory(exp.diffusion, kernel, y.shape, np.random.default_rng(0), condition=c)[0]
+           for c in (reverse.GaussianObservation(y, s2),
+                     reverse.SmoothObservation(lambda x: -T.sqr(x - y) / (2 * s2), 2))]
     assert np.abs(run[0] - run[1]).max() < 0.05
 
 
@@ -156,8 +159,8 @@ class CountingKernel:
 def test_last_step_applied_in_paper_preset_skipped_in_code_preset(fidelity, last):
     exp = roll_exp(fidelity)
     assert exp.args['skip_last_step'] == (fidelity == 'code')
-    kernel = CountingKernel(sampler.compile_reverse_kernel(exp.diffusion, 2))
-    r = sampler.run(exp, 'sample', n=10, n_frames=5, kernel=kernel, batch_size=10)
+    kernel = CountingKernel(reverse.compile_reverse_kernel(exp.diffusion, 2))
+    r = reverse.run(exp, 'sample', n=10, n_frames=5, kernel=kernel, batch_size=10)
     assert kernel.times == list(range(40, last - 1, -1))
     assert r['frame_times'][0] == 40 and r['frame_times'][-1] == last - 1
     np.testing.assert_array_equal(r['samples'], r['frames'][-1])
@@ -165,11 +168,11 @@ def test_last_step_applied_in_paper_preset_skipped_in_code_preset(fidelity, last
 
 def test_same_seed_same_samples_whatever_the_batch_size():
     exp = roll_exp()
-    kernel = sampler.compile_reverse_kernel(exp.diffusion, 2)
-    a = sampler.run(exp, 'sample', n=30, seed=3, batch_size=7, kernel=kernel)['samples']
-    b = sampler.run(exp, 'sample', n=30, seed=3, batch_size=7, kernel=kernel)['samples']
-    c = sampler.run(exp, 'sample', n=30, seed=3, batch_size=30, kernel=kernel)['samples']
-    d = sampler.run(exp, 'sample', n=30, seed=4, batch_size=7, kernel=kernel)['samples']
+    kernel = reverse.compile_reverse_kernel(exp.diffusion, 2)
+    a = reverse.run(exp, 'sample', n=30, seed=3, batch_size=7, kernel=kernel)['samples']
+    b = reverse.run(exp, 'sample', n=30, seed=3, batch_size=7, kernel=kernel)['samples']
+    c = reverse.run(exp, 'sample', n=30, seed=3, batch_size=30, kernel=kernel)['samples']
+    d = reverse.run(exp, 'sample', n=30, seed=4, batch_size=7, kernel=kernel)['samples']
     assert np.array_equal(a, b)
     np.testing.assert_allclose(a, c, atol=1e-5)
     assert np.abs(a - d).mean() > 0.1
@@ -205,11 +208,11 @@ def test_swissroll_samples_from_an_exact_reverse_kernel_have_the_datas_log_densi
     """Tolerance: the samples' mean exact log density within 0.5 nat of the held-out data's
     (both about 2.6 nats per point here, b_1 = 1e-7 so that the last step's spread stays
     under the roll's width); a Gaussian with the data's moments scores far below (-5e4)."""
-    noise = datasets.SWISSROLL_NOISE
+    noise = presets.SWISSROLL_NOISE
     ref = datasets.swissroll(3000, [0, 1], noise)
     test = datasets.swissroll(200, [0, 2], noise)
     diffusion = OracleDiffusion(ref, M.geometric_beta(200, 1e-7))
-    x, _ = sampler.sample_trajectory(diffusion, sampler.compile_reverse_kernel(diffusion, 2), (200, 2),
+    x, _ = reverse.sample_trajectory(diffusion, reverse.compile_reverse_kernel(diffusion, 2), (200, 2),
                                      np.random.default_rng(0), batch_size=100)
     ll_samples = datasets.swissroll_log_density(x, noise).mean()
     ll_data = datasets.swissroll_log_density(test, noise).mean()
@@ -223,12 +226,12 @@ def test_swissroll_samples_from_an_exact_reverse_kernel_have_the_datas_log_densi
 def test_heartbeat_inpainting_keeps_known_bits_and_denoising_is_refused():
     args = presets.model_args('heartbeat', 'paper', dict(T=20, n_train=100, n_eval=50))
     exp = experiments.build('heartbeat', args, 0)
-    r = sampler.run(exp, 'inpaint', n=20, mask='left', n_frames=3)
+    r = reverse.run(exp, 'inpaint', n=20, mask='left', n_frames=3)
     assert not r['mask'][:, :10].any() and r['mask'][:, 10:].all()
     assert np.array_equal(r['samples'][:, 10:], r['original'][:, 10:])
     assert set(np.unique(r['samples'])) <= {0.0, 1.0}
     with pytest.raises(ValueError, match='binary'):
-        sampler.run(exp, 'denoise', n=4)
+        reverse.run(exp, 'denoise', n=4)
 
 
 # ---------------------------------------------------------------- checkpoints and the command line
@@ -240,7 +243,7 @@ def write_checkpoint(path, fidelity='paper'):
         p.set_value((p.get_value() + 0.01 * rng.standard_normal(p.get_value().shape)).astype(floatX))
     args = {'dataset': 'swissroll', 'fidelity': fidelity, 'model_args': SMALL_ROLL, 'seed': 0,
             'data_path': None}
-    training.save_checkpoint(path, {'shared': {p.name: p.get_value() for p in exp.params}, 'status': {'iterations_done': 0},
+    checkpoints.save_checkpoint(path, {'shared': {p.name: p.get_value() for p in exp.params}, 'status': {'iterations_done': 0},
                                     'config': {'args': args, 'model': exp.args}})
     return exp
 
@@ -257,9 +260,9 @@ def test_from_checkpoint_loads_every_parameter(tmp_path):
 def test_checkpoint_from_before_a_model_key_loads_as_it_was_trained(tmp_path):
     path = str(tmp_path / 'checkpoint.npz')
     saved = write_checkpoint(path)
-    state = training.load_checkpoint(path)
+    state = checkpoints.load_checkpoint(path)
     del state['config']['model']['beta_min']  # written before the key existed
-    training.save_checkpoint(path, state)
+    checkpoints.save_checkpoint(path, state)
     exp = experiments.from_checkpoint(path)
     assert exp.args['beta_min'] == M.BETA_MIN != saved.args['beta_min']
     assert exp.diffusion.schedule.beta_min == M.BETA_MIN
@@ -296,18 +299,21 @@ def test_training_extension_plots_samples_and_inpainting_and_skips_when_slow(ima
     assert os.listdir(str(slow)) == []
 
 
-def test_paper_layouts_figure_4_and_5(image_exp):
+def test_paper_layouts_figure_4_and_5(image_exp, tmp_path):
     """Figure 4: training images beside samples in grids of the same size; Figure 5: per
     example the original, the start x^T (unknown region from the prior) and the result."""
-    sample = sampler.run(image_exp, 'sample', n=4, n_frames=2)
+    sample = reverse.run(image_exp, 'sample', n=4, n_frames=2)
     training = image_exp.train_x[:4] / np.float32(255)
-    fig4 = sampler.paper_layout(sample, training, 2)
-    grid = sampler.tile(training, 2)
-    assert fig4.shape == (grid.shape[0], 2 * grid.shape[1] + 4, 3)
-    np.testing.assert_array_equal(fig4[:, :grid.shape[1]], grid)
-    inpaint = sampler.run(image_exp, 'inpaint', n=5, n_frames=3, mask='centre')
-    fig5 = sampler.paper_layout(inpaint, training, 2)
+    fig4 = figures.paper_layout(sample, training, 2)
+    assert [title for title, _ in fig4] == ['training images', 'samples from the model']
+    np.testing.assert_array_equal(fig4[0][1], figures.tile(training, 2))
+    np.testing.assert_array_equal(fig4[1][1], figures.tile(sample['samples'], 2))
+    inpaint = reverse.run(image_exp, 'inpaint', n=5, n_frames=3, mask='centre')
+    fig5 = figures.paper_layout(inpaint, training, 2)
     H, W = image_exp.test_x.shape[2:]
-    assert fig5.shape == (4 * (H + 1) - 1, 3 * (W + 1) - 1, 3)  # 4 examples x 3 columns
-    np.testing.assert_array_equal(fig5[:H, :W], inpaint['original'][0].transpose(1, 2, 0))
-    np.testing.assert_array_equal(fig5[:H, 2 * (W + 1):], inpaint['samples'][0].transpose(1, 2, 0))
+    assert [a.shape for _, a in fig5] == [(4 * (H + 1) - 1, W, 3)] * 3  # 4 examples, one column each
+    np.testing.assert_array_equal(fig5[0][1][:H], inpaint['original'][0].transpose(1, 2, 0))
+    np.testing.assert_array_equal(fig5[2][1][:H], inpaint['samples'][0].transpose(1, 2, 0))
+    path = os.path.join(str(tmp_path), 'paper.png')
+    figures.save_labelled_panels(fig4, path, zoom=4)
+    assert os.path.getsize(path) > 0

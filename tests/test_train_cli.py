@@ -10,8 +10,11 @@ import time
 import numpy as np
 import pytest
 
+import checkpoints
+import settings
 import train
-import training
+
+pytestmark = pytest.mark.slow  # runs train.py (python -m pytest -m "not slow" leaves it out)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['--model-args', 'n_train=2000,n_eval=400', '--batch-size', '100']
@@ -80,16 +83,16 @@ def test_bad_flag_on_the_real_command_line():
 
 
 def test_data_set_names_in_any_case(tmp_path):
-    assert train.new_run_settings({'dataset': 'HeartBeat', 'max_batches': None, 'max_epochs': None})['dataset'] \
+    assert settings.new_run_settings({'dataset': 'HeartBeat', 'max_batches': None, 'max_epochs': None})['dataset'] \
         == 'heartbeat'
-    assert train.new_run_settings({'dataset': 'cifar10'})['dataset'] == 'CIFAR10'
-    assert train.new_run_settings({'dataset': 'Dead_Leaves'})['dataset'] == 'deadleaves'
+    assert settings.new_run_settings({'dataset': 'cifar10'})['dataset'] == 'CIFAR10'
+    assert settings.new_run_settings({'dataset': 'Dead_Leaves'})['dataset'] == 'deadleaves'
 
 
 def test_explicit_max_batches_is_kept_with_max_epochs():
-    s = train.new_run_settings({'dataset': 'heartbeat', 'max_batches': 40000, 'max_epochs': 2})
+    s = settings.new_run_settings({'dataset': 'heartbeat', 'max_batches': 40000, 'max_epochs': 2})
     assert s['max_batches'] == 40000 and s['max_epochs'] == 2  # equal to the default, still explicit
-    s = train.new_run_settings({'dataset': 'heartbeat', 'max_batches': None, 'max_epochs': 2})
+    s = settings.new_run_settings({'dataset': 'heartbeat', 'max_batches': None, 'max_epochs': 2})
     assert s['max_batches'] is None  # the data set's default length gives way to --max-epochs
 
 
@@ -155,7 +158,7 @@ def test_printed_resume_command_reproduces_the_uninterrupted_run(tmp_path, unint
         assert 'python train.py --resume {}'.format(run_dir) in err
     else:
         assert code == -signal.SIGKILL
-    done = training.load_checkpoint(ckpt)['status']['iterations_done']
+    done = checkpoints.load_checkpoint(ckpt)['status']['iterations_done']
     assert 100 <= done < 300
     r = train_cli('--resume', run_dir)
     assert r.returncode == 0, r.stderr
@@ -172,7 +175,7 @@ def test_extended_run_keeps_its_learning_rate_plan_and_flags_are_checked(tmp_pat
     assert r.returncode == 0, r.stderr
     run_dir, = glob.glob(str(tmp_path / 'diffusion_heartbeat_*'))
     ckpt = os.path.join(run_dir, 'checkpoint.npz')
-    assert training.load_checkpoint(ckpt)['shared']['optimizer.lr'] == pytest.approx(1e-4, rel=1e-3)
+    assert checkpoints.load_checkpoint(ckpt)['shared']['optimizer.lr'] == pytest.approx(1e-4, rel=1e-3)
     for args, message in [(['--seed', '8'], '--seed cannot change when resuming'),
                           (['--output-dir', str(tmp_path)], '--output-dir cannot be used with --resume'),
                           (['--max-batches', '0'], '--max-batches 0: must be')]:
@@ -181,7 +184,7 @@ def test_extended_run_keeps_its_learning_rate_plan_and_flags_are_checked(tmp_pat
     r = train_cli('--resume_file', ckpt, '--max-batches', '300', '--seed', '7')  # the same seed is fine
     assert r.returncode == 0, r.stderr
     assert "--max-batches 300 replaces the checkpoint's 200" in r.stdout
-    state = training.load_checkpoint(ckpt)
+    state = checkpoints.load_checkpoint(ckpt)
     assert state['status']['iterations_done'] == 300
     assert state['shared']['optimizer.lr'] == pytest.approx(1e-4, rel=1e-3)  # held, not raised again
     assert state['config']['overrides'] == [{'flag': '--max-batches', 'checkpoint': 200, 'given': 300,
@@ -203,12 +206,6 @@ def test_help_answers_without_theano_and_shows_the_defaults(script):
     r = subprocess.run([sys.executable, '-c', check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
 
-
-def test_the_choices_of_train_py_are_the_projects():
-    import presets
-    assert train.DATASETS == tuple(presets.MODEL_ARGS)
-    assert train.FIDELITIES == tuple(sorted(presets.PRESETS))
-    assert train.OPTIMIZERS == tuple(sorted(training.STEP_RULES))
 
 
 @pytest.mark.parametrize('script, flag', [('evaluate', '--output-dir'), ('evaluate', '--out-dir'),

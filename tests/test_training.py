@@ -1,4 +1,4 @@
-"""Step rules, the main loop, checkpoints and resume (training.py, extensions.py)."""
+"""Step rules, the main loop, checkpoints and resume (steprules.py, mainloop.py, checkpoints.py, extensions.py)."""
 import json
 import os
 import pickle
@@ -11,17 +11,19 @@ import pytest
 import theano
 import theano.tensor as T
 
+import checkpoints
 import extensions as E
+import mainloop
 import presets
+import steprules
 import streams
-import training
 
 
 def one_step(rule, p0, g_value):
     p = theano.shared(np.asarray(p0, dtype='float32'), name='p')
     g = T.vector('g')
     cost = T.sum(p * g)  # d cost / d p = g
-    updates, n_bad = training.descent_updates(cost, [p], rule)
+    updates, n_bad = steprules.descent_updates(cost, [p], rule)
     f = theano.function([g], [], updates=updates)
     f(np.asarray(g_value, dtype='float32'))
     return p.get_value(), int(n_bad.get_value()), rule
@@ -31,27 +33,27 @@ def one_step(rule, p0, g_value):
                                                      ('code', 'adam', 1e-8)])
 def test_step_rule_takes_the_fidelitys_arguments(fidelity, optimizer, eps):
     """train.py's and bench.py's step rule: the code preset's RMSProp has max_scaling 1e10."""
-    rule = training.step_rule(optimizer, 0.01, presets.STEP_RULE_ARGS[fidelity])
-    assert isinstance(rule, training.STEP_RULES[optimizer])
+    rule = steprules.step_rule(optimizer, 0.01, presets.STEP_RULE_ARGS[fidelity])
+    assert isinstance(rule, steprules.STEP_RULES[optimizer])
     assert rule.eps == pytest.approx(eps, rel=1e-12) and float(rule.lr.get_value()) == pytest.approx(0.01)
 
 
 def test_rmsprop_matches_hand_computed_step():
     p0, g = [1.0, -2.0, 0.5], [0.3, -0.1, 2.0]
-    p1, _, _ = one_step(training.RMSProp(learning_rate=0.01, decay=0.9), p0, g)
+    p1, _, _ = one_step(steprules.RMSProp(learning_rate=0.01, decay=0.9), p0, g)
     ms = 0.1 * np.square(g)  # decay * 0 + (1 - decay) g^2
     expected = np.asarray(p0) - 0.01 * np.asarray(g) / np.sqrt(ms)
     np.testing.assert_allclose(p1, expected, rtol=1e-5)
 
 
 def test_adam_first_step_is_lr_times_sign():
-    p1, _, _ = one_step(training.Adam(learning_rate=0.01), [1.0, 1.0], [0.5, -3.0])
+    p1, _, _ = one_step(steprules.Adam(learning_rate=0.01), [1.0, 1.0], [0.5, -3.0])
     np.testing.assert_allclose(p1, [0.99, 1.01], rtol=1e-4)
 
 
 @pytest.mark.parametrize('bad', [np.nan, np.inf])
 def test_nonfinite_step_is_dropped_and_counted(bad):
-    rule = training.RMSProp(learning_rate=0.01)
+    rule = steprules.RMSProp(learning_rate=0.01)
     p1, n_bad, rule = one_step(rule, [1.0, 2.0], [0.1, bad])
     np.testing.assert_array_equal(p1, [1.0, 2.0])
     assert n_bad == 1
@@ -59,7 +61,7 @@ def test_nonfinite_step_is_dropped_and_counted(bad):
 
 
 def rmsprop_by_hand(p, ms, g, lr=0.01, decay=0.9):
-    """(p, ms) after one of training.RMSProp's steps (eps negligible here)."""
+    """(p, ms) after one of steprules.RMSProp's steps (eps negligible here)."""
     ms = decay * ms + (1 - decay) * np.square(g)
     return p - lr * g / np.sqrt(ms), ms
 
@@ -73,13 +75,13 @@ def test_zero_gradient_rule_steps_the_other_parameters_and_decays_the_mean_squar
     is counted. The same through the data-parallel flat step."""
     a0, b0 = np.array([1.0, 2.0]), np.array([3.0, -1.0])
     a, b = (theano.shared(v.astype('float32'), name=n) for v, n in ((a0, 'a'), (b0, 'b')))
-    rule = training.RMSProp(learning_rate=0.01, decay=0.9)
+    rule = steprules.RMSProp(learning_rate=0.01, decay=0.9)
     if flat:
-        fn, n_bad = training.flat_gradient_step([a, b], rule, 'zero_gradient')
+        fn, n_bad = steprules.flat_gradient_step([a, b], rule, 'zero_gradient')
         step = lambda ga, gb: fn(np.concatenate([ga, gb]).astype('float32'))  # noqa: E731
     else:
         ga_in, gb_in = T.vector('ga'), T.vector('gb')
-        updates, n_bad = training.descent_updates(T.sum(a * ga_in) + T.sum(b * gb_in), [a, b], rule,
+        updates, n_bad = steprules.descent_updates(T.sum(a * ga_in) + T.sum(b * gb_in), [a, b], rule,
                                                   'zero_gradient')
         fn = theano.function([ga_in, gb_in], [], updates=updates)
         step = lambda ga, gb: fn(np.float32(ga), np.float32(gb))  # noqa: E731
@@ -102,9 +104,9 @@ class Quadratic:
     def __init__(self):
         self.w = theano.shared(np.zeros(3, dtype='float32'), name='w')
         x, noise = T.matrix('x'), T.matrix('noise')
-        self.rule = training.RMSProp(learning_rate=0.05)
+        self.rule = steprules.RMSProp(learning_rate=0.05)
         cost = T.sqr((x + noise) - self.w).mean()
-        updates, self.n_bad = training.descent_updates(cost, [self.w], self.rule)
+        updates, self.n_bad = steprules.descent_updates(cost, [self.w], self.rule)
         self.fn = theano.function([x, noise], cost, updates=updates)
 
     def step(self, batch, rng):
@@ -125,13 +127,14 @@ def make_loop(tmp_path, max_batches, seed=3, stream=None):
     ext = [E.FinishAfter(max_batches=max_batches), E.LearningRateSchedule(m.rule.lr, 5, 0.9, 1e-3),
            E.JSONLog(str(tmp_path / 'log.jsonl')),
            E.Checkpoint(str(tmp_path / 'ckpt.npz'), every_n_batches=4)]
-    return training.MainLoop(m.step, stream, m.shared(), ext, seed, {'args': {'note': 'test'}}), m
+    return mainloop.MainLoop(m.step, stream, m.shared(), ext, seed, {'args': {'note': 'test'}}), m
 
 
 def read_log(path):
     return [json.loads(line) for line in open(path)]
 
 
+@pytest.mark.slow  # trains, or runs a subprocess
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     (tmp_path / 'a').mkdir()
     full, m_full = make_loop(tmp_path / 'a', 23)
@@ -141,7 +144,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     first.run()
     assert first.status['iterations_done'] == 10
     second, m_second = make_loop(tmp_path / 'b', 23)  # fresh objects, as in a new process
-    second.load_state_dict(training.load_checkpoint(str(tmp_path / 'b' / 'ckpt.npz')))
+    second.load_state_dict(checkpoints.load_checkpoint(str(tmp_path / 'b' / 'ckpt.npz')))
     second.run()
     assert second.status['iterations_done'] == 23
     assert second.status['epochs_done'] == full.status['epochs_done'] == 3
@@ -152,15 +155,16 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert [r['cost'] for r in log_b] == [r['cost'] for r in log_a]
 
 
+@pytest.mark.slow  # trains, or runs a subprocess
 def test_log_is_cut_to_the_checkpoint_after_a_kill(tmp_path):
     """A run killed after its last checkpoint (iteration 8) wrote records 9 and 10 too; the
     resumed run drops them and writes them again from the checkpoint on."""
     first, _ = make_loop(tmp_path, 10)
     first.run()
-    saved = training.load_checkpoint(str(tmp_path / 'ckpt.npz'))
+    saved = checkpoints.load_checkpoint(str(tmp_path / 'ckpt.npz'))
     with open(tmp_path / 'log.jsonl', 'a') as f:
         f.write('{"iteration": 11, "cost": 0.0}\n')  # a record written after the last checkpoint
-    saved['status'].update(iterations_done=8, batch_in_epoch=1, log_bytes=training.log_offset(
+    saved['status'].update(iterations_done=8, batch_in_epoch=1, log_bytes=checkpoints.log_offset(
         str(tmp_path / 'log.jsonl'), 8))
     second, _ = make_loop(tmp_path, 12)
     second.load_state_dict(saved)
@@ -168,6 +172,7 @@ def test_log_is_cut_to_the_checkpoint_after_a_kill(tmp_path):
     assert [r['iteration'] for r in read_log(tmp_path / 'log.jsonl')] == list(range(1, 13))
 
 
+@pytest.mark.slow  # trains, or runs a subprocess
 def test_different_seeds_give_different_runs(tmp_path):
     a, ma = make_loop(tmp_path, 5, seed=1)
     a.run()
@@ -194,36 +199,36 @@ def state(w):
 
 def test_checkpoint_is_an_npz_that_numpy_alone_reads(tmp_path):
     path = str(tmp_path / 'ckpt.npz')
-    training.save_checkpoint(path, state([1, 2, 3]))
+    checkpoints.save_checkpoint(path, state([1, 2, 3]))
     with np.load(path, allow_pickle=False) as f:  # the documented layout, no project code
         meta = json.loads(str(f['meta']))
-        assert meta['format'] == training.CHECKPOINT_FORMAT and meta['status']['iterations_done'] == 3
+        assert meta['format'] == checkpoints.CHECKPOINT_FORMAT and meta['status']['iterations_done'] == 3
         np.testing.assert_array_equal(f['shared/w'], [1, 2, 3])
         assert sorted(f.files) == ['meta', 'shared/optimizer.lr', 'shared/w']
-    loaded = training.load_checkpoint(path)
+    loaded = checkpoints.load_checkpoint(path)
     assert loaded['config'] == state(0)['config'] and loaded['status'] == state(0)['status']
 
 
 def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     path = str(tmp_path / 'ckpt.npz')
-    training.save_checkpoint(path, state([1, 1]))
+    checkpoints.save_checkpoint(path, state([1, 1]))
 
     def broken_savez(f, **arrays):
         f.write(b'partial')
         raise OSError('disk full')
     monkeypatch.setattr(np, 'savez', broken_savez)
     with pytest.raises(OSError):
-        training.save_checkpoint(path, state([2, 2]))
+        checkpoints.save_checkpoint(path, state([2, 2]))
     monkeypatch.undo()
-    np.testing.assert_array_equal(training.load_checkpoint(path)['shared']['w'], [1, 1])
+    np.testing.assert_array_equal(checkpoints.load_checkpoint(path)['shared']['w'], [1, 1])
     assert os.listdir(tmp_path) == ['ckpt.npz']  # no temporary file left behind
 
 
 KILLED_WRITER = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
+import checkpoints
 import numpy as np
-import training
 real_savez = np.savez
 def savez_then_die(f, **arrays):
     real_savez(f, **arrays)
@@ -231,19 +236,20 @@ def savez_then_die(f, **arrays):
     f.truncate(f.tell() // 2)  # half a file on disk, then the process is killed
     os.kill(os.getpid(), signal.SIGKILL)
 np.savez = savez_then_die
-training.save_checkpoint({path!r}, {{'shared': {{'w': np.full(100000, 2.0, 'float32')}}, 'status': {{}}}})
+checkpoints.save_checkpoint({path!r}, {{'shared': {{'w': np.full(100000, 2.0, 'float32')}}, 'status': {{}}}})
 """
 
 
+@pytest.mark.slow  # trains, or runs a subprocess
 def test_kill_9_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path):
     path = str(tmp_path / 'ckpt.npz')
-    training.save_checkpoint(path, state([1, 1]))
+    checkpoints.save_checkpoint(path, state([1, 1]))
     code = KILLED_WRITER.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path=path)
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, timeout=120)
     assert r.returncode == -signal.SIGKILL
     assert any('.tmp' in name for name in os.listdir(tmp_path))  # the half-written file
-    np.testing.assert_array_equal(training.load_checkpoint(path)['shared']['w'], [1, 1])
-    training.save_checkpoint(path, state([3, 3]))  # the next save clears the leftover
+    np.testing.assert_array_equal(checkpoints.load_checkpoint(path)['shared']['w'], [1, 1])
+    checkpoints.save_checkpoint(path, state([3, 3]))  # the next save clears the leftover
     assert os.listdir(tmp_path) == ['ckpt.npz']
 
 
@@ -257,19 +263,19 @@ def test_corrupt_truncated_or_foreign_file_is_one_line_with_its_path(tmp_path, c
     if content is None:
         np.savez(path, weights=np.zeros(3))
     elif content == 'truncated':
-        training.save_checkpoint(path, state(np.zeros(1000)))
+        checkpoints.save_checkpoint(path, state(np.zeros(1000)))
         data = open(path, 'rb').read()
         open(path, 'wb').write(data[:len(data) // 2])
     else:
         open(path, 'wb').write(content)
     with pytest.raises(ValueError) as error:
-        training.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     assert message in str(error.value) and path in str(error.value) and '\n' not in str(error.value)
 
 
 def test_missing_checkpoint_is_reported(tmp_path):
     with pytest.raises(ValueError, match='cannot read checkpoint .*No such file'):
-        training.load_checkpoint(str(tmp_path / 'nope.npz'))
+        checkpoints.load_checkpoint(str(tmp_path / 'nope.npz'))
 
 
 def old_pickle_checkpoint(path):
@@ -288,13 +294,13 @@ def test_old_pickle_checkpoint_loads_with_a_warning_and_converts(tmp_path, capsy
     old_pickle_checkpoint(path)
     with open(tmp_path / 'log.jsonl', 'w') as f:
         f.write('{"iteration": 1}\n{"iteration": 2}\n{"iteration": 3}\n')
-    loaded = training.load_checkpoint(path)
+    loaded = checkpoints.load_checkpoint(path)
     assert 'pickles can run code' in capsys.readouterr().err
     np.testing.assert_array_equal(loaded['shared']['w'], [0, 1, 2])
     assert loaded['status']['evaluations'] == [{'iteration': 2, 'heldout_K_bits': -3.0}]
-    new = training.convert_checkpoint(path)
+    new = checkpoints.convert_checkpoint(path)
     assert new == str(tmp_path / 'checkpoint.npz')
-    converted = training.load_checkpoint(new)
+    converted = checkpoints.load_checkpoint(new)
     assert converted['status']['log_bytes'] == len('{"iteration": 1}\n{"iteration": 2}\n')
     np.testing.assert_array_equal(converted['shared']['w'], [0, 1, 2])
 
@@ -304,7 +310,7 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
     with open(path, 'wb') as f:
         pickle.dump({'shared': {}, 'status': {}, 'evil': os.system}, f, protocol=2)
     with pytest.raises(ValueError, match='refusing to load'):
-        training.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 # ---------------------------------------------------------------- schedules and signals
@@ -330,6 +336,7 @@ def test_exponential_decay_reaches_lr_final_at_the_planned_batch_then_holds():
     assert lr.get_value() == pytest.approx(1e-4, rel=1e-4)
 
 
+@pytest.mark.slow  # trains, or runs a subprocess
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_signal_writes_checkpoint_and_stops(tmp_path, signum):
     loop, m = make_loop(tmp_path, 1000)
@@ -342,7 +349,7 @@ def test_signal_writes_checkpoint_and_stops(tmp_path, signum):
     loop.step = step
     loop.run()
     assert loop.interrupted and loop.status['iterations_done'] == 7
-    saved = training.load_checkpoint(str(tmp_path / 'ckpt.npz'))
+    saved = checkpoints.load_checkpoint(str(tmp_path / 'ckpt.npz'))
     assert saved['status']['iterations_done'] == 7
     np.testing.assert_array_equal(saved['shared']['w'], m.w.get_value())
     assert signal.getsignal(signum) is not loop._on_signal  # handlers restored
@@ -357,6 +364,6 @@ def test_best_checkpoint_follows_the_highest_monitored_bound(tmp_path):
         loop.status['evaluations'].append({'iteration': iteration, 'heldout_K_bits': K})
         m.w.set_value(np.full(3, iteration, 'float32'))
         ext(loop, 'batch')
-    assert training.load_checkpoint(str(tmp_path / 'last.npz'))['status']['iterations_done'] == 12
-    best = training.load_checkpoint(str(tmp_path / 'best.npz'))
+    assert checkpoints.load_checkpoint(str(tmp_path / 'last.npz'))['status']['iterations_done'] == 12
+    best = checkpoints.load_checkpoint(str(tmp_path / 'best.npz'))
     assert best['status']['iterations_done'] == 8 and (best['shared']['w'] == 8).all()

@@ -1,4 +1,4 @@
-"""How training estimates K (bound.training_steps, training.ParameterAverage): steps drawn
+"""How training estimates K (bound.training_steps, steprules.ParameterAverage): steps drawn
 from a proposal with importance weights give the same expected cost as uniform steps, the
 adaptive proposal follows the recorded losses, the parameters' average follows its formula,
 and runs with both resume to the last digit."""
@@ -14,9 +14,12 @@ import theano
 import theano.tensor as T
 
 import bound
+import checkpoints
 import experiments
 import presets
-import training
+import steprules
+
+pytestmark = pytest.mark.slow  # trains small models (python -m pytest -m "not slow" leaves it out)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,8 +90,8 @@ def test_adaptive_proposal_is_uniform_until_every_step_has_its_history_then_foll
 def test_parameter_average_follows_its_formula_and_swaps_back():
     p = theano.shared(np.zeros(3, 'float32'), name='p')
     g = T.vector('g')
-    average = training.ParameterAverage([p], 0.9)
-    updates, _ = training.gradient_updates([g], [p], training.RMSProp(0.1), average=average)
+    average = steprules.ParameterAverage([p], 0.9)
+    updates, _ = steprules.gradient_updates([g], [p], steprules.RMSProp(0.1), average=average)
     step = theano.function([g], [], updates=updates)
     rng = np.random.default_rng(0)
     expected = np.zeros(3)
@@ -101,7 +104,7 @@ def test_parameter_average_follows_its_formula_and_swaps_back():
     np.testing.assert_allclose(average.averages[0].get_value(), expected, rtol=1e-5)
     assert int(average.n.get_value()) == 30
     last = p.get_value()
-    with training.averaged(average):
+    with steprules.averaged(average):
         np.testing.assert_array_equal(p.get_value(), average.averages[0].get_value())
     np.testing.assert_array_equal(p.get_value(), last)
 
@@ -125,7 +128,7 @@ def test_fast_run_resumes_to_the_last_digit(tmp_path):
     part, = glob.glob(str(tmp_path / 'part' / 'diffusion_*'))
     train(['--resume_file', os.path.join(part, 'checkpoint.npz'), '--max-batches', '30'], tmp_path)
     full, = glob.glob(str(tmp_path / 'full' / 'diffusion_*'))
-    a, b = (training.load_checkpoint(os.path.join(d, 'checkpoint.npz'))['shared'] for d in (full, part))
+    a, b = (checkpoints.load_checkpoint(os.path.join(d, 'checkpoint.npz'))['shared'] for d in (full, part))
     assert sorted(a) == sorted(b) and 'train_t.losses' in a and 'ema/schedule.c' in a
     assert a['train_t.count'].min() >= 2  # the proposal had left the uniform start
     for name in a:
