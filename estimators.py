@@ -20,6 +20,7 @@ from scipy.special import logsumexp
 import bound
 import checkpoints
 import cli
+import datasets
 import experiments
 import figures
 import mainloop
@@ -221,24 +222,29 @@ def model_samples(exp, n, seed=0, batch_size=500, progress=True, comm=None):
     return comm.gather_rows(np.concatenate(out) if out else np.zeros((0,) + shape, experiments.floatX))
 
 
-def parzen_evaluation(exp, n_samples=10000, n_valid=10000, seed=0, sigmas=PARZEN_SIGMAS, progress=True, comm=None):
+def parzen_evaluation(exp, n_samples=10000, n_valid=10000, seed=0, sigmas=PARZEN_SIGMAS, progress=True, comm=None,
+                      valid_x=None):
     """Parzen-window log likelihood of the test images (Goodfellow et al. 2014's protocol).
 
-    Model samples and data in [0, 1] pixel units; sigma chosen on the last n_valid
+    Model samples and data in [0, 1] pixel units; sigma chosen on the first n_valid images
+    of `valid_x`, a validation split not trained on (mnist5k's), else on the last n_valid
     training images (Goodfellow et al.'s MNIST validation split; our models train on all
     training images, so this set only picks sigma). Returns the test log likelihood, its
     standard error, in nats and bits, and the grid.
     """
     samples = exp.pixels.to_unit(model_samples(exp, n_samples, seed, progress=progress, comm=comm)).reshape(
         n_samples, -1)
-    valid = experiments.PixelUnits.unit(exp.train_x[-n_valid:]).reshape(min(n_valid, len(exp.train_x)), -1)
+    valid_from_train = valid_x is None
+    valid_x = exp.train_x[-n_valid:] if valid_from_train else valid_x[:n_valid]
+    valid = experiments.PixelUnits.unit(valid_x).reshape(len(valid_x), -1)
     test = experiments.PixelUnits.unit(exp.test_x).reshape(len(exp.test_x), -1)
     sigma, scores = choose_parzen_sigma(samples, valid, sigmas)
     ll = parzen_log_likelihood(samples, test, sigma)
     stderr = ll.std(ddof=1) / np.sqrt(len(ll))
     return {'ll_nats': float(ll.mean()), 'stderr_nats': float(stderr), 'll_bits': float(ll.mean() / util.LOG2),
             'stderr_bits': float(stderr / util.LOG2), 'sigma': sigma, 'n_samples': int(n_samples),
-            'n_valid': int(len(valid)), 'n_test': int(len(test)), 'valid_ll_nats_by_sigma': scores}
+            'n_valid': int(len(valid)), 'valid_from': 'training images' if valid_from_train else 'validation split',
+            'n_test': int(len(test)), 'valid_ll_nats_by_sigma': scores}
 
 
 # ---------------------------------------------------------------- entropy bounds (Eq. 24)
@@ -267,8 +273,9 @@ def reverse_entropies(exp, x, seed=0, progress=True):
 # ---------------------------------------------------------------- one evaluation
 
 def evaluate(exp, checkpoint, out_dir, split='test', n_t=10, seed=0, n_examples=None, batch_size=None,
-             iw_k=(), iw_n=100, parzen_samples=0, entropy_n=0, progress=True, comm=None, averaged=None):
+             iw_k=(), iw_n=100, parzen_samples=0, entropy_n=0, progress=True, comm=None, averaged=None, valid_x=None):
     """Everything asked for, written to OUT_DIR/evaluation_<split>.json (+ figures); returns it.
+    valid_x: the validation split that picks the Parzen window (None: the last training images).
     comm: processes that share the bound, the importance weights and the Parzen samples;
     the writer alone computes the entropies and writes (the others return None).
     averaged: whether exp holds the run's average of the parameters (None: the run kept
@@ -297,7 +304,8 @@ def evaluate(exp, checkpoint, out_dir, split='test', n_t=10, seed=0, n_examples=
     if iw_k:
         out['importance_weighted'] = importance_weighted_bound(exp, x[:iw_n], iw_k, seed, progress=progress, comm=comm)
     if parzen_samples:
-        out['parzen'] = parzen_evaluation(exp, parzen_samples, seed=seed, progress=progress, comm=comm)
+        out['parzen'] = parzen_evaluation(exp, parzen_samples, seed=seed, progress=progress, comm=comm,
+                                          valid_x=valid_x)
     if not comm.is_writer:
         return None
     figures.kl_by_t_figure(r, prefix + '_kl_by_t.png')
@@ -336,9 +344,11 @@ def evaluate_command(args, ks, comm):
     out_dir = args.output_dir or run_dir
     os.makedirs(out_dir, exist_ok=True)
     averaged = args.ema if exp.args.get('ema') else None
+    valid_x = datasets.validation_images(exp.dataset, args.data_path or checkpoint['config']['args'].get(
+        'data_path')) if args.parzen_samples else None
     out = evaluate(exp, checkpoint, out_dir, args.split, args.n_t, args.seed, args.n_examples, args.batch_size,
                    ks, args.iw_n, args.parzen_samples, args.entropy_n, progress=comm.is_writer, comm=comm,
-                   averaged=averaged)
+                   averaged=averaged, valid_x=valid_x)
     if out is None:  # a process other than the writer
         return None
     human = sys.stderr if args.json else sys.stdout  # --json: the JSON alone on stdout

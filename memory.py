@@ -17,9 +17,9 @@ import backend
 F32, F64 = 4, 8
 UNIT_BYTES = 200  # a Python tuple of the bound's list of work units (bound.heldout_bound)
 # examples in the image files (train and test together), before they are loaded
-IMAGE_EXAMPLES = {'MNIST': 70000, 'CIFAR10': 60000, 'digits': 1797, 'deadleaves': datasets.DEADLEAVES_COUNT}
+IMAGE_EXAMPLES = {'MNIST': 70000, 'CIFAR10': 60000, 'digits': 1797, 'mnist5k': 5000, 'deadleaves': datasets.DEADLEAVES_COUNT}
 IMAGE_CHANNELS = {'CIFAR10': 3}
-IMAGE_SIDE = {'MNIST': 28, 'CIFAR10': 32, 'digits': 8}
+IMAGE_SIDE = {'MNIST': 28, 'CIFAR10': 32, 'digits': 8, 'mnist5k': 28}
 BUILTIN_TEXTURE_PIXELS = 3 * 512 * 512  # bark without a folder: scikit-image's three textures
 
 

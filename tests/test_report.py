@@ -126,6 +126,7 @@ def test_stand_in_data_are_not_compared(tmp_path):
     assert 'scikit-image' in report.stand_in('bark', {})
     assert report.stand_in('bark', {'folder': '/data/uiuc'}) is None
     assert 'instead of MNIST' in report.stand_in('digits', {})
+    assert '5,000 MNIST digits' in report.stand_in('mnist5k', {})
     assert report.stand_in('deadleaves', {}) is None
     run = write_run(tmp_path, dataset='bark', unit='bits/pixel', K_bits=-0.065, stderr_bits=0.165,
                     paper_K_bits=-0.55, paper_K_minus_Lnull_bits=1.5, not_the_paper=[])
