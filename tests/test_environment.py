@@ -44,7 +44,7 @@ def test_setup_pins_agree_with_the_lock():
     assert len(locked) > len(setup_pins())  # the transitive dependencies are locked too
 
 
-@pytest.mark.parametrize('command', ['pip install -r requirements.lock && pip install --no-deps -e .',
+@pytest.mark.parametrize('command', ['pip install -r requirements.lock && pip install --no-deps -r requirements-mnist5k.lock && pip install --no-deps -e .',
                                      'python -m pytest'])
 def test_readme_and_ci_run_the_same_commands(command):
     readme = open(os.path.join(ROOT, 'README.md')).read()
