@@ -278,6 +278,36 @@ def write_report(run_dirs, path, root=None):
     return text
 
 
+README_START = '<!-- the results table: made by python report.py from results/ and models/ -->'
+README_END = '<!-- end of the results table -->'
+
+
+def readme_table(rows):
+    """The README's results table: one line per committed result, then the data sets of
+    Table 1 without one (not_run_rows)."""
+    lines = ['| data set | K (ours) | paper | against the paper | from |', '|---|---|---|---|---|']
+    for r in rows + not_run_rows(rows, committed=True):
+        ours = '' if r['K'] is None else '{} +- {} {}'.format(fmt(r['K']), fmt(r['stderr']), r['unit'])
+        if r['K'] is not None and r['iterations']:
+            ours += ' ({:,} minibatches, {})'.format(r['iterations'], r['training'])
+        paper = '' if r['paper_K'] is None else '{} {}'.format(fmt(r['paper_K']), r['unit'])
+        where = '[{0}]({0})'.format(r['run']) if r['run'] != 'not in the repository' else '-'
+        lines.append('| {} | {} | {} | {} | {} |'.format(r['dataset'], ours, paper, r['verdict'], where))
+    return '\n'.join(lines)
+
+
+def update_readme(path, table):
+    """Replace the text between README_START and README_END in the file `path` by `table`."""
+    with open(path) as f:
+        text = f.read()
+    if README_START not in text or README_END not in text:
+        raise ValueError('{} has no results table markers ({} ... {})'.format(path, README_START, README_END))
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    with open(path, 'w') as f:
+        f.write(head + README_START + '\n' + table + '\n' + README_END + tail)
+
+
 # ---------------------------------------------------------------- the K curve, extrapolated
 
 def saturating_power_law(n, K_inf, a, b):
@@ -341,6 +371,9 @@ def main(argv=None):
         cli.fail('no results.json in {} (is the run finished?)'.format(', '.join(missing)))
     try:
         text = write_report(args.run_dirs, args.out, root)
+        if root:  # the README's table too
+            update_readme(os.path.join(root, 'README.md'),
+                          readme_table([run_row(d, os.path.relpath(d, root)) for d in args.run_dirs]))
     except (OSError, ValueError, KeyError) as e:
         cli.fail('cannot write the report: {}'.format(e))
     print(text)

@@ -177,6 +177,25 @@ def test_the_committed_report_is_what_report_py_makes(tmp_path):
     assert {line.split(' | ')[1] for line in rows} >= {'swissroll', 'heartbeat'}  # the toy rows
 
 
+def test_the_readme_table_is_what_report_py_makes():
+    rows = [report.run_row(d, os.path.relpath(d, report.ROOT)) for d in report.committed_dirs()]
+    with open(os.path.join(report.ROOT, 'README.md')) as f:
+        readme = f.read()
+    block = readme.split(report.README_START)[1].split(report.README_END)[0]
+    assert block == '\n' + report.readme_table(rows) + '\n', 'the README\'s table is stale: run python report.py'
+    assert '| swissroll | 2.586 +- 0.019 bits' in block
+
+
+def test_update_readme_replaces_only_the_marked_table(tmp_path):
+    path = tmp_path / 'README.md'
+    path.write_text('intro\n{}\nold\n{}\nafter\n'.format(report.README_START, report.README_END))
+    report.update_readme(str(path), '| new |')
+    assert path.read_text() == 'intro\n{}\n| new |\n{}\nafter\n'.format(report.README_START, report.README_END)
+    (tmp_path / 'bare.md').write_text('no markers')
+    with pytest.raises(ValueError):
+        report.update_readme(str(tmp_path / 'bare.md'), '| new |')
+
+
 def test_the_committed_folders_are_results_then_models_when_there_are_any(tmp_path, monkeypatch, capsys):
     for folder in ('results/swissroll', 'results/empty', 'models/deadleaves'):
         (tmp_path / folder).mkdir(parents=True)
