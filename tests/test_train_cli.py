@@ -48,6 +48,8 @@ def train_cli(*args, **kw):
     (['--batch-size', '0'], '--batch-size 0: must be an integer >= 1'),
     (['--batch-size', '-3'], '--batch-size -3: must be an integer >= 1'),
     (['--batch-size', 'many'], "invalid int value: 'many'"),
+    (['--batch-size', '1000000000000', '--model-args', 'n_train=1000'],
+     '--batch-size 1000000000000: the training set has 1000 examples; give at most 1000'),
     (['--lr', '-1'], '--lr -1.0: must be a finite number > 0'),
     (['--lr', '0'], '--lr 0.0: must be a finite number > 0'),
     (['--lr', 'nan'], '--lr nan: must be a finite number > 0'),
