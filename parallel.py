@@ -135,7 +135,8 @@ def abort_on_error():
         raise
     except SystemExit as e:
         if comm.size > 1 and e.code not in (0, None):
-            sys.stderr.write('process {} of {} stopped (exit {}); ending the job\n'.format(comm.rank, comm.size, e.code))
+            sys.stderr.write('process {} of {} stopped (exit {}); ending the job\n'.format(
+                comm.rank, comm.size, e.code))
             comm.abort(e.code if isinstance(e.code, int) else 1)
         raise
     except BaseException:
