@@ -4,15 +4,97 @@ that uses Theano imports it first; the only module of the project that acts at i
 It sets THEANO_FLAGS (docs/paper_and_code.md, section 7), the BLAS library and its kernel,
 the thread counts under an MPI launcher, and, with DIFFUSION_ISA=avx2, pins the
 instruction set (pin_isa); numpy and Theano read these when they load, so the entry
-scripts import this module before anything else.
+scripts import this module before anything else. Being first, it is also where a signal
+that comes while a command starts is answered in one line (stop_at_once).
 """
-import glob
-import importlib.util
-import logging
+import fcntl
 import os
-import shlex
+import signal
+import stat
+import struct
 import sys
-import warnings
+import termios
+import time
+
+# ---------------------------------------------------------------- signals while a command starts
+#
+# Set first, before this module's other imports and long before numpy's (which alone
+# takes a fifth of a second): SIGTERM, and SIGINT under an MPI launcher, end a command
+# with one line at any moment, never silently with exit 143 or with a traceback. The
+# commands take the signals over while they have something to finish or keep
+# (mainloop.signals_raise, the main loop).
+
+INTERRUPTED = 130  # the exit code of a command stopped by SIGINT or SIGTERM (128 + 2, the shell's for Ctrl-C)
+
+
+def launched_processes():
+    """(processes in the job, processes on this node) as the launcher tells them in the
+    environment: MPICH's Hydra (mpiexec), Open MPI (mpirun), Slurm's srun; (1, 1) without."""
+    env = os.environ
+    for total, local in (('PMI_SIZE', 'MPI_LOCALNRANKS'), ('OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_LOCAL_SIZE'),
+                         ('SLURM_STEP_NUM_TASKS', 'SLURM_STEP_TASKS_PER_NODE')):
+        if total in env:
+            n = int(env[total])
+            # Slurm writes tasks per node as e.g. '4(x2),3': take the largest count
+            per_node = [int(part.split('(')[0]) for part in env.get(local, str(n)).split(',') if part]
+            return n, max(per_node or [n])
+    return 1, 1
+
+
+def stop_at_once(signum, frame):
+    """A signal where a command has nothing to finish or keep (while it imports, or once its
+    work is done): one line (one write), then exit INTERRUPTED and end the job (end_job)."""
+    sys.stderr.write('{}: stopped by {}\n'.format(os.path.basename(sys.argv[0]), signal.Signals(signum).name))
+    end_job(INTERRUPTED)
+
+
+def end_job(code):
+    """Exit with `code`; under an MPI launcher of several processes, end every process of the
+    job with MPI_Abort (after starting MPI if it has not started: the others would wait for
+    this one in MPI_Init or in a collective), once this process's output has reached the
+    launcher (flush_to_launcher)."""
+    if launched_processes()[0] > 1:
+        from mpi4py import MPI  # here: MPI starts only under a launcher
+        if not MPI.Is_finalized():
+            flush_to_launcher()
+            MPI.COMM_WORLD.Abort(code)
+    sys.exit(code)
+
+
+def flush_to_launcher(timeout_s=10.0):
+    """Flush stdout and stderr, and wait (at most timeout_s) until the launcher has read what
+    they hold where they are pipes (mpiexec's, srun's). MPI_Abort ends mpiexec at once: a line
+    still in the pipe when its abort arrives is never printed."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + timeout_s
+    for fd in (1, 2):
+        while time.monotonic() < deadline and unread_bytes(fd):
+            time.sleep(0.01)
+
+
+def unread_bytes(fd):
+    """The bytes written to the pipe `fd` that its reader has not read yet (0 when fd is not a pipe)."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return 0
+        return struct.unpack('i', fcntl.ioctl(fd, termios.FIONREAD, b'\0' * 4))[0]
+    except OSError:
+        return 0
+
+
+signal.signal(signal.SIGTERM, stop_at_once)
+if launched_processes()[0] > 1:  # Ctrl-C sent to one process alone would leave the others waiting
+    signal.signal(signal.SIGINT, stop_at_once)
+
+import glob  # noqa: E402  (after the handlers: a signal is answered first)
+import importlib.util  # noqa: E402
+import logging  # noqa: E402
+import shlex  # noqa: E402
+import warnings  # noqa: E402
 
 # ---------------------------------------------------------------- the instruction set
 #
@@ -164,20 +246,6 @@ def silence_theano_warnings():
     # "We did not find a dynamic library in the library_dir": harmless with -l:file
     logging.getLogger('theano.tensor.blas').setLevel(logging.ERROR)
     logging.getLogger('theano.gof.compilelock').setLevel(logging.WARNING)
-
-
-def launched_processes():
-    """(processes in the job, processes on this node) as the launcher tells them in the
-    environment: MPICH's Hydra (mpiexec), Open MPI (mpirun), Slurm's srun; (1, 1) without."""
-    env = os.environ
-    for total, local in (('PMI_SIZE', 'MPI_LOCALNRANKS'), ('OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_LOCAL_SIZE'),
-                         ('SLURM_STEP_NUM_TASKS', 'SLURM_STEP_TASKS_PER_NODE')):
-        if total in env:
-            n = int(env[total])
-            # Slurm writes tasks per node as e.g. '4(x2),3': take the largest count
-            per_node = [int(part.split('(')[0]) for part in env.get(local, str(n)).split(',') if part]
-            return n, max(per_node or [n])
-    return 1, 1
 
 
 def default_threads():

@@ -149,9 +149,14 @@ def load_pickle_checkpoint(path, warn=True):
 def convert_checkpoint(path, overwrite=False):
     """Write the .npz form of the old pickle checkpoint `path` beside it (same name,
     .npz); returns the new path. log_bytes is found from RUN_DIR/log.jsonl if it is there.
-    ValueError when the .npz exists already, unless `overwrite`."""
+    ValueError when the .npz exists already, unless `overwrite`, and when `path` is an .npz
+    checkpoint itself."""
     if not os.path.isfile(path):
         raise ValueError('cannot read checkpoint {}: no such file'.format(path))
+    if zipfile.is_zipfile(path):
+        load_checkpoint(path)  # one line if it is not a checkpoint of this project
+        raise ValueError('{} is an .npz checkpoint already: nothing to convert (--resume, evaluate.py and '
+                         'sampler.py read it as it is)'.format(path))
     state = load_pickle_checkpoint(path, warn=False)
     log = os.path.join(os.path.dirname(os.path.abspath(path)), 'log.jsonl')
     if os.path.exists(log):

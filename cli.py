@@ -8,8 +8,10 @@ MAX_SEED = 2 ** 32 - 1  # numpy's seed range (np.random.seed): 0 to 2^32 - 1
 
 
 def fail(message, prog=None):
-    """A user error: one line on stderr naming the script, then exit code 2."""
-    print('{}: error: {}'.format(prog or os.path.basename(sys.argv[0]), message), file=sys.stderr)
+    """A user error: one line on stderr naming the script, then exit code 2. The line is one
+    write (print writes the newline apart): under MPI, another process's output cannot land
+    inside it."""
+    sys.stderr.write('{}: error: {}\n'.format(prog or os.path.basename(sys.argv[0]), message))
     sys.exit(2)
 
 

@@ -576,8 +576,12 @@ def parser():
 def main(argv=None):
     """Run the command line; returns the exit status (2 for an error the user can fix)."""
     args = parser().parse_args(argv)
+    folder = data_path(args.data_path)
+    if os.path.exists(folder) and not os.path.isdir(folder):  # before anything is made or written
+        print('datasets.py: error: the data path {} is a file, not a folder; give a folder with '
+              '--data-path'.format(folder), file=sys.stderr)
+        return 2
     try:
-        folder = data_path(args.data_path)
         if args.command == 'fetch':
             print(fetch(args.name, folder))
         elif args.command == 'convert':

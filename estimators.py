@@ -366,7 +366,7 @@ def evaluate_command(args, ks, comm):
     if not math.isfinite(b['K_bits']):
         print('evaluate.py: error: the bound is not a number (null in the results): the checkpoint gives no '
               'finite bound', file=sys.stderr)
-        sys.exit(parallel.NONFINITE)
+        raise parallel.SharedExit(parallel.NONFINITE)  # the writer alone, the others' part done
     return out
 
 

@@ -183,3 +183,15 @@ def check_evaluation(flags, defaults, n_examples, dims, T_steps):
         value = flags[key]
         return '--{} {}'.format(key.replace('_', '-'), ','.join(map(str, value)) if key == 'iw_k' else value)
     return too_large(estimate, flags, defaults, flag_of, backend.launched_processes()[1], 'this evaluation')
+
+
+def check_sampling(n, n_frames, dims):
+    """One line naming sampler.py's --n or --frames when the samples (float32 (n, dims)), the
+    frames kept (n_frames of them) and their copies in data units are too large, or None."""
+    def estimate(s):
+        return F32 * s['n'] * dims * (2 * s['n_frames'] + 6)  # state, noise, mean, variance, samples, frames
+
+    def flag_of(key):
+        return '--{} {}'.format('n' if key == 'n' else 'frames', n if key == 'n' else n_frames)
+    return too_large(estimate, {'n': n, 'n_frames': n_frames}, {'n': 49, 'n_frames': 8}, flag_of,
+                     backend.launched_processes()[1], 'this sampling')

@@ -78,6 +78,7 @@ class MPIWorld(SingleProcess):
         return n * self.rank // self.size, n * (self.rank + 1) // self.size
 
     def abort(self, code):
+        backend.flush_to_launcher()  # what this process printed, before mpiexec ends
         self.comm.Abort(code)
 
     def library(self):
@@ -106,32 +107,40 @@ def rank_units(units, comm=None):
     return units[comm.rank::comm.size]
 
 
-INTERRUPTED = 130  # the exit code of a run stopped by SIGINT or SIGTERM, which every process takes
-NONFINITE = 3  # the exit code of a run stopped because it went NaN or inf, which every process takes
+INTERRUPTED = backend.INTERRUPTED  # the exit code of a command stopped by SIGINT or SIGTERM
+NONFINITE = 3  # the exit code of a run stopped because it went NaN or inf
+
+
+class SharedExit(SystemExit):
+    """An exit that leaves no process waiting for this one: every process takes it at the
+    same point (a run interrupted, or gone non-finite, after the same minibatch), or the
+    others have done their part already (the writer's non-finite final bound). The job then
+    ends normally, so that the writer finishes its checkpoint."""
 
 
 @contextmanager
 def abort_on_error():
-    """Ends the whole job when this process fails: the others would wait in a collective.
+    """Ends the whole job when this process stops alone: the others would wait for it in a
+    collective.
 
-    An exception or an exit with an error (a one-line user error) is reported with the
-    rank and every process is stopped with comm.Abort within seconds. An interrupted or a
-    non-finite run (exit INTERRUPTED or NONFINITE, taken by all processes together after the
-    same minibatch) ends normally, so that the writer finishes its checkpoint. A single
-    process just raises.
+    An exception or any exit but 0 and SharedExit (a one-line user error; a signal outside
+    the minibatches, mainloop.Interrupted, exit INTERRUPTED) is reported with the rank in one
+    write, and every process is stopped with comm.Abort within seconds. A single process
+    just raises.
     """
     comm = world()
     try:
         yield comm
+    except SharedExit:
+        raise
     except SystemExit as e:
-        if comm.size > 1 and e.code not in (0, None, INTERRUPTED, NONFINITE):
-            print('process {} of {} stopped (exit {}); ending the job'.format(comm.rank, comm.size, e.code),
-                  file=sys.stderr, flush=True)
+        if comm.size > 1 and e.code not in (0, None):
+            sys.stderr.write('process {} of {} stopped (exit {}); ending the job\n'.format(
+                comm.rank, comm.size, e.code))
             comm.abort(e.code if isinstance(e.code, int) else 1)
         raise
     except BaseException:
         if comm.size > 1:
-            print('process {} of {} failed:\n{}'.format(comm.rank, comm.size, traceback.format_exc()),
-                  file=sys.stderr, flush=True)
+            sys.stderr.write('process {} of {} failed:\n{}'.format(comm.rank, comm.size, traceback.format_exc()))
             comm.abort(1)
         raise

@@ -85,6 +85,7 @@ def sample(args):
         except ValueError as e:
             cli.fail(str(e))
         skip = None if args.skip_last_step is None else args.skip_last_step == 'yes'
+        check_sizes(args, exp, exp.args.get('skip_last_step', False) if skip is None else skip)
         try:
             result = reverse.run(exp, args.mode, args.n, args.seed, args.noise_std, args.mask, args.frames,
                          args.batch_size, skip, progress=comm.is_writer, comm=comm)
@@ -95,6 +96,19 @@ def sample(args):
         if comm.is_writer:
             for path in figures.save_samples(result, exp, args.output_dir or os.path.dirname(os.path.abspath(checkpoint)), args.mode):
                 print(path)
+
+
+def check_sizes(args, exp, skip_last_step):
+    """One-line error and exit 2 for more frames than the reverse process has states, or
+    samples and frames that do not fit in memory (before anything is computed)."""
+    import memory
+    states = exp.diffusion.T_steps + (0 if skip_last_step else 1)  # x^T .. x^0 (x^1 if the last step is skipped)
+    if args.frames > states:
+        cli.fail('--frames {}: the reverse process has {} states to show; give at most {}'.format(
+            args.frames, states, states))
+    too_large = memory.check_sampling(args.n, args.frames, exp.test_x[0].size)
+    if too_large:
+        cli.fail(too_large)
 
 
 if __name__ == '__main__':

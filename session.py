@@ -143,6 +143,7 @@ def settings_and_experiment(args):
         if too_large:
             cli.fail(too_large)
         exp = experiments.build(s['dataset'], config, s['seed'], s['data_path'])
+        settings.check_batch_size(s, len(exp.train_x))
         if checkpoint:  # before anything is compiled (the main loop loads them again, with the rest)
             experiments.load_parameters(exp, checkpoint, args.resume)
     except (ValueError, KeyError) as e:  # a bad --model-args value, a missing data file
@@ -293,13 +294,13 @@ def train_and_evaluate(s, args, checkpoint, overrides, exp, run_dir, comm):
     loop = main_loop(s, exp, checkpoint, overrides, step_rule, comm, average)
     loop.extensions = build_extensions(s, exp, run_dir, step_rule.lr, args.plot_before_training, comm, average)
     loop.run()
-    if loop.interrupted:
-        sys.exit(parallel.INTERRUPTED)
+    if loop.interrupted:  # every process, after the same minibatch
+        raise parallel.SharedExit(parallel.INTERRUPTED)
     if loop.nonfinite:
         if comm.is_writer:
             print('train.py: error: the run went non-finite: {}; {} (try a lower --lr than {:g}, or other '
                   '--model-args)'.format(loop.nonfinite, kept(run_dir), s['lr']), file=sys.stderr)
-        sys.exit(parallel.NONFINITE)
+        raise parallel.SharedExit(parallel.NONFINITE)
     results = final_evaluation(loop, exp, run_dir, average)
     if results:
         print_results(results, run_dir)
@@ -307,7 +308,7 @@ def train_and_evaluate(s, args, checkpoint, overrides, exp, run_dir, comm):
             print('train.py: error: the held-out bound is not a number (null in {}): the model gives no finite '
                   'bound; check --model-args and --lr'.format(os.path.join(run_dir, 'results.json')),
                   file=sys.stderr)
-            sys.exit(parallel.NONFINITE)
+            raise parallel.SharedExit(parallel.NONFINITE)  # the writer alone, the others' part done
     return results
 
 

@@ -119,6 +119,14 @@ def check_settings(s):
         cli.fail('--data-path {}: is a file, not a folder'.format(s['data_path']))
 
 
+def check_batch_size(s, n_train):
+    """One-line error and exit 2 for a --batch-size larger than the training set of n_train
+    examples: each minibatch would be the whole set, each epoch one minibatch."""
+    if s['batch_size'] > n_train:
+        cli.fail('--batch-size {}: the training set has {} examples; give at most {}'.format(
+            s['batch_size'], n_train, n_train))
+
+
 def check_resumable(checkpoint, path):
     """ValueError (one line) unless the checkpoint holds what a resumed run needs."""
     checkpoints.require(checkpoint, path, RESUME_FIELDS)

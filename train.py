@@ -28,12 +28,18 @@ import presets
 
 def parse_model_args(text):
     """'key=value,key=value' -> dict; values are Python literals (ast.literal_eval,
-    never eval) or else plain strings."""
+    never eval) or else plain strings. ValueError (one line) for an empty item, an item
+    without a key and '=', and a key given twice; presets.model_args refuses a key the
+    data set does not have."""
     out = {}
-    for item in filter(None, (s.strip() for s in text.split(','))):
-        if '=' not in item:
+    for item in (s.strip() for s in text.split(',')):
+        if not item:
+            raise ValueError('--model-args {!r} has an empty item: give key=value,key=value'.format(text))
+        key, equals, value = (s.strip() for s in item.partition('='))
+        if not (key and equals):
             raise ValueError('--model-args item {!r} is not key=value'.format(item))
-        key, value = (s.strip() for s in item.split('=', 1))
+        if key in out:
+            raise ValueError('--model-args gives {} twice ({!r}): give each key once'.format(key, text))
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

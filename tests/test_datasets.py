@@ -443,6 +443,16 @@ def test_command_line_reports_user_errors_in_one_line(tmp_path, capsys):
     assert 'magic number 2049' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('command', [['info', 'deadleaves'], ['fetch', 'MNIST'], ['convert', 'MNIST', '--raw', '.']])
+def test_a_data_path_that_is_a_file_is_refused_before_anything_is_made(tmp_path, capsys, command):
+    path = tmp_path / 'a_file'
+    path.write_bytes(b'kept as it is')
+    assert datasets.main(command + ['--data-path', str(path)]) == 2
+    assert capsys.readouterr().err == ('datasets.py: error: the data path {} is a file, not a folder; give a folder '
+                                       'with --data-path\n'.format(path))
+    assert path.read_bytes() == b'kept as it is' and os.listdir(tmp_path) == ['a_file']
+
+
 def test_command_line_converts_and_describes(tmp_path, capsys):
     make_mnist(tmp_path)
     assert datasets.main(['convert', 'MNIST', '--raw', str(tmp_path),

@@ -510,6 +510,22 @@ def test_convert_checkpoint_replaces_an_existing_npz_only_with_overwrite(tmp_pat
     assert checkpoints.load_checkpoint(npz)['status']['iterations_done'] == 2
 
 
+def test_convert_checkpoint_of_an_npz_says_there_is_nothing_to_convert(tmp_path, capsys):
+    npz = str(tmp_path / 'checkpoint.npz')
+    checkpoints.save_checkpoint(npz, {'shared': {'w': np.arange(3, dtype='float32')}, 'status': {'iterations_done': 5}})
+    before = open(npz, 'rb').read()
+    with pytest.raises(SystemExit) as stop:
+        train.main(['--convert-checkpoint', npz])
+    assert stop.value.code == 2
+    assert error(capsys.readouterr().err) == ('{} is an .npz checkpoint already: nothing to convert (--resume, '
+                                              'evaluate.py and sampler.py read it as it is)'.format(npz))
+    assert open(npz, 'rb').read() == before
+    np.savez(str(tmp_path / 'other.npz'), x=np.zeros(2))  # an .npz that is no checkpoint
+    with pytest.raises(SystemExit):
+        train.main(['--convert-checkpoint', str(tmp_path / 'other.npz')])
+    assert 'is not a checkpoint of this project' in one_line(capsys.readouterr().err)
+
+
 def test_resuming_another_file_of_a_run_does_not_replace_its_checkpoint_without_overwrite(run_copy, capsys):
     run_dir, ckpt = run_copy
     with pytest.raises(SystemExit) as stop:

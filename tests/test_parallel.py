@@ -15,6 +15,7 @@ import pytest
 import parallel
 import checkpoints
 import backend
+import rundirs
 
 pytestmark = pytest.mark.slow  # runs MPI launches (python -m pytest -m "not slow" leaves it out)
 
@@ -136,6 +137,100 @@ def test_a_failing_process_ends_the_job_within_seconds(tmp_path):
     assert r.returncode != 0
     assert 'not a readable HDF5 file' in r.stderr and 'process 1 of 2 stopped' in r.stderr
     assert time.time() - start < 120
+
+
+# ---------------------------------------------------------------- a signal to one process of two
+
+# train.py under mpiexec -n 2; the process of rank {rank} receives SIGTERM at one moment
+# (MOMENTS), the other one runs on. The training step is not compiled (a step that changes
+# nothing, on both processes): what matters is where each process waits, and compiling
+# would take half a minute of each test.
+SIGNAL_ONE_PROCESS = """
+import os, runpy, signal, sys, time
+sys.path.insert(0, {root!r})
+sys.argv = [{train!r}] + {args!r}
+import backend
+import experiments, mainloop, steprules
+def no_op_step(self, step_rule, comm=None, average=None):
+    return (lambda batch, rng: {{'cost_bits_per_dim': 0.0, 'n_nonfinite': 0}}), steprules.shared_scalar(
+        0, 'optimizer.n_nonfinite', 'int64')
+experiments.Experiment.compile_train = no_op_step
+if os.environ['PMI_RANK'] == '{rank}':
+{patch}
+runpy.run_path({train!r}, run_name='__main__')
+"""
+SIGNAL_HERE = 'os.kill(os.getpid(), signal.SIGTERM); time.sleep(120)'  # the signal arrives in the sleep
+MOMENTS = {
+    # before MPI starts: the other process would wait in MPI_Init
+    'starting': '    ' + SIGNAL_HERE,
+    # the other process waits in the first reduction of the stop flags
+    'compiling': """    def compile_train(self, *args, **kw):
+        {}
+    experiments.Experiment.compile_train = compile_train""".format(SIGNAL_HERE),
+    # the other process waits in the bound's sums
+    'final evaluation': """    import estimators
+    def heldout_report(*args, **kw):
+        {}
+    estimators.heldout_report = heldout_report""".format(SIGNAL_HERE),
+    # the signal comes after minibatch 3: every process stops after it
+    'training': """    notify = mainloop.MainLoop._notify
+    def notify_and_signal(self, event):
+        notify(self, event)
+        if event == 'batch' and self.status['iterations_done'] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+    mainloop.MainLoop._notify = notify_and_signal""",
+}
+SHORT_HEARTBEAT = ['--dataset', 'heartbeat', '--max-batches', '6', '--ext-every-n', '6',
+                   '--model-args', 'T=50,n_train=600,n_eval=50,n_final_eval=20,n_hidden=10']
+
+
+def run_job(cmd, timeout=300):
+    """(exit code, stderr) of a job run in its own session; a job still running after
+    `timeout` seconds is hung: it is killed, with every process it started, and the test fails."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail('the job hung:\n' + err)
+    return proc.returncode, err
+
+
+def signal_one_process(out, rank, moment):
+    args = SHORT_HEARTBEAT + ['--output-dir', str(out)]
+    code = SIGNAL_ONE_PROCESS.format(root=ROOT, train=os.path.join(ROOT, 'train.py'), args=args, rank=rank,
+                                     patch=MOMENTS[moment])
+    return run_job([MPIEXEC, '-n', '2', sys.executable, '-c', code])
+
+
+@pytest.mark.parametrize('rank', [1, 0])
+@pytest.mark.parametrize('moment', ['starting', 'compiling', 'final evaluation'])
+def test_a_signal_to_one_process_outside_the_minibatches_ends_the_job_in_one_line(tmp_path, rank, moment):
+    """The signalled process says so and ends every process (MPI_Abort, exit 130); the
+    writer, signalled after training, names the checkpoint that is kept."""
+    code, err = signal_one_process(tmp_path / 'runs', rank, moment)
+    assert code == parallel.INTERRUPTED, err
+    assert 'Traceback' not in err and 'BAD TERMINATION' not in err, err
+    if moment == 'starting':
+        assert 'train.py: stopped by SIGTERM\n' in err
+        return
+    assert 'process {} of 2 stopped (exit 130); ending the job\n'.format(rank) in err, err
+    if rank == 0:
+        runs = glob.glob(str(tmp_path / 'runs' / 'diffusion_*'))
+        said = 'kept: {}'.format(os.path.join(runs[0], 'checkpoint.npz')) if runs else 'no checkpoint was written'
+        assert 'train.py: stopped by SIGTERM; ' + said in err, err
+        assert bool(runs) == (moment == 'final evaluation')  # a new run stopped before it wrote leaves nothing
+        assert not glob.glob(str(tmp_path / 'runs' / '*' / rundirs.RunLock.FILE))
+
+
+@pytest.mark.parametrize('rank', [1, 0])
+def test_a_signal_to_one_process_in_training_stops_both_after_the_same_minibatch(tmp_path, rank):
+    code, err = signal_one_process(tmp_path, rank, 'training')
+    assert code == parallel.INTERRUPTED, err
+    assert 'ending the job' not in err and 'Traceback' not in err, err
+    run_dir, = glob.glob(str(tmp_path / 'diffusion_*'))
+    assert checkpoints.load_checkpoint(os.path.join(run_dir, 'checkpoint.npz'))['status']['iterations_done'] == 3
 
 
 @pytest.mark.parametrize('env, expected', [

@@ -16,6 +16,7 @@ import figures
 import model as M
 import presets
 import reverse
+import sampler
 from conftest import TINY_IMAGE_ARGS
 
 pytestmark = pytest.mark.slow  # compiles and samples small models (python -m pytest -m "not slow" leaves it out)
@@ -285,6 +286,21 @@ def test_command_line_inpaint_writes_npz_and_figure(tmp_path):
                           '--mask', 'nosuchfile.png'], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert 'neither left, centre nor a file' in bad.stderr
+
+
+@pytest.mark.parametrize('flags, expected', [
+    (['--frames', '1000000000'], '--frames 1000000000: the reverse process has 41 states to show; give at most 41'),
+    (['--n', '1000000000000'], '--n 1000000000000 needs at least'),
+])
+def test_sizes_that_cannot_be_drawn_are_refused_in_one_line_before_sampling(tmp_path, capsys, flags, expected):
+    path = str(tmp_path / 'checkpoint.npz')
+    write_checkpoint(path)
+    with pytest.raises(SystemExit) as stop:
+        sampler.main([path, '--output-dir', str(tmp_path / 'out')] + flags)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert not (tmp_path / 'out').exists()
 
 
 def test_training_extension_plots_samples_and_inpainting_and_skips_when_slow(image_exp, tmp_path):
