@@ -143,7 +143,7 @@ def settings_and_experiment(args):
         if too_large:
             cli.fail(too_large)
         exp = experiments.build(s['dataset'], config, s['seed'], s['data_path'])
-        settings.check_batch_size(s, len(exp.train_x))
+        settings.check_batch_size(s, len(exp.train_x), args.batch_size is not None and not checkpoint)
         if checkpoint:  # before anything is compiled (the main loop loads them again, with the rest)
             experiments.load_parameters(exp, checkpoint, args.resume)
     except (ValueError, KeyError) as e:  # a bad --model-args value, a missing data file

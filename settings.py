@@ -119,12 +119,18 @@ def check_settings(s):
         cli.fail('--data-path {}: is a file, not a folder'.format(s['data_path']))
 
 
-def check_batch_size(s, n_train):
-    """One-line error and exit 2 for a --batch-size larger than the training set of n_train
-    examples: each minibatch would be the whole set, each epoch one minibatch."""
-    if s['batch_size'] > n_train:
+def check_batch_size(s, n_train, given):
+    """A --batch-size larger than the training set of n_train examples (each minibatch would
+    be the whole set, each epoch one minibatch): one-line error and exit 2 when the user gave
+    it (`given`); the data set's default is cut down to n_train, said in one line."""
+    if s['batch_size'] <= n_train:
+        return
+    if given:
         cli.fail('--batch-size {}: the training set has {} examples; give at most {}'.format(
             s['batch_size'], n_train, n_train))
+    print('The training set has {} examples, fewer than the default --batch-size {}: minibatches of {}.'.format(
+        n_train, s['batch_size'], n_train))
+    s['batch_size'] = n_train
 
 
 def check_resumable(checkpoint, path):

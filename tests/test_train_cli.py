@@ -222,3 +222,12 @@ def test_help_answers_without_theano_and_shows_the_defaults(script):
 def test_one_name_for_the_output_folder_and_the_old_ones(script, flag):
     module = __import__(script)
     assert module.build_parser().parse_args(['runs/x', flag, 'elsewhere']).output_dir == 'elsewhere'
+
+
+def test_a_default_batch_size_beyond_the_training_set_is_cut_and_a_given_one_refused(capsys):
+    s = {'batch_size': 100}
+    settings.check_batch_size(s, 40, given=False)  # a small folder of images under the default
+    assert s['batch_size'] == 40 and 'minibatches of 40' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        settings.check_batch_size({'batch_size': 100}, 40, given=True)
+    assert e.value.code == 2 and '--batch-size 100: the training set has 40 examples' in capsys.readouterr().err
