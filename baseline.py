@@ -39,7 +39,6 @@ from scipy.special import logsumexp
 import cli
 import datasets
 import experiments
-import presets
 import provenance
 import rundirs
 import util
@@ -196,26 +195,17 @@ def check(args):
 
 
 def load(args):
-    """(dataset, train, test) uint8 images as training loads them (the paper preset's options),
-    or a one-line error."""
+    """(dataset, model arguments, train, test) as training loads them, or a one-line error."""
     try:
-        dataset = datasets.canonical_name(args.dataset)
-    except ValueError as e:
-        cli.fail('--dataset: {}'.format(e))
-    config = presets.model_args(dataset, 'paper', {})
-    try:
-        train_x, test_x = experiments.load_data(dataset, config, args.seed, args.data_path)
-    except ValueError as e:
+        return experiments.grey_paper_images(args.dataset, args.seed, args.data_path)
+    except ValueError as e:  # an unknown name, a missing file, colour images
         cli.fail(str(e))
-    if train_x.shape[1] != 1:
-        cli.fail('--dataset {}: has {} channels; the baseline models grey images'.format(dataset, train_x.shape[1]))
-    return dataset, train_x, test_x
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check(args)
-    dataset, train_x, test_x = load(args)
+    dataset, _, train_x, test_x = load(args)
     pixels = experiments.PixelUnits.of_images(train_x, 'paper')  # as training and K see them
     fit_x = train_x[np.sort(np.random.default_rng([args.seed, 0]).permutation(len(train_x))[:args.n_fit])]
     start, start_cpu = time.time(), time.process_time()

@@ -56,7 +56,6 @@ import cli
 import datasets
 import experiments
 import model as M
-import presets
 import provenance
 import rundirs
 import util
@@ -350,21 +349,11 @@ def build_parser():
 
 
 def load(args):
-    """(train, test) uint8 images of the data set as training loads them (the paper preset's
-    options), or a one-line error."""
+    """(dataset, model arguments, train, test) as training loads them, or a one-line error."""
     try:
-        dataset = datasets.canonical_name(args.dataset)
-    except ValueError as e:
-        cli.fail('--dataset: {}'.format(e))
-    config = presets.model_args(dataset, 'paper', {})
-    try:
-        train_x, test_x = experiments.load_data(dataset, config, args.seed, args.data_path)
-    except ValueError as e:
+        return experiments.grey_paper_images(args.dataset, args.seed, args.data_path)
+    except ValueError as e:  # an unknown name, a missing file, colour images
         cli.fail(str(e))
-    if train_x.shape[1] != 1:
-        cli.fail('--dataset {}: has {} channels; the ceiling is estimated for grey images'.format(
-            dataset, train_x.shape[1]))
-    return dataset, config, train_x, test_x
 
 
 def main(argv=None):

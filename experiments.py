@@ -362,6 +362,22 @@ def load_data(dataset, args, seed, data_path=None):
     return tuple(datasets.load_images(dataset, split, data_path, **options) for split in datasets.SPLITS)
 
 
+def grey_paper_images(name, seed, data_path=None):
+    """(dataset, paper preset's model arguments, train, test): the uint8 images of a grey image
+    data set as training loads them under the paper preset (ceiling.py and baseline.py);
+    ValueError (one line, naming --dataset) for an unknown name, a missing data file or colour
+    images."""
+    try:
+        dataset = datasets.canonical_name(name)
+    except ValueError as e:
+        raise ValueError('--dataset: {}'.format(e))
+    config = presets.model_args(dataset, 'paper', {})
+    train_x, test_x = load_data(dataset, config, seed, data_path)
+    if train_x.shape[1] != 1:
+        raise ValueError('--dataset {}: has {} channels; give a grey image data set'.format(dataset, train_x.shape[1]))
+    return dataset, config, train_x, test_x
+
+
 def from_arrays(dataset, args, seed, train_x, test_x):
     """The experiment of `dataset` on given data."""
     if dataset in presets.IMAGES:

@@ -1,26 +1,10 @@
 """Sampling from a trained model, and from the model multiplied by a second
-distribution r(x): inpainting, denoising and Eq. 61 (paper section 2.5, Appendix C).
+distribution r(x): inpainting, denoising and Eq. 61 (paper section 2.5, Appendix C). The
+command of reverse.py, whose docstring says how each mode conditions the reverse process.
 
     python sampler.py runs/<run> --mode sample
     python sampler.py runs/<run> --mode inpaint --mask centre
     python sampler.py runs/<run>/best.npz --mode denoise --noise-std 1.0
-
-Sampling: x^T ~ p(x^T), then x^{t-1} ~ p(x^{t-1} | x^t) for t = T..1. The released
-code stops at x^1 (model arg skip_last_step, True in the code preset).
-
-Conditioning on r (Eq. 23, r constant over t as the paper takes it): x^T ~ p(x^T) r(x^T)
-and x^{t-1} ~ p(x^{t-1} | x^t) r(x^{t-1}) at every step.
-- Denoising, r(x) = N(y; x, s^2) with y = x + noise of variance s^2 (s in the model's
-  units: z-scored pixels for images): the product of Gaussians in closed form.
-- Inpainting, r a delta on the known pixels: they are set to their values at x^T and
-  after every step.
-- Any smooth r given as a Theano expression: Eq. 61,
-  p~(x^{t-1} | x^t) ~= N(mu + Sigma d log r / dx at mu, Sigma).
-Binary data (heartbeat): the Bernoulli f_b is multiplied by r; only inpainting applies.
-
-The reverse steps run over the whole set of n samples; within each step the network
-sees minibatches of --batch-size. Noise is drawn for all n at once from one generator
-seeded by --seed, so the samples do not depend on the batch size.
 """
 import backend  # noqa: F401  (before numpy and Theano load)
 
