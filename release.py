@@ -128,6 +128,18 @@ def evaluation_line(model_dir):
         b['n_eval'], b['n_t'])
 
 
+def results_line(model_dir):
+    """The held-out bound of train.py's final evaluation (results.json), as one README line."""
+    path = os.path.join(model_dir, 'results.json')
+    if not os.path.exists(path):
+        return 'The run has not ended: no final bound (results.json) yet.'
+    with open(path) as f:
+        r = json.load(f)
+    return ('Final held-out bound of the last session (train.py, results.json): K = {:.3f} +- {:.3f} bits/pixel '
+            '({} test images, {} draws of t each, at minibatch {:,}).').format(
+        r['K_bits'], r['stderr_bits'], r['n_eval'], r['n_t'], r['iterations'])
+
+
 def readme(name, model_dir, meta, rows):
     """The folder's README.md text."""
     runs = sessions(meta, rows)
@@ -144,7 +156,13 @@ def readme(name, model_dir, meta, rows):
     if last:
         lines.append('- Monitored held-out bound at minibatch {:,}: K = {:.3f} +- {:.3f} bits/pixel{}.'.format(
             last[0], last[1], last[2] or float('nan'), ' (paper, Table 1: {})'.format(paper) if paper else ''))
-    lines += ['- ' + evaluation_line(model_dir), '',
+    lines += ['- ' + results_line(model_dir), '- ' + evaluation_line(model_dir)]
+    if os.path.exists(os.path.join(model_dir, 'sample_paper.png')):
+        lines.append('- Samples beside training images in the layout of the paper\'s Figure 4: '
+                     '[sample_paper.png](sample_paper.png) (`python sampler.py models/{} --n 36 --output-dir OUT`, '
+                     'its OUT/sample_paper.png).'.format(name))
+    lines += ['', '[heldout_bound.png](heldout_bound.png): the monitored K against minibatches and training '
+              'hours, the paper\'s value dashed.', '',
               'Evaluate, sample, resume (from the repository\'s root):', '',
               '    python evaluate.py models/{} --n-t 10'.format(name),
               '    python sampler.py models/{} --output-dir /tmp/samples'.format(name),

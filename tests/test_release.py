@@ -1,6 +1,7 @@
 """release.py: a run copied into a released model's folder, its README made from the checkpoint."""
 import csv
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -55,7 +56,13 @@ def test_release_of_the_folder_itself_updates_its_readme(tmp_path):
     run = str(tmp_path / 'deadleaves')
     fake_run(run)
     release.release(run, run)
-    assert 'evaluate.py` has not been run' in open(os.path.join(run, 'README.md')).read()
+    text = open(os.path.join(run, 'README.md')).read()
+    assert 'evaluate.py` has not been run' in text and 'no final bound (results.json) yet' in text
+    with open(os.path.join(run, 'results.json'), 'w') as f:
+        json.dump({'K_bits': 0.5, 'stderr_bits': 0.01, 'n_eval': 1000, 'n_t': 10, 'iterations': 500}, f)
+    release.release(run, run)
+    assert 'K = 0.500 +- 0.010 bits/pixel (1000 test images, 10 draws of t each, at minibatch 500)' in open(
+        os.path.join(run, 'README.md')).read()
     assert release.main([run, run]) is None
 
 
