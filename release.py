@@ -18,10 +18,10 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 
 import checkpoints
+import cli
 import presets
 
 RUN_FILES = ('checkpoint.npz', 'log.jsonl', 'progress.csv', 'results.json')
@@ -205,9 +205,9 @@ def main(argv=None):
     p.add_argument('model_dir', help='the released model\'s folder, e.g. models/deadleaves')
     args = p.parse_args(argv)
     if not os.path.isfile(os.path.join(args.run_dir, 'checkpoint.npz')):
-        sys.exit('error: {} has no checkpoint.npz: give a run directory of train.py'.format(args.run_dir))
+        cli.fail('{} has no checkpoint.npz: give a run directory of train.py'.format(args.run_dir))
     if os.path.exists(args.model_dir) and not os.path.isdir(args.model_dir):
-        sys.exit('error: {} is a file: give a folder for the released model'.format(args.model_dir))
+        cli.fail('{} is a file: give a folder for the released model'.format(args.model_dir))
     print('wrote', release(args.run_dir, args.model_dir))
 
 

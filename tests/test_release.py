@@ -66,7 +66,7 @@ def test_release_of_the_folder_itself_updates_its_readme(tmp_path):
     assert release.main([run, run]) is None
 
 
-def test_release_refuses_a_folder_without_a_checkpoint(tmp_path):
+def test_release_refuses_a_folder_without_a_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         release.main([str(tmp_path), str(tmp_path / 'm')])
-    assert 'has no checkpoint.npz' in str(e.value)
+    assert e.value.code == 2 and 'has no checkpoint.npz' in capsys.readouterr().err
