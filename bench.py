@@ -9,9 +9,11 @@ Measured in one process, after one warm-up call of each function:
 - the full training step that train.py runs (z-scoring, dequantisation and noise in
   numpy, then network + diffusion bound + RMSProp update) for the released code's MNIST
   defaults (batch 512, 1x28x28), its CIFAR-10 configuration (batch 200, 3x32x32) and
-  that configuration with n_scales=3, all with --fidelity code (the released network);
-  images per second, and GFLOP/s from the analytic count of the network's multiply-adds
-  (forward x 3 for forward + backward) as a fraction of the peak;
+  that configuration with n_scales=3, all with --fidelity code (the released network),
+  and the dead-leaves network of --fidelity fast (batch 100, 32x32 crops of 1x64x64, Adam,
+  the adaptive proposal of t: the long dead-leaves run's step); the median step, its
+  min and max, images per second, and GFLOP/s from the analytic count of the network's
+  multiply-adds (forward x 3 for forward + backward) as a fraction of the peak;
 - one reverse sampling step for 49 images, and the bound on 1,000 held-out images;
 - the process's peak resident memory, and the compile times of the training function:
   cold (a fresh Theano compile directory, in a child process, for one configuration:
@@ -53,12 +55,17 @@ import parallel
 import presets
 import provenance
 import reverse
+import settings
 import steprules
 
-FIDELITY = 'code'  # the released code's network and training choices
-# name: (data set, --model-args overrides); batch size from presets.RUN_DEFAULTS
-CONFIGS = {'mnist': ('MNIST', {}), 'cifar': ('CIFAR10', {}), 'cifar3': ('CIFAR10', {'n_scales': 3})}
-IMAGE_SHAPES = {'MNIST': (1, 28, 28), 'CIFAR10': (3, 32, 32)}
+# name: (data set, --fidelity, --model-args overrides); batch size, learning rate and step rule
+# as train.py sets them for the data set and preset (settings.new_run_settings). 'code': the
+# released code's network and training choices; deadleaves: the fast preset's fully
+# convolutional network on 32x32 crops of 64x64 images, with Adam and the adaptive proposal
+# of t, as the long dead-leaves run trains it.
+CONFIGS = {'mnist': ('MNIST', 'code', {}), 'cifar': ('CIFAR10', 'code', {}),
+           'cifar3': ('CIFAR10', 'code', {'n_scales': 3}), 'deadleaves': ('deadleaves', 'fast', {})}
+IMAGE_SHAPES = {'MNIST': (1, 28, 28), 'CIFAR10': (3, 32, 32), 'deadleaves': (1, 64, 64)}  # deadleaves: image_size
 PEAK_SIZE, PEAK_REPEATS = 2048, 7
 N_SAMPLES, N_BOUND = 49, 1000  # images per reverse step (a 7 x 7 figure); held-out images
 
@@ -91,7 +98,7 @@ def network_flops(exp):
     H W for the per-pixel layers and the read-out). Element-wise work (biases,
     nonlinearities, pooling, the temporal read-out, the bound) is not counted."""
     net = exp.diffusion.net.net  # TemporalReadout -> ImageNetwork
-    _, H, W = exp.train_x.shape[1:]
+    _, H, W = (None, exp.crop, exp.crop) if exp.crop else exp.train_x.shape[1:]  # what a training step sees
     rows = []
     for layer in net.conv:
         for s, w in enumerate(layer.W):
@@ -127,21 +134,31 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
+def run_settings(name, batch=None):
+    """train.py's settings of a new run of configuration `name` (settings.new_run_settings):
+    data set, fidelity, batch_size, lr, optimizer; batch: another batch size."""
+    dataset, fidelity, _ = CONFIGS[name]
+    run = settings.new_run_settings({'dataset': dataset, 'fidelity': fidelity, 'batch_size': batch, 'lr': None,
+                                     'optimizer': None})
+    return {k: run[k] for k in ('dataset', 'fidelity', 'batch_size', 'lr', 'optimizer')}
+
+
 def build(name, conv_impl=None, batch=None):
-    """(Experiment on stand-in images, batch size, its build time in seconds); conv_impl
+    """(Experiment on stand-in images, its run settings, its build time in seconds); conv_impl
     and batch None: the data set's defaults."""
-    dataset, overrides = CONFIGS[name]
-    batch = batch or presets.RUN_DEFAULTS[dataset]['batch_size']
-    args = presets.model_args(dataset, FIDELITY, dict(overrides, **({'conv_impl': conv_impl} if conv_impl else {})))
-    train, test = (stand_in_images(IMAGE_SHAPES[dataset], n, seed) for seed, n in enumerate((max(batch, N_SAMPLES), N_BOUND)))
-    exp, build_s = timed(experiments.from_arrays, dataset, args, 0, train, test)
-    return exp, batch, build_s
+    _, _, overrides = CONFIGS[name]
+    run = run_settings(name, batch)
+    args = presets.model_args(run['dataset'], run['fidelity'],
+                              dict(overrides, **({'conv_impl': conv_impl} if conv_impl else {})))
+    train, test = (stand_in_images(IMAGE_SHAPES[run['dataset']], n, seed)
+                   for seed, n in enumerate((max(run['batch_size'], N_SAMPLES), N_BOUND)))
+    exp, build_s = timed(experiments.from_arrays, run['dataset'], args, 0, train, test)
+    return exp, run, build_s
 
 
-def compile_step(exp, comm=None):
-    """(train.py's step function, seconds to compile it)."""
-    dataset = exp.dataset
-    rule = steprules.step_rule('rmsprop', presets.RUN_DEFAULTS[dataset]['lr'], presets.STEP_RULE_ARGS[FIDELITY])
+def compile_step(exp, run, comm=None):
+    """(train.py's step function with the run's step rule, seconds to compile it)."""
+    rule = steprules.step_rule(run['optimizer'], run['lr'], presets.STEP_RULE_ARGS[run['fidelity']])
     (step, _), compile_s = timed(exp.compile_train, rule, comm)
     return step, compile_s
 
@@ -157,12 +174,13 @@ def op_group(op):
     return name
 
 
-def op_times(exp, batch, n_steps=2):
+def op_times(exp, run, n_steps=2):
     """{op group: seconds per step} from Theano's profiler over n_steps training steps (one
     process), the first not counted."""
+    batch = run['batch_size']
     theano.config.profile = True
     try:
-        step, _ = compile_step(exp)
+        step, _ = compile_step(exp, run)
         profile = theano.compile.profiling._atexit_print_list[-1]
     finally:
         theano.config.profile = False
@@ -180,8 +198,8 @@ def op_times(exp, batch, n_steps=2):
 
 def print_cold_compile(name):
     """Child process of measure_cold_compile: build and compile, print the times as JSON."""
-    exp, _, build_s = build(name)
-    _, compile_s = compile_step(exp)
+    exp, run, build_s = build(name)
+    _, compile_s = compile_step(exp, run)
     print(json.dumps({'build_s': build_s, 'compile_s': compile_s}))
 
 
@@ -206,10 +224,11 @@ def measure_cold_compile(name):
 
 def bench_config(name, n_steps, peak, log, conv_impl=None, comm=None, batch=None):
     comm = comm or parallel.SingleProcess()
-    exp, batch, build_s = build(name, conv_impl, batch)
+    exp, run, build_s = build(name, conv_impl, batch)
+    batch = run['batch_size']
     log('{}: built in {:.1f} s, compiling the training step ...'.format(name, build_s))
-    _, compile_first_s = compile_step(exp, comm)
-    step, compile_cached_s = compile_step(exp, comm)  # the same graph again: every C module cached
+    _, compile_first_s = compile_step(exp, run, comm)
+    step, compile_cached_s = compile_step(exp, run, comm)  # the same graph again: every C module cached
     log('{}: compiled in {:.1f} s (again, cached: {:.1f} s)'.format(name, compile_first_s, compile_cached_s))
     rng = np.random.default_rng(0)
     step_s = []
@@ -235,11 +254,13 @@ def bench_config(name, n_steps, peak, log, conv_impl=None, comm=None, batch=None
     log('{}: reverse step ({} images) {:.3f} s, bound on {} images {:.1f} s'.format(
         name, N_SAMPLES, reverse_s, N_BOUND, bound_s))
     result = {
-        'dataset': exp.dataset, 'fidelity': FIDELITY, 'model_args': CONFIGS[name][1],
+        'dataset': exp.dataset, 'fidelity': run['fidelity'], 'optimizer': run['optimizer'],
+        'model_args': CONFIGS[name][2], 'crop': exp.crop,
         'conv_impl': exp.args['conv_impl'], 'processes': comm.size,
         'image_shape': list(exp.train_x.shape[1:]), 'batch_size': batch,
         'n_params': n_params(exp),
         'steps_timed': n_steps, 'step_s': step_s, 'step_s_median': median,
+        'step_s_min': min(step_s), 'step_s_max': max(step_s),
         'images_per_s': batch / median,
         'forward_gflop_per_image': forward / 1e9,
         'forward_mflop_per_layer': {layer: f / 1e6 for layer, _, f in flops}, 'train_gflop_per_step': 3 * forward * batch / 1e9,
@@ -319,21 +340,22 @@ def print_report(report):
         m['openmp'], m['floatX']))
     print('Peak: {:.1f} GFLOP/s (float32 {}^3 product, {}, best of {})'.format(
         report['peak_gflops'], PEAK_SIZE, '/'.join(report['peak_ops']), PEAK_REPEATS))
-    print('Networks: --fidelity {} (the released code\'s), random stand-in images; {} process{}'.format(
-        FIDELITY, report['processes'], 'es' if report['processes'] > 1 else ''))
-    header = '{:<8} {:>9} {:>6} {:>10} {:>9} {:>10} {:>8} {:>6} {:>11} {:>11} {:>8} {:>9}'
-    print('\n' + header.format('config', 'conv', 'batch', 'params', 'step s', 'images/s', 'GFLOP/s', 'peak',
-                               'reverse49 s', 'bound1k s', 'RSS MB', 'compile s'))
+    print('Networks: random stand-in images; {} process{}'.format(
+        report['processes'], 'es' if report['processes'] > 1 else ''))
+    header = '{:<10} {:>8} {:>9} {:>6} {:>10} {:>9} {:>15} {:>10} {:>8} {:>6} {:>11} {:>11} {:>8} {:>9}'
+    print('\n' + header.format('config', 'fidelity', 'conv', 'batch', 'params', 'step s', 'min-max s', 'images/s',
+                               'GFLOP/s', 'peak', 'reverse49 s', 'bound1k s', 'RSS MB', 'compile s'))
     for name in CONFIGS:
         if name in report:
             r = report[name]
-            print('{:<8} {:>9} {:>6} {:>10,} {:>9.3f} {:>10.1f} {:>8.1f} {:>5.0f}% {:>11.3f} {:>11.1f} '
+            print('{:<10} {:>8} {:>9} {:>6} {:>10,} {:>9.3f} {:>15} {:>10.1f} {:>8.1f} {:>5.0f}% {:>11.3f} {:>11.1f} '
                   '{:>8.0f} {:>9.1f}'.format(
-                      name, r['conv_impl'], r['batch_size'], r['n_params'], r['step_s_median'], r['images_per_s'],
+                      name, r['fidelity'], r['conv_impl'], r['batch_size'], r['n_params'], r['step_s_median'],
+                      '{:.3f}-{:.3f}'.format(r['step_s_min'], r['step_s_max']), r['images_per_s'],
                       r['gflops_per_s'], 100 * r['peak_fraction'], r['reverse_step_49_s'],
                       r['bound_per_1000_s'], r['peak_rss_mb'], r['compile_cached_s']))
-    print('(step s: median of {} steps after a warm-up; RSS: the process\'s peak so far; '
-          'compile s: cached)'.format(report['steps']))
+    print('(step s: median of {} steps after a warm-up, min-max over them; deadleaves trains on 32x32 crops; '
+          'RSS: the process\'s peak so far; compile s: cached)'.format(report['steps']))
     cold = report.get('cold_compile')
     if cold:
         print('Cold compile ({}, empty compile directory): training function {:.1f} s, whole process '
@@ -383,7 +405,7 @@ def measure(args, names, comm):
         if args.verbose and comm.is_writer:
             print(message, file=sys.stderr, flush=True)
 
-    report = {'machine': machine(), 'fidelity': FIDELITY, 'steps': args.steps, 'processes': comm.size}
+    report = {'machine': machine(), 'steps': args.steps, 'processes': comm.size}
     peak, report['peak_ops'] = peak_gflops()
     report['peak_gflops'] = float(comm.allreduce_sum(np.array([peak]))[0])  # the processes' cores together
     report['machine'].update(provenance.openblas_info())  # now that Theano has loaded the library
@@ -395,7 +417,7 @@ def measure(args, names, comm):
         report[name], flops, exp = bench_config(name, args.steps, report['peak_gflops'], log, args.conv_impl,
                                                 comm, args.batch_size)
         if args.verbose and comm.size == 1:
-            report[name]['op_s_per_step'] = op_times(exp, report[name]['batch_size'])
+            report[name]['op_s_per_step'] = op_times(exp, run_settings(name, args.batch_size))
         if args.verbose and not args.json and comm.is_writer:
             print_flops(name, flops, report[name]['batch_size'])
             if 'op_s_per_step' in report[name]:

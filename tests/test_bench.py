@@ -1,5 +1,8 @@
 """bench.py's pieces that need no timing: op names of the per-op table, flag checks, the
 parameter count it reports."""
+import os
+
+import numpy as np
 import pytest
 import theano.tensor as T
 
@@ -35,3 +38,20 @@ def test_cifar_configuration_reports_the_released_networks_parameter_count():
     per_pixel = (105 * 100 + 100) + 2 * (100 * 100 + 100) + (100 * 60 + 60)
     exp, _, _ = bench.build('cifar')
     assert bench.n_params(exp) == dense + conv + per_pixel == 13385280
+
+
+def test_deadleaves_configuration_builds_the_network_train_py_trains():
+    """The released dead-leaves model was trained by train.py --dataset deadleaves --fidelity fast
+    (models/deadleaves/README.md): bench's configuration has its parameters, array by array
+    (those with Adam's state in the checkpoint), 119,838 in all: convolutions 1-32 and 3 x
+    32-32 at 4 scales with one bias per filter, per-pixel 32-64-64, read-out 64-20, and the
+    learned schedule's 10; and it steps as that run does (Adam, batch 100, 32x32 crops)."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'models', 'deadleaves')
+    with np.load(os.path.join(folder, 'checkpoint.npz')) as checkpoint:
+        trained = {k[len('shared/'):]: checkpoint[k].shape for k in checkpoint
+                   if k.startswith('shared/') and k + '.adam_m' in checkpoint}
+    exp, run, _ = bench.build('deadleaves')
+    assert {p.name: p.get_value().shape for p in exp.params} == trained
+    conv = 4 * (9 * 32 + 32) + 3 * 4 * (9 * 32 * 32 + 32)
+    assert bench.n_params(exp) == conv + (32 * 64 + 64) + (64 * 64 + 64) + (64 * 20 + 20) + 10 == 119838
+    assert (run['optimizer'], run['batch_size'], exp.crop, exp.args['train_t']) == ('adam', 100, 32, 'adaptive')
