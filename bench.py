@@ -222,7 +222,24 @@ def measure_cold_compile(name):
             'process_cold_s': wall_s}  # process: Theano's import and its own modules included
 
 
-def bench_config(name, n_steps, peak, log, conv_impl=None, comm=None, batch=None):
+def sampling_and_bound_times(exp, name, comm, log):
+    """{'reverse_step_49_s', 'bound_per_1000_s'}: one reverse step of N_SAMPLES images, the
+    bound on N_BOUND held-out images."""
+    rng = np.random.default_rng(1)
+    kernel = reverse.compile_reverse_kernel(exp.diffusion, 4)
+    xt = rng.standard_normal((N_SAMPLES,) + exp.train_x.shape[1:]).astype('float32')
+    t = np.full(N_SAMPLES, exp.args['T'], dtype='int64')
+    kernel(xt, t)
+    reverse_s = float(np.median([timed(kernel, xt, t)[1] for _ in range(3)]))
+    bound_fn = bound.compile_terms(exp)
+    bound_fn(*exp.draw_inputs(rng, exp.test_x[:exp.eval_batch_size], evaluation=True))
+    _, bound_s = timed(bound.heldout_bound, exp, exp.test_x[:N_BOUND], 1, 0, bound_fn, comm=comm)
+    log('{}: reverse step ({} images) {:.3f} s, bound on {} images {:.1f} s'.format(
+        name, N_SAMPLES, reverse_s, N_BOUND, bound_s))
+    return {'reverse_step_{}_s'.format(N_SAMPLES): reverse_s, 'bound_per_{}_s'.format(N_BOUND): bound_s}
+
+
+def bench_config(name, n_steps, peak, log, conv_impl=None, comm=None, batch=None, step_only=False):
     comm = comm or parallel.SingleProcess()
     exp, run, build_s = build(name, conv_impl, batch)
     batch = run['batch_size']
@@ -242,17 +259,6 @@ def bench_config(name, n_steps, peak, log, conv_impl=None, comm=None, batch=None
     forward = sum(f for _, _, f in flops)
     median = float(np.median(step_s))
     gflops = 3 * forward * batch / median / 1e9
-
-    kernel = reverse.compile_reverse_kernel(exp.diffusion, 4)
-    xt = np.random.default_rng(1).standard_normal((N_SAMPLES,) + exp.train_x.shape[1:]).astype('float32')
-    t = np.full(N_SAMPLES, exp.args['T'], dtype='int64')
-    kernel(xt, t)
-    reverse_s = float(np.median([timed(kernel, xt, t)[1] for _ in range(3)]))
-    bound_fn = bound.compile_terms(exp)
-    bound_fn(*exp.draw_inputs(rng, exp.test_x[:exp.eval_batch_size], evaluation=True))
-    _, bound_s = timed(bound.heldout_bound, exp, exp.test_x[:N_BOUND], 1, 0, bound_fn, comm=comm)
-    log('{}: reverse step ({} images) {:.3f} s, bound on {} images {:.1f} s'.format(
-        name, N_SAMPLES, reverse_s, N_BOUND, bound_s))
     result = {
         'dataset': exp.dataset, 'fidelity': run['fidelity'], 'optimizer': run['optimizer'],
         'model_args': CONFIGS[name][2], 'crop': exp.crop,
@@ -265,11 +271,12 @@ def bench_config(name, n_steps, peak, log, conv_impl=None, comm=None, batch=None
         'forward_gflop_per_image': forward / 1e9,
         'forward_mflop_per_layer': {layer: f / 1e6 for layer, _, f in flops}, 'train_gflop_per_step': 3 * forward * batch / 1e9,
         'gflops_per_s': gflops, 'peak_fraction': gflops / peak,
-        'reverse_step_{}_s'.format(N_SAMPLES): reverse_s, 'bound_per_{}_s'.format(N_BOUND): bound_s,
         'build_s': build_s, 'compile_first_s': compile_first_s, 'compile_cached_s': compile_cached_s,
         # the process's high-water mark: configurations run smallest first
         'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
+    if not step_only:
+        result.update(sampling_and_bound_times(exp, name, comm, log))
     return result, flops, exp
 
 
@@ -303,6 +310,7 @@ def run_processes(counts, args):
                    '--steps', str(args.steps), '--cold-compile', 'none', '--json']
         command += ['--conv-impl', args.conv_impl] if args.conv_impl else []
         command += ['--batch-size', str(args.batch_size)] if args.batch_size else []
+        command += ['--step-only'] if args.step_only else []
         if n > 1:
             if launcher is None:
                 raise SystemExit('bench.py: --processes needs mpiexec (pip install mpich, or a system MPI)')
@@ -352,8 +360,8 @@ def print_report(report):
                   '{:>8.0f} {:>9.1f}'.format(
                       name, r['fidelity'], r['conv_impl'], r['batch_size'], r['n_params'], r['step_s_median'],
                       '{:.3f}-{:.3f}'.format(r['step_s_min'], r['step_s_max']), r['images_per_s'],
-                      r['gflops_per_s'], 100 * r['peak_fraction'], r['reverse_step_49_s'],
-                      r['bound_per_1000_s'], r['peak_rss_mb'], r['compile_cached_s']))
+                      r['gflops_per_s'], 100 * r['peak_fraction'], r.get('reverse_step_49_s', np.nan),
+                      r.get('bound_per_1000_s', np.nan), r['peak_rss_mb'], r['compile_cached_s']))
     print('(step s: median of {} steps after a warm-up, min-max over them; deadleaves trains on 32x32 crops; '
           'RSS: the process\'s peak so far; compile s: cached)'.format(report['steps']))
     cold = report.get('cold_compile')
@@ -375,6 +383,8 @@ def main(argv=None):
     p.add_argument('--conv-impl', choices=('auto', 'corrmm', 'winograd', 'im2col'),
                    help='the convolution (--model-args conv_impl); default: the data sets\' default')
     p.add_argument('--batch-size', type=int, help='the global minibatch (default: the data set\'s)')
+    p.add_argument('--step-only', action='store_true',
+                   help='time the training step only, not the reverse step and the bound')
     p.add_argument('--processes', help='comma-separated process counts, e.g. 1,2: one job each, compared')
     args = p.parse_args(argv)
     if args.steps < 1:
@@ -415,7 +425,7 @@ def measure(args, names, comm):
         report['cold_compile'] = measure_cold_compile(args.cold_compile)
     for name in names:
         report[name], flops, exp = bench_config(name, args.steps, report['peak_gflops'], log, args.conv_impl,
-                                                comm, args.batch_size)
+                                                comm, args.batch_size, args.step_only)
         if args.verbose and comm.size == 1:
             report[name]['op_s_per_step'] = op_times(exp, run_settings(name, args.batch_size))
         if args.verbose and not args.json and comm.is_writer:
