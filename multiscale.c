@@ -16,6 +16,10 @@
    GCC vectorises the loops that call them (no library calls, no branches); a NaN in
    gives a NaN out, +-inf give the limits. */
 
+#ifdef _OPENMP
+#include <omp.h>  /* omp_get_max_threads: the slices of ms_pixel_bias_grad_run */
+#endif
+
 enum { MS_LINEAR = 0, MS_SOFTPLUS = 1, MS_TANH = 2, MS_LEAKY_RELU = 3 };
 
 /* MS_LEAKY_SLOPE, the leaky ReLU's slope (released code), is defined by multiscale.py
@@ -547,40 +551,40 @@ static int ms_upsample_grad_run(const ms_levels *L, const float *y, const float 
     return 0;
 }
 
-/* db (C, H W) = the sums over the n images of g f'(y) (n, C, H W), float64 per pixel: the
-   gradient of an untied bias. Threads share out the channels. */
+/* db (C, H W) = the sums over the n images of g f'(y) (n, C, H W), float64 per value of
+   (C, H W), added in the images' order. Each thread takes one contiguous slice of the C H W
+   values and reads it image after image: long runs through memory (a loop over the images
+   of one channel at a time, reading H W floats every C H W, took 7x longer for MNIST's
+   512 x 20 x 28 x 28 on one thread). The sums are the same whatever the number of threads. */
 template <int ACT>
 static int ms_pixel_bias_grad_run(const float *y, const float *g, npy_intp n, npy_intp C,
                                   npy_intp HW, float *db)
 {
-    int failed = 0;
-    #pragma omp parallel
-    {
-        double *acc = (double *)malloc(sizeof(double) * (HW + 1));
-        if (!acc)
-            ms_flag(&failed);
-        #pragma omp for schedule(static)
-        for (npy_intp c = 0; c < C; c++) {
-            if (!acc)
-                continue;
-            for (npy_intp m = 0; m < HW; m++)
-                acc[m] = 0.0;
-            for (npy_intp i = 0; i < n; i++) {
-                const float *gp = g + (i * C + c) * HW, *yp = y ? y + (i * C + c) * HW : NULL;
-                #pragma omp simd
-                for (npy_intp m = 0; m < HW; m++)
-                    acc[m] += ACT == MS_LINEAR ? gp[m] : gp[m] * ms_activation_slope<ACT>(yp[m]);
-            }
-            float *out = db + c * HW;
-            for (npy_intp m = 0; m < HW; m++)
-                out[m] = (float)acc[m];
-        }
-        free(acc);
-    }
-    if (failed) {
+    npy_intp size = C * HW;
+    int slices = 1;
+#ifdef _OPENMP
+    slices = omp_get_max_threads();
+#endif
+    double *acc = (double *)malloc(sizeof(double) * (size + 1));
+    if (!acc) {
         PyErr_NoMemory();
         return -1;
     }
+    #pragma omp parallel for schedule(static)
+    for (int s = 0; s < slices; s++) {
+        npy_intp lo = size * s / slices, hi = size * (s + 1) / slices;
+        for (npy_intp m = lo; m < hi; m++)
+            acc[m] = 0.0;
+        for (npy_intp i = 0; i < n; i++) {
+            const float *gp = g + i * size, *yp = y ? y + i * size : NULL;
+            #pragma omp simd
+            for (npy_intp m = lo; m < hi; m++)
+                acc[m] += ACT == MS_LINEAR ? gp[m] : gp[m] * ms_activation_slope<ACT>(yp[m]);
+        }
+        for (npy_intp m = lo; m < hi; m++)
+            db[m] = (float)acc[m];
+    }
+    free(acc);
     return 0;
 }
 

@@ -164,6 +164,23 @@ def test_upsample_sum_verify_grad(activation):
     verify_grad(lambda p0, p1, p2, b: M.upsample_sum([p0, p1, p2], b, activation, 0.5), values)
 
 
+def test_untied_bias_gradient_adds_the_images_in_order_in_float64():
+    """The untied bias's gradient is sum_i g_i f'(pre_i) over the images i, each term float32,
+    added in float64 in the images' order and rounded once: bit for bit the same as numpy's
+    loop below (so it does not depend on how the C pass walks memory or on the threads)."""
+    rng = np.random.default_rng(9)
+    n, C, H, W = 37, 5, 6, 10
+    x, g = normal(rng, (n, C, H, W)), normal(rng, (n, C, H, W))
+    part, bias = T.tensor4('part'), T.tensor3('bias')
+    y = M.upsample_sum([part], bias, 'leaky_relu')
+    db = theano.function([part, bias], T.grad((y * g).sum(), bias))(x, np.zeros((C, H, W), 'float32'))
+    slope = np.where(x > 0, np.float32(1), np.float32(conv3x3.LEAKY_RELU_SLOPE))
+    expected = np.zeros((C, H, W))
+    for i in range(n):
+        expected += (g[i] * slope[i]).astype(np.float64)
+    np.testing.assert_array_equal(db, expected.astype(np.float32))
+
+
 @pytest.mark.parametrize('activation', ACTIVATIONS[1:])
 def test_bias_activation_verify_grad(activation):
     rng = np.random.default_rng(8)
