@@ -248,13 +248,15 @@ def bench_config(name, n_steps, peak, log, conv_impl=None, comm=None, batch=None
     step, compile_cached_s = compile_step(exp, run, comm)  # the same graph again: every C module cached
     log('{}: compiled in {:.1f} s (again, cached: {:.1f} s)'.format(name, compile_first_s, compile_cached_s))
     rng = np.random.default_rng(0)
-    step_s = []
+    step_s, step_cpu_s = [], []
     for i in range(n_steps + 1):  # the first is the warm-up
         batch_x = exp.train_x[rng.choice(len(exp.train_x), batch, replace=False)]
+        cpu_start = time.process_time()
         _, seconds = timed(step, {'features': batch_x}, np.random.default_rng([0, i]))
         step_s.append(seconds)
+        step_cpu_s.append(time.process_time() - cpu_start)
         log('{}: step {} {:.3f} s{}'.format(name, i, seconds, ' (warm-up)' if i == 0 else ''))
-    step_s = step_s[1:]
+    step_s, step_cpu_s = step_s[1:], step_cpu_s[1:]
     flops = network_flops(exp)
     forward = sum(f for _, _, f in flops)
     median = float(np.median(step_s))
@@ -267,6 +269,9 @@ def bench_config(name, n_steps, peak, log, conv_impl=None, comm=None, batch=None
         'n_params': n_params(exp),
         'steps_timed': n_steps, 'step_s': step_s, 'step_s_median': median,
         'step_s_min': min(step_s), 'step_s_max': max(step_s),
+        # CPU seconds of the process's threads: with one thread, the step's own work, which other
+        # jobs sharing its core do not lengthen as they do the wall-clock time
+        'step_cpu_s': step_cpu_s, 'step_cpu_s_median': float(np.median(step_cpu_s)),
         'images_per_s': batch / median,
         'forward_gflop_per_image': forward / 1e9,
         'forward_mflop_per_layer': {layer: f / 1e6 for layer, _, f in flops}, 'train_gflop_per_step': 3 * forward * batch / 1e9,
@@ -350,19 +355,20 @@ def print_report(report):
         report['peak_gflops'], PEAK_SIZE, '/'.join(report['peak_ops']), PEAK_REPEATS))
     print('Networks: random stand-in images; {} process{}'.format(
         report['processes'], 'es' if report['processes'] > 1 else ''))
-    header = '{:<10} {:>8} {:>9} {:>6} {:>10} {:>9} {:>15} {:>10} {:>8} {:>6} {:>11} {:>11} {:>8} {:>9}'
-    print('\n' + header.format('config', 'fidelity', 'conv', 'batch', 'params', 'step s', 'min-max s', 'images/s',
+    header = '{:<10} {:>8} {:>9} {:>6} {:>10} {:>9} {:>15} {:>7} {:>10} {:>8} {:>6} {:>11} {:>11} {:>8} {:>9}'
+    print('\n' + header.format('config', 'fidelity', 'conv', 'batch', 'params', 'step s', 'min-max s', 'CPU s', 'images/s',
                                'GFLOP/s', 'peak', 'reverse49 s', 'bound1k s', 'RSS MB', 'compile s'))
     for name in CONFIGS:
         if name in report:
             r = report[name]
-            print('{:<10} {:>8} {:>9} {:>6} {:>10,} {:>9.3f} {:>15} {:>10.1f} {:>8.1f} {:>5.0f}% {:>11.3f} {:>11.1f} '
+            print('{:<10} {:>8} {:>9} {:>6} {:>10,} {:>9.3f} {:>15} {:>7.3f} {:>10.1f} {:>8.1f} {:>5.0f}% {:>11.3f} {:>11.1f} '
                   '{:>8.0f} {:>9.1f}'.format(
                       name, r['fidelity'], r['conv_impl'], r['batch_size'], r['n_params'], r['step_s_median'],
-                      '{:.3f}-{:.3f}'.format(r['step_s_min'], r['step_s_max']), r['images_per_s'],
+                      '{:.3f}-{:.3f}'.format(r['step_s_min'], r['step_s_max']), r['step_cpu_s_median'], r['images_per_s'],
                       r['gflops_per_s'], 100 * r['peak_fraction'], r.get('reverse_step_49_s', np.nan),
                       r.get('bound_per_1000_s', np.nan), r['peak_rss_mb'], r['compile_cached_s']))
-    print('(step s: median of {} steps after a warm-up, min-max over them; deadleaves trains on 32x32 crops; '
+    print('(step s: median of {} steps after a warm-up, min-max over them; CPU s: the median CPU time of '
+          'the process\'s threads per step; deadleaves trains on 32x32 crops; '
           'RSS: the process\'s peak so far; compile s: cached)'.format(report['steps']))
     cold = report.get('cold_compile')
     if cold:

@@ -168,6 +168,13 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
+def timed_cpu(fn, *args):
+    """(wall-clock seconds, CPU seconds of the process's threads) of fn(*args)."""
+    cpu_start = time.process_time()
+    _, seconds = timed(fn, *args)
+    return seconds, time.process_time() - cpu_start
+
+
 def training_step(torch, net, optimizer, x, g_t):
     """One bare training step: forward, mean(z^2), backward, the step rule; the loss."""
     optimizer.zero_grad(set_to_none=True)
@@ -190,12 +197,14 @@ def measure(torch, name, n_steps, profile):
     x = torch.randn(batch, C, side, side)
     basis = torch.from_numpy(temporal_basis(args['T'], args['n_temporal_basis'], args['basis_width']))
     g_t = basis[:, torch.randint(1, args['T'], (batch,))].T.contiguous()  # (n, J)
-    step_s = [timed(training_step, torch, net, optimizer, x, g_t)[1] for _ in range(WARM_UP + n_steps)][WARM_UP:]
+    times = [timed_cpu(training_step, torch, net, optimizer, x, g_t) for _ in range(WARM_UP + n_steps)][WARM_UP:]
+    step_s, step_cpu_s = [t for t, _ in times], [c for _, c in times]
     median = float(np.median(step_s))
     flops = 3 * network_flops(net, side) * batch
     result = {'config': name, 'dataset': dataset, 'fidelity': fidelity, 'optimizer': rule, 'batch_size': batch,
               'image_side': side, 'n_params': sum(p.numel() for p in net.parameters()), 'step_s': step_s,
               'step_s_median': median, 'step_s_min': min(step_s), 'step_s_max': max(step_s),
+              'step_cpu_s': step_cpu_s, 'step_cpu_s_median': float(np.median(step_cpu_s)),
               'images_per_s': batch / median, 'gflops_per_s': flops / median / 1e9}
     if profile:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -206,9 +215,9 @@ def measure(torch, name, n_steps, profile):
 
 
 def print_result(r, peak):
-    print('{:<10} {:>8} {:>8} {:>6} {:>10,} {:>9.3f} {:>15} {:>10.1f} {:>8.1f} {:>5.0f}%'.format(
+    print('{:<10} {:>8} {:>8} {:>6} {:>10,} {:>9.3f} {:>15} {:>7.3f} {:>10.1f} {:>8.1f} {:>5.0f}%'.format(
         r['config'], r['fidelity'], r['optimizer'], r['batch_size'], r['n_params'], r['step_s_median'],
-        '{:.3f}-{:.3f}'.format(r['step_s_min'], r['step_s_max']), r['images_per_s'], r['gflops_per_s'],
+        '{:.3f}-{:.3f}'.format(r['step_s_min'], r['step_s_max']), r['step_cpu_s_median'], r['images_per_s'], r['gflops_per_s'],
         100 * r['gflops_per_s'] / peak))
     if 'profile' in r:
         print('\n{}: torch.profiler over 2 training steps, by self CPU time\n{}'.format(r['config'], r['profile']))
@@ -237,11 +246,12 @@ def main(argv=None):
     print('PyTorch {} (CPU capability {}), {} thread(s); peak {:.1f} GFLOP/s (float32 {}^3 torch.mm, best of {})'
           .format(torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(), peak,
                   PEAK_SIZE, PEAK_REPEATS))
-    print('\n{:<10} {:>8} {:>8} {:>6} {:>10} {:>9} {:>15} {:>10} {:>8} {:>6}'.format(
-        'config', 'fidelity', 'rule', 'batch', 'params', 'step s', 'min-max s', 'images/s', 'GFLOP/s', 'peak'))
+    print('\n{:<10} {:>8} {:>8} {:>6} {:>10} {:>9} {:>15} {:>7} {:>10} {:>8} {:>6}'.format(
+        'config', 'fidelity', 'rule', 'batch', 'params', 'step s', 'min-max s', 'CPU s', 'images/s', 'GFLOP/s', 'peak'))
     for r in results:
         print_result(r, peak)
-    print('(step s: median of {} steps after {} warm-up steps, min-max over them; the bare network step: '
+    print('(step s: median of {} steps after {} warm-up steps, min-max over them; CPU s: the median CPU '
+          'time of the process\'s threads per step; the bare network step: '
           'forward, mean(z^2), backward, step rule)'.format(args.steps, WARM_UP))
 
 
