@@ -263,6 +263,7 @@ DEADLEAVES_COUNT = 10000  # images; the last tenth is the test split
 DEADLEAVES_SEED = 1
 DEADLEAVES_RMIN = 1.0    # smallest radius, pixels; the largest is half the image side
 DEADLEAVES_BATCH = 256   # disks drawn per vectorised step (the images depend on it too)
+DEADLEAVES_IMAGE_S = 0.008  # seconds per 64x64 image here (6-11 ms); about in proportion to the pixels
 
 
 def deadleaves_radii(rng, n, rmin, rmax):
@@ -610,6 +611,26 @@ def parser():
     return top
 
 
+def deadleaves_size_problem(size, count, folder):
+    """(error, notice) of generating `count` dead-leaves images of side `size` into `folder`:
+    one line when they cannot be made (a side below 2, more memory than this machine has,
+    more than a year) and one giving the time of a generation over ten minutes; None for
+    each that does not apply, and for a file that exists already."""
+    if size < 2:
+        return '--image-size {}: must be an integer >= 2 (the disks\' radii go up to half of it)'.format(size), None
+    if os.path.exists(os.path.join(folder, 'deadleaves_{}_{}_{}.hdf5'.format(size, count, DEADLEAVES_SEED))):
+        return None, None
+    import memory  # here: only this check needs it
+    need, available = 2 * count * size ** 2, memory.available_bytes()  # the images and their copy being written
+    if available is not None and need > available:
+        return '--image-size {}: {:,} images need at least {} of memory, and this machine has {} available: ' \
+               'make it smaller'.format(size, count, memory.readable(need), memory.readable(available)), None
+    seconds = count * DEADLEAVES_IMAGE_S * (size / DEADLEAVES_SIZE) ** 2
+    return memory.check_time(seconds, '--image-size {}'.format(size), 'generating {:,} images'.format(count),
+                             '{} s per {}x{} image, scaled by the pixels'.format(
+                                 DEADLEAVES_IMAGE_S, DEADLEAVES_SIZE, DEADLEAVES_SIZE))
+
+
 def main(argv=None):
     """Run the command line; returns the exit status (2 for an error the user can fix)."""
     args = parser().parse_args(argv)
@@ -618,6 +639,13 @@ def main(argv=None):
         print('datasets.py: error: the data path {} is a file, not a folder; give a folder with '
               '--data-path'.format(folder), file=sys.stderr)
         return 2
+    if args.command == 'info' and args.name == 'deadleaves':
+        error, notice = deadleaves_size_problem(args.image_size, DEADLEAVES_COUNT, folder)
+        if error:
+            print('datasets.py: error: {}'.format(error), file=sys.stderr)
+            return 2
+        if notice:
+            print(notice, flush=True)
     try:
         if args.command == 'fetch':
             print(fetch(args.name, folder))
