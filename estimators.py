@@ -341,8 +341,8 @@ def evaluate_command(args, ks, comm):
         min(args.n_examples or n, n), int(np.prod(exp.train_x.shape[1:])), exp.diffusion.T_steps)
     if too_large:
         cli.fail(too_large)
-    refusal, notice = memory.check_evaluation_time(exp.dataset, min(args.n_examples or n, n), exp.diffusion.T_steps,
-                                                   args.n_t, ks, args.iw_n, args.parzen_samples)
+    refusal, notice = memory.check_evaluation_time(exp, min(args.n_examples or n, n), args.n_t, ks, args.iw_n,
+                                                   args.parzen_samples)
     if refusal:
         cli.fail(refusal)
     if notice and comm.is_writer:

@@ -217,10 +217,14 @@ def training_seconds(dataset, batch_size, n_batches):
     return n_batches * STEP_S[dataset] * batch_size / presets.RUN_DEFAULTS[dataset]['batch_size']
 
 
-def forward_seconds(dataset, passes):
-    """`passes` forward passes of one example through the network (a reverse step, a draw of
-    the bound): FORWARD_SHARE of a training step's time per example."""
-    return passes * FORWARD_SHARE * STEP_S[dataset] / presets.RUN_DEFAULTS[dataset]['batch_size']
+def forward_seconds(dataset, passes, args, side):
+    """`passes` forward passes of one example through the network of model arguments `args`
+    (a reverse step, a draw of the bound): FORWARD_SHARE of a training step's time per
+    example, times the whole image's pixels over a training crop's (`crop`) for images of
+    side `side`."""
+    crop = args.get('crop') or side
+    return (passes * FORWARD_SHARE * STEP_S[dataset] / presets.RUN_DEFAULTS[dataset]['batch_size']
+            * (side / crop) ** 2)
 
 
 def readable_time(seconds):
@@ -260,21 +264,25 @@ def check_training_time(dataset, s, args, iterations_done=0):
     return check_time(seconds, what, 'training', basis)
 
 
-def check_sampling_time(dataset, n, T_steps):
-    """check_time of sampler.py's n samples, T_steps reverse steps each."""
+def check_sampling_time(exp, n):
+    """check_time of sampler.py's n samples of the experiment `exp`, T reverse steps each."""
+    dataset, T_steps = exp.dataset, exp.diffusion.T_steps
     basis = '{:,} reverse steps of the network, a third of a training step\'s time per example each'.format(
         n * T_steps)
-    return check_time(forward_seconds(dataset, n * T_steps), '--n {}'.format(n), 'sampling', basis)
+    seconds = forward_seconds(dataset, n * T_steps, exp.args, exp.test_x.shape[-1])
+    return check_time(seconds, '--n {}'.format(n), 'sampling', basis)
 
 
-def check_evaluation_time(dataset, n_examples, T_steps, n_t, iw_k, iw_n, parzen_samples):
-    """check_time of evaluate.py: the bound's n_t draws of each of n_examples, the
-    importance weights' max(iw_k) trajectories of T_steps steps for iw_n examples, and the
-    Parzen window's samples of T_steps steps; the flag of the largest named."""
+def check_evaluation_time(exp, n_examples, n_t, iw_k, iw_n, parzen_samples):
+    """check_time of evaluate.py on the experiment `exp`: the bound's n_t draws of each of
+    n_examples, the importance weights' max(iw_k) trajectories of T steps for iw_n examples,
+    and the Parzen window's samples of T steps; the flag of the largest named."""
+    T_steps = exp.diffusion.T_steps
     passes = {'--n-t {}'.format(n_t): n_examples * n_t,
               '--iw-n {} --iw-k {}'.format(iw_n, ','.join(map(str, iw_k))): min(iw_n, n_examples) * max(iw_k, default=0) * T_steps,
               '--parzen-samples {}'.format(parzen_samples): parzen_samples * T_steps}
     what = max(passes, key=passes.get)
     basis = '{:,} forward passes of the network, a third of a training step\'s time per example each'.format(
         sum(passes.values()))
-    return check_time(forward_seconds(dataset, sum(passes.values())), what, 'evaluation', basis)
+    seconds = forward_seconds(exp.dataset, sum(passes.values()), exp.args, exp.test_x.shape[-1])
+    return check_time(seconds, what, 'evaluation', basis)

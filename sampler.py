@@ -96,7 +96,7 @@ def check_sizes(args, exp, skip_last_step):
     too_large = memory.check_sampling(args.n, args.frames, exp.test_x[0].size)
     if too_large:
         cli.fail(too_large)
-    refusal, notice = memory.check_sampling_time(exp.dataset, args.n, exp.diffusion.T_steps)
+    refusal, notice = memory.check_sampling_time(exp, args.n)
     if refusal:
         cli.fail(refusal)
     return notice

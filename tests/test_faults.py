@@ -133,7 +133,7 @@ def test_a_long_run_says_how_long_before_it_starts():
 
 
 def test_long_sampling_and_evaluation_say_how_long(capsys):
-    exp = types.SimpleNamespace(dataset='heartbeat', diffusion=types.SimpleNamespace(T_steps=1000),
+    exp = types.SimpleNamespace(dataset='heartbeat', diffusion=types.SimpleNamespace(T_steps=1000), args={},
                                 test_x=np.zeros((10, 20), np.float32))
     args = sampler.build_parser().parse_args(['run', '--n', '200000'])
     assert sampler.check_sizes(args, exp, False) == (
@@ -142,8 +142,12 @@ def test_long_sampling_and_evaluation_say_how_long(capsys):
     with pytest.raises(SystemExit):
         sampler.check_sizes(sampler.build_parser().parse_args(['run', '--n', '10000000000000']), exp, False)
     assert error(capsys.readouterr().err).startswith('--n 10000000000000 needs at least ')  # memory before time
-    refusal, notice = memory.check_evaluation_time('heartbeat', 1000, 1000, 10, (1, 4000), 1000, 0)
+    refusal, notice = memory.check_evaluation_time(exp, 1000, 10, (1, 4000), 1000, 0)
     assert refusal is None and notice.startswith('--iw-n 1000 --iw-k 1,4000: about 4.9 h of evaluation')
+    images = types.SimpleNamespace(dataset='deadleaves', diffusion=types.SimpleNamespace(T_steps=1000),
+                                   args={'crop': 32}, test_x=np.zeros((1000, 1, 64, 64), np.uint8))
+    assert memory.check_evaluation_time(images, 1000, 1000, (), 100, 0)[1].startswith(
+        '--n-t 1000: about 2.2 h of evaluation')  # whole 64x64 images: 4 times a 32x32 training crop's work
 
 
 def test_an_evaluation_too_large_for_the_memory_is_one_line_naming_the_flag(finished_run, capsys):
