@@ -249,18 +249,18 @@ def check_training_time(dataset, s, args, iterations_done=0):
     """check_time of the minibatches a run of model arguments `args` plans (settings `s`:
     --max-batches, --max-epochs, --max-minutes), from iterations_done on."""
     n_train = args['n_train'] if dataset not in presets.IMAGES else image_shape(dataset, args)[0] * 9 // 10
-    per_epoch = -(-n_train // s['batch_size'])  # about: the image sets' test share varies
+    batch_size = min(s['batch_size'], n_train)  # at most the training set (settings.check_batch_size)
+    per_epoch = -(-n_train // batch_size)  # about: the image sets' test share varies
     limits = {'--max-batches {}'.format(s['max_batches']): s['max_batches'],
               '--max-epochs {}'.format(s['max_epochs']): s['max_epochs'] and s['max_epochs'] * per_epoch}
     what, planned = min(((k, v) for k, v in limits.items() if v), key=lambda kv: kv[1], default=(None, None))
-    seconds = math.inf if planned is None else training_seconds(dataset, s['batch_size'],
-                                                                 max(planned - iterations_done, 0))
+    seconds = math.inf if planned is None else training_seconds(dataset, batch_size, max(planned - iterations_done, 0))
     if s['max_minutes'] and s['max_minutes'] * 60 < seconds:
         what, seconds = '--max-minutes {}'.format(s['max_minutes']), s['max_minutes'] * 60
     if what is None:
         return None, None
     basis = '{} s per minibatch of {} measured for {} on one process, scaled to {}'.format(
-        STEP_S[dataset], presets.RUN_DEFAULTS[dataset]['batch_size'], dataset, s['batch_size'])
+        STEP_S[dataset], presets.RUN_DEFAULTS[dataset]['batch_size'], dataset, batch_size)
     return check_time(seconds, what, 'training', basis)
 
 
