@@ -4,6 +4,7 @@ training curves of the held-out bound, and evaluate.py's per-step costs and entr
 import backend  # noqa: F401  (configures Theano before it is imported)
 
 import os
+import textwrap
 
 import matplotlib
 import numpy as np
@@ -20,14 +21,19 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only bac
 
 
 def save(fig, path, dpi=80):
-    """Write the figure `fig` to `path` (PNG) and free it."""
-    fig.savefig(path, dpi=dpi)
+    """Write the figure `fig` to `path` (PNG), cut to what it draws (no title or label cut off),
+    and free it."""
+    fig.savefig(path, dpi=dpi, bbox_inches='tight', pad_inches=0.1)
     plt.close(fig)
+
+
+ROLL_UNITS = 'z-scored: the noiseless roll has mean 0 and variance 1'  # datasets.swissroll
 
 
 def swissroll_figure(exp, path, seed, n=2000):
     """Figure 1 layout: forward q(x^t) at t = 0, T/2, T (top), the learned reverse
-    trajectory at the same t (middle), and the drift f_mu(x^t, t) - x^t (bottom)."""
+    trajectory at the same t (middle), and the drift f_mu(x^t, t) - x^t (bottom); both
+    coordinates in the data's units."""
     T_steps = exp.diffusion.T_steps
     times = [0, T_steps // 2, T_steps]
     rng = np.random.default_rng([seed, 7])
@@ -41,9 +47,9 @@ def swissroll_figure(exp, path, seed, n=2000):
     for col, t in enumerate(times):
         forward = exp.diffusion.forward_sample(x0, t, rng, beta)
         axes[0, col].scatter(*forward.T, s=1)
-        axes[0, col].set_title('q(x^{}), t = {}'.format('t', t))
+        axes[0, col].set_title('data, forward: q(x^t), t = {}'.format(t))
         axes[1, col].scatter(*frames[t].T, s=1, color='C1')
-        axes[1, col].set_title('p(x^t), t = {}'.format(t))
+        axes[1, col].set_title('model, reverse: p(x^t), t = {}'.format(t))
         mu, _ = kernel(grid, np.full(len(grid), max(t, 1), dtype='int64'))
         axes[2, col].quiver(grid[:, 0], grid[:, 1], *(mu - grid).T, color='C2')
         axes[2, col].set_title('drift f_mu(x^t, t) - x^t, t = {}'.format(max(t, 1)))
@@ -51,8 +57,12 @@ def swissroll_figure(exp, path, seed, n=2000):
         ax.set_xlim(-2.5, 2.5)
         ax.set_ylim(-2.5, 2.5)
         ax.set_aspect('equal')
-        ax.set_xticks([])
-        ax.set_yticks([])
+    for row in axes:
+        row[0].set_ylabel('x_2')
+    for ax in axes[-1]:
+        ax.set_xlabel('x_1')
+    fig.suptitle('Swiss roll, {} held-out points; coordinates {}; drift arrows scaled per panel'.format(
+        len(x0), ROLL_UNITS), fontsize=10)
     fig.tight_layout()
     save(fig, path)
 
@@ -63,11 +73,14 @@ def heartbeat_figure(exp, path, seed, n=40):
     kernel = reverse.compile_reverse_kernel(exp.diffusion, 2)
     samples, _ = reverse.sample_trajectory(exp.diffusion, kernel, (n, exp.train_x.shape[1]), rng)
     fig, axes = plt.subplots(1, 2, figsize=(8, 6))
-    for ax, data, title in ((axes[0], exp.train_x[:n], 'training sequences'),
-                            (axes[1], samples, 'model samples')):
-        ax.imshow(data, cmap='gray_r', interpolation='nearest', aspect='auto')
+    for ax, data, title in ((axes[0], exp.train_x[:n], 'data: training sequences'),
+                            (axes[1], samples, 'samples from the model')):
+        ax.imshow(data, cmap='gray_r', vmin=0, vmax=1, interpolation='nearest', aspect='auto')
         ax.set_title(title)
-        ax.set_xlabel('bin')
+        ax.set_xticks(np.arange(0, data.shape[1], 5))
+        ax.set_xlabel('time bin')
+    axes[0].set_ylabel('sequence')
+    fig.suptitle('Binary heartbeat: one sequence of {} bins per row, black = 1'.format(exp.train_x.shape[1]))
     fig.tight_layout()
     save(fig, path)
 
@@ -280,15 +293,21 @@ def paper_layout(result, training_images, columns):
             ('inpainted', tile(result['samples'][:k], 1))]
 
 
+PANEL_PX = 160  # the narrowest panel of save_labelled_panels, in screen pixels, so that its title fits
+
+
 def save_labelled_panels(panels, path, zoom, dpi=80):
-    """Tiled panels [(title, (h, w, C) array in [0, 1])] side by side, each under its title, at
-    about zoom screen pixels per image pixel."""
+    """Tiled panels [(title, (h, w, C) array in [0, 1])] side by side, each under its title
+    (wrapped to the panel's width), at about zoom screen pixels per image pixel; a panel
+    narrower than PANEL_PX is widened with white space."""
     height = max(a.shape[0] for _, a in panels)
-    widths = [a.shape[1] for _, a in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(zoom * (sum(widths) + 8 * len(panels)) / dpi,
-                                                      zoom * height / dpi + 0.5),
+    widths = [max(zoom * a.shape[1], PANEL_PX) for _, a in panels]  # screen pixels
+    titles = [textwrap.fill(title, max(8, w // 7)) for (title, _), w in zip(panels, widths)]  # ~7 px a letter
+    lines = max(t.count('\n') + 1 for t in titles)
+    fig, axes = plt.subplots(1, len(panels), figsize=((sum(widths) + 8 * zoom * len(panels)) / dpi,
+                                                      zoom * height / dpi + 0.3 + 0.2 * lines),
                              gridspec_kw={'width_ratios': widths}, squeeze=False)
-    for ax, (title, a) in zip(axes[0], panels):
+    for ax, title, (_, a) in zip(axes[0], titles, panels):
         ax.imshow(np.clip(a[..., 0] if a.shape[-1] == 1 else a, 0, 1), cmap='gray', vmin=0, vmax=1,
                   interpolation='nearest')
         ax.set_title(title, fontsize=10)
@@ -297,17 +316,35 @@ def save_labelled_panels(panels, path, zoom, dpi=80):
     save(fig, path, dpi)
 
 
+def save_frames(tiled, labels, path, zoom, dpi=80):
+    """A tiled (h, w, C) array in [0, 1] of one row of images per label, each row labelled on
+    the left, at about zoom screen pixels per image pixel."""
+    h, w = tiled.shape[:2]
+    side = (h + 1) // len(labels) - 1  # image height; rows are 1 pixel apart
+    fig, ax = plt.subplots(figsize=(zoom * w / dpi + 1.0, zoom * h / dpi + 0.5))
+    ax.imshow(np.clip(tiled[..., 0] if tiled.shape[-1] == 1 else tiled, 0, 1), cmap='gray', vmin=0, vmax=1,
+              interpolation='nearest')
+    ax.set_yticks([(side + 1) * i + (side - 1) / 2 for i in range(len(labels))], labels)
+    ax.set_xticks([])
+    ax.set_xlabel('one sample per column')
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.tight_layout(pad=0.3)
+    save(fig, path, dpi)
+
+
 def image_figures(result, prefix, training_images, zoom=None, columns=DISPLAY_COLUMNS):
-    """PREFIX_frames.png: one row per frame time (first row the observed inputs when
-    there are any, last row the results), one column per sample (the first `columns`);
+    """PREFIX_frames.png: one row per frame time, labelled with it (first row the observed
+    inputs when there are any, last row the results), one column per sample (the first `columns`);
     PREFIX_samples.png: every final sample; PREFIX_paper.png: paper_layout, for sampling
     and inpainting. Values clipped to [0, 1] for display only. training_images: [0, 1].
     zoom: pixels per image pixel, by default about 64 pixels per image side (1 to 8)."""
     zoom = zoom or int(np.clip(64 // result['samples'].shape[-1], 1, 8))
     k = min(columns, len(result['samples']))
     rows = ([display_observed(result)[:k]] if 'observed' in result else []) + list(result['frames'][:, :k])
+    labels = (['observed'] if 'observed' in result else []) + ['t = {}'.format(t) for t in result['frame_times']]
     paths = [prefix + '_frames.png', prefix + '_samples.png']
-    save_tiles(tile(np.concatenate(rows), k), paths[0], zoom)
+    save_frames(tile(np.concatenate(rows), k), labels, paths[0], zoom)
     n = len(result['samples'])
     side = int(np.ceil(np.sqrt(n)))
     save_tiles(tile(result['samples'], side), paths[1], zoom)
@@ -323,7 +360,7 @@ def vector_figure(result, path):
     else the vectors as image rows (heartbeat; unknown bits grey)."""
     panels = ([('observed', display_observed(result))] if 'observed' in result else [])
     panels += [('t = {}'.format(t), f) for t, f in zip(result['frame_times'], result['frames'])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.7))
     for ax, (title, x) in zip(np.atleast_1d(axes), panels):
         if x.shape[1] == 2:
             if title == 'observed' and result['mask'].any():
@@ -342,6 +379,10 @@ def vector_figure(result, path):
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
+    two_d = result['frames'].shape[-1] == 2
+    fig.supxlabel('x_1 across, x_2 up, each from -2.5 to 2.5 ({})'.format(ROLL_UNITS) if two_d else 'time bin',
+                  fontsize=9)
+    np.atleast_1d(axes)[0].set_ylabel('x_2' if two_d else 'sequence', fontsize=9)
     fig.tight_layout()
     save(fig, path, dpi=60)
     return [path]

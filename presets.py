@@ -142,6 +142,12 @@ ADDED_KEYS = dict({'swissroll': dict(TRAINING_ESTIMATE, beta_min=1e-6, nonfinite
 TABLE_1 = {'swissroll': (2.35, 6.45), 'heartbeat': (-2.414, 12.024), 'bark': (-0.55, 1.5),
            'deadleaves': (1.489, 3.536), 'CIFAR10': (5.4, 11.5)}
 
+
+def k_unit(dataset):
+    """The unit of K for a data set, as experiments.py reports it: per pixel for images, per
+    data vector for the toys (a point of the Swiss roll, a heartbeat sequence)."""
+    return 'bits/pixel' if dataset in IMAGES else 'bits/seq' if dataset == 'heartbeat' else 'bits'
+
 # Where a "paper" run is not the paper: our choice for each key, with the reason. The
 # paper gives no value where it says "not given". (key: (paper, reason))
 # The paper's dead-leaves and bark network (Figure D.1) gives the structure, not the sizes.

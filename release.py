@@ -5,11 +5,12 @@ README that says how they were made, so that a fresh clone can evaluate, sample 
 
 copies checkpoint.npz (parameters and optimiser state, what an exact --resume needs),
 log.jsonl, progress.csv and results.json (when the run has ended), draws the K curve
-(heldout_bound.png, with the paper's value) and writes models/NAME/README.md: each session
-of the run (its command, machine, instruction set, minibatches and training minutes), the
-totals in minibatches and core-hours, the held-out bound, and the size and sha256 of every
-file. Files that evaluate.py and
-sampler.py wrote into models/NAME are listed too. Running it again on the same run (or on
+(heldout_bound.png, with the paper's value) and, for the Swiss roll and the heartbeat, the
+data set's own figure from the checkpoint (figures.DATASET_FIGURES), and writes
+models/NAME/README.md: each session of the run (its command, machine, instruction set,
+minibatches and training minutes), the totals in minibatches and core-hours, the held-out
+bound, and the size and sha256 of every file. Files that evaluate.py and sampler.py wrote
+into models/NAME are listed too. Running it again on the same run (or on
 models/NAME itself, after a resume there) brings the folder up to date.
 """
 import argparse
@@ -114,55 +115,60 @@ def session_table(runs):
     return rows
 
 
-def evaluation_line(model_dir):
-    """What evaluate.py wrote into the folder (evaluation_test.json), as one README line."""
+def evaluation_line(model_dir, unit):
+    """What evaluate.py wrote into the folder (evaluation_test.json), as one README line; K in `unit`."""
     path = os.path.join(model_dir, 'evaluation_test.json')
     if not os.path.exists(path):
         return '`evaluate.py` has not been run on this checkpoint yet.'
     with open(path) as f:
         r = json.load(f)
     b = r['bound']
-    return ('`python evaluate.py models/{} --n-t {}` after minibatch {:,}: K = {:.3f} +- {:.3f} bits/pixel '
-            '({} test images, {} draws of t each; evaluation_test.json).').format(
+    return ('`python evaluate.py models/{} --n-t {}` after minibatch {:,}: K = {:.3f} +- {:.3f} {} '
+            '({} test examples, {} draws of t each; evaluation_test.json).').format(
         os.path.basename(os.path.normpath(model_dir)), b['n_t'], r['iterations'], b['K_bits'], b['stderr_bits'],
-        b['n_eval'], b['n_t'])
+        unit, b['n_eval'], b['n_t'])
 
 
-def results_line(model_dir):
-    """The held-out bound of train.py's final evaluation (results.json), as one README line."""
+def results_line(model_dir, unit):
+    """The held-out bound of train.py's final evaluation (results.json), as one README line; K in `unit`."""
     path = os.path.join(model_dir, 'results.json')
     if not os.path.exists(path):
         return 'The run has not ended: no final bound (results.json) yet.'
     with open(path) as f:
         r = json.load(f)
-    return ('Final held-out bound of the last session (train.py, results.json): K = {:.3f} +- {:.3f} bits/pixel '
-            '({} test images, {} draws of t each, at minibatch {:,}).').format(
-        r['K_bits'], r['stderr_bits'], r['n_eval'], r['n_t'], r['iterations'])
+    return ('Final held-out bound of the last session (train.py, results.json): K = {:.3f} +- {:.3f} {} '
+            '({} test examples, {} draws of t each, at minibatch {:,}).').format(
+        r['K_bits'], r['stderr_bits'], unit, r['n_eval'], r['n_t'], r['iterations'])
 
 
-def readme(name, model_dir, meta, rows):
-    """The folder's README.md text."""
+def readme(name, model_dir, meta, rows, figure=None):
+    """The folder's README.md text; figure: (file name, figures.py function) of the data set's
+    own figure, where release drew one."""
     runs = sessions(meta, rows)
     status, args = meta['status'], meta['config'].get('args', {})
     dataset = args.get('dataset', name)
     core_hours = sum(s['minutes'] * s['cores'] for s in runs) / 60
     last = latest_K(meta)
-    paper = presets.TABLE_1.get(dataset, (None,))[0]
+    paper, unit = presets.TABLE_1.get(dataset, (None,))[0], presets.k_unit(dataset)
     lines = ['# {}: a released model'.format(name), '',
              'The {} model of the `{}` preset, trained by `train.py`; made by `python release.py` on {}.'.format(
                  dataset, args.get('fidelity'), time.strftime('%Y-%m-%d')), '',
              '- Minibatches: {:,} ({} session(s), {:.2f} core-hours of training, {:.1f} training minutes).'.format(
                  status['iterations_done'], len(runs), core_hours, status.get('wall_s', 0.0) / 60)]
     if last:
-        lines.append('- Monitored held-out bound at minibatch {:,}: K = {:.3f} +- {:.3f} bits/pixel{}.'.format(
-            last[0], last[1], last[2] or float('nan'), ' (paper, Table 1: {})'.format(paper) if paper else ''))
-    lines += ['- ' + results_line(model_dir), '- ' + evaluation_line(model_dir)]
+        lines.append('- Monitored held-out bound at minibatch {:,}: K = {:.3f} +- {:.3f} {}{}.'.format(
+            last[0], last[1], last[2] or float('nan'), unit,
+            ' (paper, Table 1: {})'.format(paper) if paper else ''))
+    lines += ['- ' + results_line(model_dir, unit), '- ' + evaluation_line(model_dir, unit)]
     if os.path.exists(os.path.join(model_dir, 'sample_paper.png')):
         lines.append('- Samples beside training images in the layout of the paper\'s Figure 4: '
                      '[sample_paper.png](sample_paper.png) (`python sampler.py models/{} --n 36 --output-dir OUT`, '
                      'its OUT/sample_paper.png).'.format(name))
-    lines += ['', '[heldout_bound.png](heldout_bound.png): the monitored K against minibatches and training '
-              'hours, the paper\'s value dashed.', '',
+    if figure:
+        lines.append('- [{0}]({0}): the data set\'s own figure, as train.py draws it at the end of a run, drawn '
+                     'from the checkpoint by `python release.py` (figures.{1}).'.format(*figure))
+    lines += ['', '[heldout_bound.png](heldout_bound.png): the monitored K against minibatches and training hours{}.'
+              .format(', the paper\'s value dashed' if paper else ' (Table 1 has no value for these data)'), '',
               'Evaluate, sample, resume (from the repository\'s root):', '',
               '    python evaluate.py models/{} --n-t 10'.format(name),
               '    python sampler.py models/{} --output-dir /tmp/samples'.format(name),
@@ -181,9 +187,23 @@ def draw_k_curve(meta, path):
     Table 1 value as a line (figures.heldout_figure; loads Theano)."""
     import figures
     dataset = meta['config'].get('args', {}).get('dataset')
-    unit = 'bits/pixel' if dataset in presets.IMAGES else 'bits'
-    figures.heldout_figure(meta['status'].get('evaluations', []), path, unit,
+    figures.heldout_figure(meta['status'].get('evaluations', []), path, presets.k_unit(dataset),
                            presets.TABLE_1.get(dataset, (None,))[0])
+
+
+def draw_dataset_figure(meta, model_dir):
+    """The data set's own figure (figures.DATASET_FIGURES: the Swiss roll, the heartbeat) from the
+    checkpoint's parameters and the run's seed, as train.py draws it at the end of the run.
+    Returns (file name, function name), or None for a data set without one."""
+    import experiments
+    import figures
+    dataset = meta['config']['args']['dataset']
+    if dataset not in figures.DATASET_FIGURES:
+        return None
+    name, figure = figures.DATASET_FIGURES[dataset]
+    figure(experiments.from_checkpoint(os.path.join(model_dir, 'checkpoint.npz')), os.path.join(model_dir, name),
+           seed=meta['status']['seed'])
+    return name, figure.__name__
 
 
 def release(run_dir, model_dir):
@@ -191,10 +211,11 @@ def release(run_dir, model_dir):
     copy_run(run_dir, model_dir)
     meta = checkpoints.load_checkpoint(os.path.join(model_dir, 'checkpoint.npz'))
     draw_k_curve(meta, os.path.join(model_dir, 'heldout_bound.png'))
+    figure = draw_dataset_figure(meta, model_dir)
     path = os.path.join(model_dir, 'README.md')
     with open(path, 'w') as f:
         f.write(readme(os.path.basename(os.path.normpath(model_dir)), model_dir, meta,
-                       progress_rows(os.path.join(model_dir, 'progress.csv'))))
+                       progress_rows(os.path.join(model_dir, 'progress.csv')), figure))
     return path
 
 

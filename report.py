@@ -2,13 +2,13 @@
 (results.json, and evaluation_test.json where evaluate.py has been run); and the
 extrapolation of a run's K curve to the paper's figure.
 
-    python report.py                      # the committed REPORT.md, from results/*/ and models/*/
+    python report.py                      # the committed REPORT.md, from models/*/
     python report.py runs/<run_a> runs/<run_b> [--out REPORT.md]
     python report.py --extrapolate runs/<run> [--target 1.489]
 
 With no run directories the report is made from the files committed in the repository:
-results/<row>/ (a toy row's results.json, and README.md with the command that made it) and
-models/<name>/ (a released model: checkpoint.npz, results.json, progress.csv, README.md).
+the released models, models/<name>/ (checkpoint.npz, results.json, progress.csv, and
+README.md with the commands and machines that made it; release.py).
 
 Each row says where its numbers come from, on which machine and software they were made,
 and, for a paper-preset run, below the table, where the run is not the paper.
@@ -35,7 +35,7 @@ COLUMNS = ('run', 'data set', 'preset', 'K', '+-', 'paper K', 'against the paper
            'unit', 'minibatches', 'training', 'source', 'environment')
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-COMMITTED = ('results', 'models')  # the folders of committed results, in the report's order
+COMMITTED = 'models'  # the folder of committed results: one released model in each of its folders
 
 # Below the paper by at most this many standard errors: "within n standard errors".
 WITHIN_STDERRS = 2
@@ -90,9 +90,9 @@ def code_origin(env):
 
 
 def committed_dirs(root=ROOT):
-    """The folders of committed results under root, each holding results.json: results/*/,
-    then models/*/ (absent until a model is released)."""
-    return [os.path.normpath(d) for folder in COMMITTED for d in sorted(glob.glob(os.path.join(root, folder, '*', '')))
+    """The folders of committed results under root: models/*/ holding results.json (a released
+    model whose run has ended)."""
+    return [os.path.normpath(d) for d in sorted(glob.glob(os.path.join(root, COMMITTED, '*', '')))
             if os.path.exists(os.path.join(d, 'results.json'))]
 
 
@@ -251,12 +251,11 @@ def run_section(r):
 def write_report(run_dirs, path, root=None):
     """REPORT.md: the table, then per run its extra numbers, commands and environment. With
     root, the run directories are the committed ones under it (committed_dirs), each row
-    named by its folder there (results/swissroll)."""
+    named by its folder there (models/swissroll)."""
     rows = [run_row(d, root and os.path.relpath(d, root)) for d in run_dirs]
-    origin = ('Made by `python report.py` from the files committed in the repository: results/<row>/ '
-              '(a toy row\'s results.json and README.md, which gives the command, the machine and the time) and '
-              'models/<name>/ (a released model: checkpoint.npz, results.json, progress.csv, README.md). '
-              if root else '')
+    origin = ('Made by `python report.py` from the files committed in the repository: the released models, '
+              'models/<name>/ (checkpoint.npz, results.json, progress.csv, and README.md, which gives the commands, '
+              'the machines and the times). ' if root else '')
     parts = ['# Reproduction report', '',
              origin + 'K is the lower bound of Eq. 14 on the held-out set in the paper\'s unit (bits per data '
              'vector, bits per pixel of z-scored images), estimated with the KL factor T - 1 and t '
@@ -278,7 +277,7 @@ def write_report(run_dirs, path, root=None):
     return text
 
 
-README_START = '<!-- the results table: made by python report.py from results/ and models/ -->'
+README_START = '<!-- the results table: made by python report.py from models/ -->'
 README_END = '<!-- end of the results table -->'
 
 
@@ -352,7 +351,7 @@ def extrapolate(evaluations, target, skip=0.1, n_draws=4000, seed=0):
 def main(argv=None):
     p = cli.OneLineParser(description=__doc__.split('\n')[0])
     p.add_argument('run_dirs', nargs='*', help='run directories holding results.json (one with --extrapolate); '
-                   'none: the committed results/*/ and models/*/ of the checkout')
+                   'none: the committed models/*/ of the checkout')
     p.add_argument('--out', default='REPORT.md', help='the Markdown file to write (default REPORT.md)')
     p.add_argument('--extrapolate', action='store_true',
                    help='fit the K curve of one run and say when it would reach --target; writes '
@@ -365,7 +364,7 @@ def main(argv=None):
     if root:
         args.run_dirs = committed_dirs(root)
         if not args.run_dirs:
-            cli.fail('no results/*/ or models/*/ with a results.json in {}: give run directories'.format(root))
+            cli.fail('no models/*/ with a results.json in {}: give run directories'.format(root))
     missing = [d for d in args.run_dirs if not os.path.exists(os.path.join(d, 'results.json'))]
     if missing:
         cli.fail('no results.json in {} (is the run finished?)'.format(', '.join(missing)))
@@ -401,9 +400,9 @@ def extrapolate_run(run_dirs, target):
         cli.fail(str(e))
     out['step_s'] = state['status']['wall_s'] / max(state['status']['iterations_done'], 1)
     rundirs.write_json(os.path.join(run_dir, 'extrapolation.json'), out)
-    unit = 'bits/pixel' if dataset in presets.IMAGES else 'bits' if dataset == 'swissroll' else 'bits/seq'
     import figures  # Theano loads here, for this figure alone
-    figures.extrapolation_figure(evaluations, out, os.path.join(run_dir, 'extrapolation.png'), unit)
+    figures.extrapolation_figure(evaluations, out, os.path.join(run_dir, 'extrapolation.png'),
+                                 presets.k_unit(dataset))
     print(json.dumps(out, indent=2))
     return out
 

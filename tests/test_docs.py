@@ -41,6 +41,22 @@ def test_every_figure_in_docs_is_shown():
     assert figures <= shown, 'figures no page shows: {}'.format(sorted(figures - shown))
 
 
+def test_every_image_of_the_docs_exists_and_results_md_names_its_command():
+    """Each image that a page of docs/ shows is a file of the repository, and the figures
+    table of docs/results.md gives the command that makes it (a cell with `python ...`)."""
+    with open(os.path.join(ROOT, 'docs', 'results.md')) as f:
+        commands = dict(re.findall(r'^\| (\S+\.png) \|.*\| (.*`python [^`]+`.*) \|$', f.read(), re.M))
+    missing, without_command = [], []
+    for page in PAGES[1:]:
+        with open(page) as f:
+            for target in re.findall(r'!\[[^\]]*\]\(([^)\s]+)\)', f.read()):
+                image = os.path.relpath(os.path.normpath(os.path.join(os.path.dirname(page), target)), ROOT)
+                missing += [image] if not os.path.isfile(os.path.join(ROOT, image)) else []
+                without_command += [image] if image not in commands else []
+    assert not missing, 'images the docs show that do not exist: {}'.format(sorted(set(missing)))
+    assert not without_command, 'images without a command in docs/results.md: {}'.format(sorted(set(without_command)))
+
+
 def current_flags(parser):
     """The name of each option of an argparse parser: its first long spelling; the old
     spellings kept as hidden aliases (help=SUPPRESS) are left out."""

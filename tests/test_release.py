@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import checkpoints
+import experiments
+import presets
 import release
 
 
@@ -61,9 +63,27 @@ def test_release_of_the_folder_itself_updates_its_readme(tmp_path):
     with open(os.path.join(run, 'results.json'), 'w') as f:
         json.dump({'K_bits': 0.5, 'stderr_bits': 0.01, 'n_eval': 1000, 'n_t': 10, 'iterations': 500}, f)
     release.release(run, run)
-    assert 'K = 0.500 +- 0.010 bits/pixel (1000 test images, 10 draws of t each, at minibatch 500)' in open(
+    assert 'K = 0.500 +- 0.010 bits/pixel (1000 test examples, 10 draws of t each, at minibatch 500)' in open(
         os.path.join(run, 'README.md')).read()
     assert release.main([run, run]) is None
+
+
+@pytest.mark.slow  # builds and compiles a small Swiss roll model
+def test_release_of_a_swiss_roll_draws_figure_1_and_gives_K_in_bits(tmp_path):
+    small = dict(n_train=500, n_eval=200)
+    exp = experiments.build('swissroll', presets.model_args('swissroll', 'paper', small), 0)
+    config = {'args': {'dataset': 'swissroll', 'fidelity': 'paper', 'model_args': small, 'seed': 0},
+              'model': exp.args, 'sessions': [session(0, 'python train.py --dataset swissroll')]}
+    status = {'iterations_done': 100, 'wall_s': 60.0, 'seed': 0,
+              'evaluations': [{'iteration': 100, 'wall_s': 60.0, 'heldout_K_bits': 1.25, 'heldout_stderr_bits': 0.05}]}
+    run, model = str(tmp_path / 'run'), str(tmp_path / 'models' / 'swissroll')
+    os.makedirs(run)
+    checkpoints.save_checkpoint(os.path.join(run, 'checkpoint.npz'), {
+        'shared': {p.name: p.get_value() for p in exp.params}, 'config': config, 'status': status})
+    text = open(release.release(run, model)).read()
+    assert 'K = 1.250 +- 0.050 bits (paper, Table 1: 2.35)' in text and 'bits/pixel' not in text
+    assert '- [swissroll_trajectories.png](swissroll_trajectories.png): ' in text
+    assert os.path.getsize(os.path.join(model, 'swissroll_trajectories.png')) > 20000  # nine panels of points
 
 
 def test_release_refuses_a_folder_without_a_checkpoint(tmp_path, capsys):

@@ -169,12 +169,13 @@ def test_no_duplicated_columns_and_no_absolute_paths(tmp_path):
 
 def test_the_committed_report_is_what_report_py_makes(tmp_path):
     """REPORT.md in the repository equals what `python report.py` makes from the committed
-    results/*/ and models/*/ (run it after changing either)."""
+    models/*/ (run it after changing them)."""
     made = report.write_report(report.committed_dirs(), str(tmp_path / 'REPORT.md'), report.ROOT)
     with open(os.path.join(report.ROOT, 'REPORT.md')) as f:
         assert f.read() == made, 'REPORT.md is stale: run python report.py'
-    rows = [line for line in made.splitlines() if line.startswith('| results/')]
-    assert {line.split(' | ')[1] for line in rows} >= {'swissroll', 'heartbeat'}  # the toy rows
+    rows = [line.split(' | ')[:2] for line in made.splitlines() if line.startswith('| models/')]
+    assert ['| models/swissroll', 'swissroll'] in rows and ['| models/heartbeat', 'heartbeat'] in rows  # the toy rows
+    assert len({name for _, name in rows}) == len(rows)  # one row per data set
 
 
 def test_the_readme_table_is_what_report_py_makes():
@@ -196,26 +197,26 @@ def test_update_readme_replaces_only_the_marked_table(tmp_path):
         report.update_readme(str(tmp_path / 'bare.md'), '| new |')
 
 
-def test_the_committed_folders_are_results_then_models_when_there_are_any(tmp_path, monkeypatch, capsys):
-    for folder in ('results/swissroll', 'results/empty', 'models/deadleaves'):
+def test_the_committed_folders_are_the_released_models_with_results(tmp_path, monkeypatch, capsys):
+    for folder in ('models/swissroll', 'models/unfinished', 'models/deadleaves', 'results/heartbeat'):
         (tmp_path / folder).mkdir(parents=True)
-    for folder in ('results/swissroll', 'models/deadleaves'):
+    for folder in ('models/swissroll', 'models/deadleaves', 'results/heartbeat'):
         (tmp_path / folder / 'results.json').write_text(json.dumps(
             {'dataset': folder.split('/')[1], 'fidelity': 'paper', 'K_bits': 1.0, 'stderr_bits': 0.1,
              'sessions': [{'environment': ENV}]}))
-    (tmp_path / 'results' / 'swissroll' / 'README.md').write_text('made by ...')
+    (tmp_path / 'models' / 'swissroll' / 'README.md').write_text('made by ...')
     found = report.committed_dirs(str(tmp_path))
-    assert [os.path.relpath(d, tmp_path) for d in found] == ['results/swissroll', 'models/deadleaves']
+    assert [os.path.relpath(d, tmp_path) for d in found] == ['models/deadleaves', 'models/swissroll']
     text = report.write_report(found, str(tmp_path / 'REPORT.md'), str(tmp_path))
     assert text.split('\n')[2].startswith('Made by `python report.py` from the files committed')
     names = [line.split(' | ')[:2] for line in text.splitlines() if line.startswith('| ')]
-    assert names[1:3] == [['| results/swissroll', 'swissroll'], ['| models/deadleaves', 'deadleaves']]
+    assert names[1:3] == [['| models/deadleaves', 'deadleaves'], ['| models/swissroll', 'swissroll']]
     assert ['| not in the repository', 'heartbeat'] in names and ['| not in the repository', 'MNIST'] in names
-    assert '- how it was made (machine, load, time): [results/swissroll/README.md](results/swissroll/README.md)' in text
+    assert '- how it was made (machine, load, time): [models/swissroll/README.md](models/swissroll/README.md)' in text
     assert 'models/deadleaves/README.md' not in text
-    (tmp_path / 'models' / 'deadleaves' / 'results.json').unlink()
-    assert [os.path.relpath(d, tmp_path) for d in report.committed_dirs(str(tmp_path))] == ['results/swissroll']
-    monkeypatch.setattr(report, 'ROOT', str(tmp_path / 'results' / 'empty'))
+    for folder in ('swissroll', 'deadleaves'):
+        (tmp_path / 'models' / folder / 'results.json').unlink()
+    monkeypatch.setattr(report, 'ROOT', str(tmp_path))
     with pytest.raises(SystemExit) as stop:
         report.main([])
     assert stop.value.code == 2 and 'give run directories' in capsys.readouterr().err
