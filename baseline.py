@@ -39,6 +39,7 @@ from scipy.special import logsumexp
 import cli
 import datasets
 import experiments
+import memory
 import provenance
 import rundirs
 import util
@@ -48,6 +49,7 @@ import util
 NEIGHBOURS = ((0, -1), (0, -2), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2),
               (-2, -1), (-2, 0), (-2, 1))
 COVARIANCE_FLOOR = 1e-8  # added to each component's variances; one level's noise has variance ~1.5e-5
+EM_S = 5e-7  # seconds per patch and component in one EM iteration: 392 s for 60 of 200,000 x 64 (dead leaves)
 EM_TOLERANCE_NATS = 1e-5  # per patch: stop when an EM iteration gains less
 CHUNK = 100               # images per vectorised evaluation
 
@@ -63,6 +65,11 @@ def patches(x):
     padded[:, reach:reach + H, reach:reach + W] = x
     shifted = [padded[:, reach + dr:reach + dr + H, reach + dc:reach + dc + W] for dr, dc in NEIGHBOURS]
     return np.stack(shifted + [x], axis=-1)
+
+
+def interior_pixels(H, W):
+    """The pixels of an H x W image whose neighbours are all inside: the patches it gives."""
+    return int((~np.isnan(patches(np.zeros((1, H, W)))).any(axis=-1)).sum())
 
 
 def interior_patches(x, n_patches, rng):
@@ -194,6 +201,22 @@ def check(args):
             cli.fail('{} {}: is a file, not a folder'.format(flag, path))
 
 
+def check_fit(args, fit_x):
+    """One line and exit 2 for more components than patches to fit them on, or a fit that
+    would take over a year; one line with the expected time of a fit over ten minutes."""
+    n_patches = min(args.patches, len(fit_x) * interior_pixels(*fit_x.shape[2:]))
+    if args.components > n_patches:
+        cli.fail('--components {}: the mixture is fitted on {:,} patches (--patches {}, --n-fit {} images); give at '
+                 'most that many'.format(args.components, n_patches, args.patches, len(fit_x)))
+    refusal, notice = memory.check_time(
+        args.em_iterations * EM_S * n_patches * args.components, '--em-iterations {}'.format(args.em_iterations),
+        'EM fitting, if it runs every iteration', '{:.0e} s per patch and component in an EM iteration, measured with the defaults'.format(EM_S))
+    if refusal:
+        cli.fail(refusal)
+    if notice:
+        print(notice, flush=True)
+
+
 def load(args):
     """(dataset, model arguments, train, test) as training loads them, or a one-line error."""
     try:
@@ -208,6 +231,7 @@ def main(argv=None):
     dataset, _, train_x, test_x = load(args)
     pixels = experiments.PixelUnits.of_images(train_x, 'paper')  # as training and K see them
     fit_x = train_x[np.sort(np.random.default_rng([args.seed, 0]).permutation(len(train_x))[:args.n_fit])]
+    check_fit(args, fit_x)
     start, start_cpu = time.time(), time.process_time()
     r = baseline(pixels, fit_x, test_x, args.components, args.patches, args.em_iterations, args.seed,
                  lambda line: print('{} ({:.0f} s)'.format(line, time.time() - start), flush=True))

@@ -184,18 +184,48 @@ def write_checksum(path):
         f.write('{}  {}\n'.format(archives.digests(path, ['sha256'])['sha256'], os.path.basename(path)))
 
 
-def verify_checksum(path, remedy):
-    """archives.ChecksumError (one line ending in `remedy`, what to do) when the data file
-    `path` no longer has the SHA-256 kept beside it. A file made before checksums were kept,
-    or by other software, has none and is not checked."""
+# The SHA-256 of the data files that come out byte for byte the same wherever they are made
+# (from a fixed seed, or from a source whose checksum is checked, written by requirements.lock's
+# h5py 3.9.0 / HDF5 1.12.2, which store no timestamps), with the command that makes each anew:
+# a file of one of these names whose .sha256 is missing is checked against them. Printed by
+# these commands (2 s to 2 min), the same on two runs of each.
+RECORDED_FILES = {
+    'deadleaves_64_10000_1.hdf5': ('62668c36c2621c92b96eb1c582e2dcdd58c45dbcb02356bf721264da4d565480',
+                                   'python datasets.py info deadleaves'),
+    'deadleaves_16_10000_1.hdf5': ('619edfe5f84b28de4babc4f7715e29d38902812214020a76413a4db1fbfe3707',
+                                   'python datasets.py info deadleaves --image-size 16'),
+    'mnist5k.hdf5': ('3674d5623f92ce6952c2d24a6d3a20113a750b904377348516afeae630408c60',
+                     'python datasets.py info mnist5k'),
+}
+
+
+def verify_checksum(path, remedy, fuel_made=False):
+    """archives.ChecksumError (one line ending in what to do) unless the data file `path` has
+    the SHA-256 kept beside it when it was made or, without that, the one RECORDED_FILES has
+    for its name. `fuel_made` (MNIST, CIFAR-10: Fuel's converters wrote no checksum) lets a
+    file without either through to the layout checks of read_images, with one line saying so;
+    any other such file is refused."""
     try:
         with open(checksum_file(path)) as f:
             kept = f.read().split()[:1]
     except FileNotFoundError:
+        kept = None
+    recorded = RECORDED_FILES.get(os.path.basename(path))
+    if kept is None and recorded is None:
+        if not fuel_made:
+            raise archives.ChecksumError('{} has no {} and no SHA-256 is recorded for it; {}'.format(
+                path, checksum_file(path), remedy))
+        print('{} has no {} (made by Fuel, or before checksums were kept): its layout is checked, '
+              'not its checksum'.format(path, checksum_file(path)), file=sys.stderr)
         return
-    if kept != [archives.digests(path, ['sha256'])['sha256']]:
+    digest = archives.digests(path, ['sha256'])['sha256']
+    if kept is not None and kept != [digest]:
         raise archives.ChecksumError('{} is damaged: its SHA-256 is not the one kept in {} when it was made; {}'.format(
             path, checksum_file(path), remedy))
+    if kept is None and recorded[0] != digest:
+        raise archives.ChecksumError('{} has no {} and its SHA-256 is not the one recorded for it '
+                                     '(datasets.RECORDED_FILES); move it away and make it again: {} --data-path {}'.format(
+                                         path, checksum_file(path), recorded[1], shlex.quote(os.path.dirname(path))))
 
 
 def read_images(path, split, shape=None):
@@ -233,6 +263,7 @@ DEADLEAVES_COUNT = 10000  # images; the last tenth is the test split
 DEADLEAVES_SEED = 1
 DEADLEAVES_RMIN = 1.0    # smallest radius, pixels; the largest is half the image side
 DEADLEAVES_BATCH = 256   # disks drawn per vectorised step (the images depend on it too)
+DEADLEAVES_IMAGE_S = 0.008  # seconds per 64x64 image here (6-11 ms); about in proportion to the pixels
 
 
 def deadleaves_radii(rng, n, rmin, rmax):
@@ -504,47 +535,52 @@ def load_images(name, split, data_path=None, **options):
     data_path: --data-path (see data_path). options: deadleaves: size, count, seed (the
     file is generated if missing); bark: folder, patch, stride; folder: folder, image_size,
     channels. mnist5k also has the split 'valid'. MNIST and CIFAR10 raise
-    DataMissing if their file is absent, streams.LayoutError if it is not what it should be.
+    DataMissing if their file is absent, streams.LayoutError if it is not what it should be;
+    a file of any set whose checksum fails raises archives.ChecksumError (verify_checksum).
     """
+    return load_splits(name, (split,), data_path, **options)[0]
+
+
+def load_splits(name, splits, data_path=None, **options):
+    """(images of each of `splits`), as load_images gives them; the file is checked once."""
     name = canonical_name(name)
-    splits = tuple(MNIST5K_SPLITS) if name == 'mnist5k' else SPLITS
-    if split not in splits:
-        raise ValueError('unknown split {!r}; choose from {}'.format(split, ', '.join(splits)))
+    known = tuple(MNIST5K_SPLITS) if name == 'mnist5k' else SPLITS
+    for split in splits:
+        if split not in known:
+            raise ValueError('unknown split {!r}; choose from {}'.format(split, ', '.join(known)))
     if name in ('MNIST', 'CIFAR10', 'digits', 'mnist5k') and options:
         raise ValueError('{} takes no options (got {})'.format(name, ', '.join(options)))
     if name in DOWNLOADS:
         path = downloaded_file(name, data_path)
-        verify_checksum(path, 'delete it and make it again: python datasets.py fetch {} (or convert)'.format(name))
-        return read_images(path, split, DOWNLOADS[name]['shape'])
+        verify_checksum(path, 'delete it and make it again: python datasets.py fetch {} (or convert)'.format(name),
+                        fuel_made=True)
+        return tuple(read_images(path, s, DOWNLOADS[name]['shape']) for s in splits)
     if name == 'deadleaves':
         path = deadleaves_file(data_path, **options)
         verify_checksum(path, 'delete it and run again to generate it anew')
-        return read_images(path, split)
+        return tuple(read_images(path, s) for s in splits)
     if name == 'mnist5k':
         path = mnist5k_file(data_path)
         verify_checksum(path, 'delete it and run again to convert it anew')
-        return read_images(path, split, (1, 28, 28))
-    if name == 'bark':
-        return bark(**options)[split]
-    if name == 'digits':
-        return digits()[split]
-    if name == 'folder':
-        return folder_images(**options)[split]
+        return tuple(read_images(path, s, (1, 28, 28)) for s in splits)
+    made = {'bark': bark, 'digits': digits, 'folder': folder_images}[name](**options)
+    return tuple(made[s] for s in splits)
 
 
 # ---------------------------------------------------------------- command line
 
-def info(name, cli_value=None):
+def info(name, cli_value=None, image_size=DEADLEAVES_SIZE):
     """Print where data set `name` lives and, per split, its shape, dtype and value range.
-    For dead leaves (default options) this generates the file if it is missing."""
+    For dead leaves (of side `image_size`) this generates the file if it is missing."""
+    options = {'size': image_size} if name == 'deadleaves' else {}
     files = {'deadleaves': deadleaves_file, 'mnist5k': mnist5k_file}
     if name in DOWNLOADS or name in files:
-        path = downloaded_file(name, cli_value) if name in DOWNLOADS else files[name](cli_value)
+        path = downloaded_file(name, cli_value) if name in DOWNLOADS else files[name](cli_value, **options)
         print('{}: {} (sha256 {})'.format(name, path, archives.digests(path, ['sha256'])['sha256']))
     else:
         print('{}: made in memory, no file'.format(name))
-    for split in (MNIST5K_SPLITS if name == 'mnist5k' else SPLITS):
-        x = load_images(name, split, cli_value)
+    splits = tuple(MNIST5K_SPLITS) if name == 'mnist5k' else SPLITS
+    for split, x in zip(splits, load_splits(name, splits, cli_value, **options)):
         print('  {}: {} {}, values {}..{}'.format(split, x.shape, x.dtype, x.min(), x.max()))
 
 
@@ -567,10 +603,32 @@ def parser():
     convert_.add_argument('--raw', required=True, help='folder holding the downloaded archives')
     named = tuple(n for n in IMAGE_SETS if n != 'folder')  # your own images: train.py --dataset folder:PATH
     info_.add_argument('name', type=name_of(named), help=', '.join(named))
+    info_.add_argument('--image-size', type=int, default=DEADLEAVES_SIZE,
+                       help='deadleaves only: the side of its images, pixels (train.py\'s model arg image_size)')
     for command in (fetch_, convert_, info_):
         command.add_argument('--data-path', help='folder of the data files (default: the first '
                              'entry of $FUEL_DATA_PATH, else {})'.format(DEFAULT_DATA_PATH))
     return top
+
+
+def deadleaves_size_problem(size, count, folder):
+    """(error, notice) of generating `count` dead-leaves images of side `size` into `folder`:
+    one line when they cannot be made (a side below 2, more memory than this machine has,
+    more than a year) and one giving the time of a generation over ten minutes; None for
+    each that does not apply, and for a file that exists already."""
+    if size < 2:
+        return '--image-size {}: must be an integer >= 2 (the disks\' radii go up to half of it)'.format(size), None
+    if os.path.exists(os.path.join(folder, 'deadleaves_{}_{}_{}.hdf5'.format(size, count, DEADLEAVES_SEED))):
+        return None, None
+    import memory  # here: only this check needs it
+    need, available = 2 * count * size ** 2, memory.available_bytes()  # the images and their copy being written
+    if available is not None and need > available:
+        return '--image-size {}: {:,} images need at least {} of memory, and this machine has {} available: ' \
+               'make it smaller'.format(size, count, memory.readable(need), memory.readable(available)), None
+    seconds = count * DEADLEAVES_IMAGE_S * (size / DEADLEAVES_SIZE) ** 2
+    return memory.check_time(seconds, '--image-size {}'.format(size), 'generating {:,} images'.format(count),
+                             '{} s per {}x{} image, scaled by the pixels'.format(
+                                 DEADLEAVES_IMAGE_S, DEADLEAVES_SIZE, DEADLEAVES_SIZE))
 
 
 def main(argv=None):
@@ -581,13 +639,20 @@ def main(argv=None):
         print('datasets.py: error: the data path {} is a file, not a folder; give a folder with '
               '--data-path'.format(folder), file=sys.stderr)
         return 2
+    if args.command == 'info' and args.name == 'deadleaves':
+        error, notice = deadleaves_size_problem(args.image_size, DEADLEAVES_COUNT, folder)
+        if error:
+            print('datasets.py: error: {}'.format(error), file=sys.stderr)
+            return 2
+        if notice:
+            print(notice, flush=True)
     try:
         if args.command == 'fetch':
             print(fetch(args.name, folder))
         elif args.command == 'convert':
             print(convert(args.name, args.raw, folder))
         else:
-            info(args.name, args.data_path)
+            info(args.name, args.data_path, args.image_size)
     except (DataMissing, archives.FormatError, archives.ChecksumError, streams.LayoutError, OSError) as e:
         print('datasets.py: error: {}'.format(e), file=sys.stderr)
         return 2

@@ -341,6 +341,12 @@ def evaluate_command(args, ks, comm):
         min(args.n_examples or n, n), int(np.prod(exp.train_x.shape[1:])), exp.diffusion.T_steps)
     if too_large:
         cli.fail(too_large)
+    refusal, notice = memory.check_evaluation_time(exp, min(args.n_examples or n, n), args.n_t, ks, args.iw_n,
+                                                   args.parzen_samples)
+    if refusal:
+        cli.fail(refusal)
+    if notice and comm.is_writer:
+        print(notice, file=sys.stderr if args.json else sys.stdout, flush=True)
     out_dir = args.output_dir or run_dir
     os.makedirs(out_dir, exist_ok=True)
     averaged = args.ema if exp.args.get('ema') else None

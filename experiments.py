@@ -359,7 +359,7 @@ def load_data(dataset, args, seed, data_path=None):
     options = {'deadleaves': {'size': args.get('image_size')},
                'bark': {'folder': args.get('folder'), 'patch': args.get('patch')},
                'folder': {k: args.get(k) for k in ('folder', 'image_size', 'channels')}}.get(dataset, {})
-    return tuple(datasets.load_images(dataset, split, data_path, **options) for split in datasets.SPLITS)
+    return datasets.load_splits(dataset, datasets.SPLITS, data_path, **options)
 
 
 def grey_paper_images(name, seed, data_path=None):

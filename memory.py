@@ -1,5 +1,6 @@
-"""How much memory a run needs, estimated from its settings before anything is allocated,
-and the one-line refusal of a setting too large for this machine.
+"""What a run costs, memory and time, estimated from its settings before anything is
+allocated or compiled: the one-line refusal of a setting too large for this machine, and the
+one-line notice of a run that will be long.
 
 The estimate is arithmetic on the settings, not a trial allocation: the largest arrays
 of the data set, the network with its optimiser state and one minibatch's activations,
@@ -195,3 +196,93 @@ def check_sampling(n, n_frames, dims):
         return '--{} {}'.format('n' if key == 'n' else 'frames', n if key == 'n' else n_frames)
     return too_large(estimate, {'n': n, 'n_frames': n_frames}, {'n': 49, 'n_frames': 8}, flag_of,
                      backend.launched_processes()[1], 'this sampling')
+
+
+# ---------------------------------------------------------------- what a run takes in time
+
+# Seconds per training minibatch at the data set's default batch size (presets.RUN_DEFAULTS),
+# one process on this machine (2-core Xeon, AVX-512), the paper preset unless said: README.md's
+# table of runs and bench.py. MNIST and CIFAR10: the code preset's networks (the paper's
+# MNIST network costs less). bark, folder and mnist5k were not timed: the same network's
+# figure (dead leaves', MNIST's) scaled by their batch size.
+STEP_S = {'swissroll': 0.0074, 'heartbeat': 0.0068, 'digits': 0.032, 'deadleaves': 0.60, 'bark': 0.77,
+          'folder': 0.60, 'MNIST': 0.50, 'mnist5k': 0.10, 'CIFAR10': 4.1}
+FORWARD_SHARE = 1 / 3  # a forward pass of the network: about a third of a training step's work
+LONG_S = 10 * 60        # a command that will take longer says so before it starts
+ABSURD_S = 365 * 86400  # and one that would take longer than a year is refused
+
+
+def training_seconds(dataset, batch_size, n_batches):
+    """n_batches training minibatches of batch_size examples: STEP_S scaled by the batch size."""
+    return n_batches * STEP_S[dataset] * batch_size / presets.RUN_DEFAULTS[dataset]['batch_size']
+
+
+def forward_seconds(dataset, passes, args, side):
+    """`passes` forward passes of one example through the network of model arguments `args`
+    (a reverse step, a draw of the bound): FORWARD_SHARE of a training step's time per
+    example, times the whole image's pixels over a training crop's (`crop`) for images of
+    side `side`."""
+    crop = args.get('crop') or side
+    return (passes * FORWARD_SHARE * STEP_S[dataset] / presets.RUN_DEFAULTS[dataset]['batch_size']
+            * (side / crop) ** 2)
+
+
+def readable_time(seconds):
+    """'40 s', '12 min', '3.2 h', '5.1 days', '230 years'."""
+    for unit, size in (('years', 365 * 86400), ('days', 86400), ('h', 3600), ('min', 60)):
+        if seconds >= 2 * size:
+            return '{:,.{}f} {}'.format(seconds / size, 0 if seconds >= 10 * size else 1, unit)
+    return '{:.0f} s'.format(seconds)
+
+
+def check_time(seconds, what, work, basis):
+    """(refusal, notice): one line refusing `what` (the setting that sets the work) when its
+    `work` ('training') would take over ABSURD_S, else one line giving the expected time when
+    over LONG_S; None for each that does not apply. `basis`: what the estimate rests on."""
+    said = '{}: about {} of {} ({})'.format(what, readable_time(seconds), work, basis)
+    if seconds > ABSURD_S:
+        return said + '; make it smaller', None
+    return None, (said if seconds > LONG_S else None)
+
+
+def check_training_time(dataset, s, args, iterations_done=0):
+    """check_time of the minibatches a run of model arguments `args` plans (settings `s`:
+    --max-batches, --max-epochs, --max-minutes), from iterations_done on."""
+    n_train = args['n_train'] if dataset not in presets.IMAGES else image_shape(dataset, args)[0] * 9 // 10
+    batch_size = min(s['batch_size'], n_train)  # at most the training set (settings.check_batch_size)
+    per_epoch = -(-n_train // batch_size)  # about: the image sets' test share varies
+    limits = {'--max-batches {}'.format(s['max_batches']): s['max_batches'],
+              '--max-epochs {}'.format(s['max_epochs']): s['max_epochs'] and s['max_epochs'] * per_epoch}
+    what, planned = min(((k, v) for k, v in limits.items() if v), key=lambda kv: kv[1], default=(None, None))
+    seconds = math.inf if planned is None else training_seconds(dataset, batch_size, max(planned - iterations_done, 0))
+    if s['max_minutes'] and s['max_minutes'] * 60 < seconds:
+        what, seconds = '--max-minutes {}'.format(s['max_minutes']), s['max_minutes'] * 60
+    if what is None:
+        return None, None
+    basis = '{} s per minibatch of {} measured for {} on one process, scaled to {}'.format(
+        STEP_S[dataset], presets.RUN_DEFAULTS[dataset]['batch_size'], dataset, batch_size)
+    return check_time(seconds, what, 'training', basis)
+
+
+def check_sampling_time(exp, n):
+    """check_time of sampler.py's n samples of the experiment `exp`, T reverse steps each."""
+    dataset, T_steps = exp.dataset, exp.diffusion.T_steps
+    basis = '{:,} reverse steps of the network, a third of a training step\'s time per example each'.format(
+        n * T_steps)
+    seconds = forward_seconds(dataset, n * T_steps, exp.args, exp.test_x.shape[-1])
+    return check_time(seconds, '--n {}'.format(n), 'sampling', basis)
+
+
+def check_evaluation_time(exp, n_examples, n_t, iw_k, iw_n, parzen_samples):
+    """check_time of evaluate.py on the experiment `exp`: the bound's n_t draws of each of
+    n_examples, the importance weights' max(iw_k) trajectories of T steps for iw_n examples,
+    and the Parzen window's samples of T steps; the flag of the largest named."""
+    T_steps = exp.diffusion.T_steps
+    passes = {'--n-t {}'.format(n_t): n_examples * n_t,
+              '--iw-n {} --iw-k {}'.format(iw_n, ','.join(map(str, iw_k))): min(iw_n, n_examples) * max(iw_k, default=0) * T_steps,
+              '--parzen-samples {}'.format(parzen_samples): parzen_samples * T_steps}
+    what = max(passes, key=passes.get)
+    basis = '{:,} forward passes of the network, a third of a training step\'s time per example each'.format(
+        sum(passes.values()))
+    seconds = forward_seconds(exp.dataset, sum(passes.values()), exp.args, exp.test_x.shape[-1])
+    return check_time(seconds, what, 'evaluation', basis)

@@ -69,7 +69,9 @@ def sample(args):
         except ValueError as e:
             cli.fail(str(e))
         skip = None if args.skip_last_step is None else args.skip_last_step == 'yes'
-        check_sizes(args, exp, exp.args.get('skip_last_step', False) if skip is None else skip)
+        notice = check_sizes(args, exp, exp.args.get('skip_last_step', False) if skip is None else skip)
+        if notice and comm.is_writer:
+            print(notice, flush=True)
         try:
             result = reverse.run(exp, args.mode, args.n, args.seed, args.noise_std, args.mask, args.frames,
                          args.batch_size, skip, progress=comm.is_writer, comm=comm)
@@ -84,7 +86,8 @@ def sample(args):
 
 def check_sizes(args, exp, skip_last_step):
     """One-line error and exit 2 for more frames than the reverse process has states, or
-    samples and frames that do not fit in memory (before anything is computed)."""
+    samples and frames that do not fit in memory or would take over a year (before anything
+    is computed). Returns the line to print for sampling that will take over ten minutes, or None."""
     import memory
     states = exp.diffusion.T_steps + (0 if skip_last_step else 1)  # x^T .. x^0 (x^1 if the last step is skipped)
     if args.frames > states:
@@ -93,6 +96,10 @@ def check_sizes(args, exp, skip_last_step):
     too_large = memory.check_sampling(args.n, args.frames, exp.test_x[0].size)
     if too_large:
         cli.fail(too_large)
+    refusal, notice = memory.check_sampling_time(exp, args.n)
+    if refusal:
+        cli.fail(refusal)
+    return notice
 
 
 if __name__ == '__main__':

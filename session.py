@@ -142,6 +142,12 @@ def settings_and_experiment(args):
         too_large = memory.check_training(s['dataset'], s['fidelity'], config, s['batch_size'])
         if too_large:
             cli.fail(too_large)
+        refusal, notice = memory.check_training_time(s['dataset'], s, config,
+                                                     checkpoint['status']['iterations_done'] if checkpoint else 0)
+        if refusal:
+            cli.fail(refusal)
+        if notice:
+            print(notice, flush=True)
         exp = experiments.build(s['dataset'], config, s['seed'], s['data_path'])
         settings.check_batch_size(s, len(exp.train_x), args.batch_size is not None and not checkpoint)
         if checkpoint:  # before anything is compiled (the main loop loads them again, with the rest)

@@ -80,6 +80,9 @@ def test_command_on_the_digits(tmp_path):
     (['--dataset', 'swissroll'], '--dataset: unknown data set'),
     (['--dataset', 'digits', '--components', '0'], '--components 0: must be an integer >= 1'),
     (['--dataset', 'digits', '--patches', 'many'], 'invalid int value'),
+    (['--dataset', 'digits', '--components', '1000000000000'],  # 1,000 images x 24 interior pixels
+     '--components 1000000000000: the mixture is fitted on 24,000 patches (--patches 200000, --n-fit 1000 images)'),
+    (['--dataset', 'digits', '--em-iterations', '1000000000000'], '--em-iterations 1000000000000: about '),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -87,3 +90,11 @@ def test_bad_input_is_one_line(argv, message, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_long_fit_says_how_long_before_it_starts(capsys):
+    args = B.build_parser().parse_args(['--dataset', 'digits', '--em-iterations', '100000'])
+    B.check_fit(args, np.zeros((1000, 1, 8, 8), np.uint8))  # 24,000 patches x 64 components x 100,000 iterations
+    assert capsys.readouterr().out == ('--em-iterations 100000: about 21 h of EM fitting, if it runs every iteration '
+                                       '(5e-07 s per patch and component in an EM iteration, measured with the '
+                                       'defaults)\n')

@@ -453,6 +453,24 @@ def test_a_data_path_that_is_a_file_is_refused_before_anything_is_made(tmp_path,
     assert path.read_bytes() == b'kept as it is' and os.listdir(tmp_path) == ['a_file']
 
 
+@pytest.mark.parametrize('size, message', [
+    ('0', "--image-size 0: must be an integer >= 2 (the disks' radii go up to half of it)"),
+    ('1000000000000', '--image-size 1000000000000: 10,000 images need at least '),
+])
+def test_dead_leaves_of_an_absurd_size_are_refused_before_anything_is_made(tmp_path, capsys, size, message):
+    assert datasets.main(['info', 'deadleaves', '--image-size', size, '--data-path', str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('datasets.py: error: ' + message) and err.count('\n') == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_long_generation_says_how_long_and_an_existing_file_says_nothing(tmp_path):
+    assert datasets.deadleaves_size_problem(400, 10000, str(tmp_path)) == (None, (
+        '--image-size 400: about 52 min of generating 10,000 images (0.008 s per 64x64 image, scaled by the pixels)'))
+    (tmp_path / 'deadleaves_400_10000_1.hdf5').write_bytes(b'')
+    assert datasets.deadleaves_size_problem(400, 10000, str(tmp_path)) == (None, None)
+
+
 def test_command_line_converts_and_describes(tmp_path, capsys):
     make_mnist(tmp_path)
     assert datasets.main(['convert', 'MNIST', '--raw', str(tmp_path),

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -27,9 +28,11 @@ import evaluate
 import experiments
 import extensions as E
 import mainloop
+import memory
 import parallel
 import rundirs
 import sampler
+import settings
 import streams
 import train
 
@@ -103,6 +106,48 @@ def test_a_model_argument_too_large_for_the_memory_is_one_line_naming_it(tmp_pat
     line = error(capsys.readouterr().err)
     assert line.startswith('--model-args {} needs at least '.format(model_args)), line
     assert 'this machine has' in line and not out.exists()
+
+
+@pytest.mark.parametrize('flag', ['--max-batches', '--max-epochs'])
+def test_a_run_that_would_take_years_is_one_line_naming_the_flag_before_anything_is_made(tmp_path, capsys, flag):
+    out = tmp_path / 'runs'
+    with pytest.raises(SystemExit) as stop:
+        train.main(['--dataset', 'heartbeat', flag, '1000000000000', '--output-dir', str(out)])
+    assert stop.value.code == 2
+    line = error(capsys.readouterr().err)
+    assert line.startswith('{} 1000000000000: about '.format(flag)) and line.endswith(' years of training (0.0068 s '
+                           'per minibatch of 512 measured for heartbeat on one process, scaled to 512); make it smaller')
+    assert not out.exists()
+
+
+def test_a_long_run_says_how_long_before_it_starts():
+    s = dict(settings.DEFAULTS, batch_size=256, max_batches=300000, max_epochs=None, max_minutes=None)
+    config = {'n_train': 100000}
+    assert memory.check_training_time('heartbeat', s, config) == (None, (
+        '--max-batches 300000: about 17 min of training (0.0068 s per minibatch of 512 measured for heartbeat on '
+        'one process, scaled to 256)'))
+    assert memory.check_training_time('heartbeat', s, config, iterations_done=250000) == (None, None)  # resumed
+    assert memory.check_training_time('heartbeat', dict(s, max_minutes=5), config) == (None, None)
+    assert memory.check_training_time('heartbeat', dict(s, max_batches=None, max_epochs=1000), config)[1].startswith(
+        '--max-epochs 1000: about 22 min of training')  # 391 minibatches per epoch
+
+
+def test_long_sampling_and_evaluation_say_how_long(capsys):
+    exp = types.SimpleNamespace(dataset='heartbeat', diffusion=types.SimpleNamespace(T_steps=1000), args={},
+                                test_x=np.zeros((10, 20), np.float32))
+    args = sampler.build_parser().parse_args(['run', '--n', '200000'])
+    assert sampler.check_sizes(args, exp, False) == (
+        '--n 200000: about 15 min of sampling (200,000,000 reverse steps of the network, a third of a training '
+        'step\'s time per example each)')
+    with pytest.raises(SystemExit):
+        sampler.check_sizes(sampler.build_parser().parse_args(['run', '--n', '10000000000000']), exp, False)
+    assert error(capsys.readouterr().err).startswith('--n 10000000000000 needs at least ')  # memory before time
+    refusal, notice = memory.check_evaluation_time(exp, 1000, 10, (1, 4000), 1000, 0)
+    assert refusal is None and notice.startswith('--iw-n 1000 --iw-k 1,4000: about 4.9 h of evaluation')
+    images = types.SimpleNamespace(dataset='deadleaves', diffusion=types.SimpleNamespace(T_steps=1000),
+                                   args={'crop': 32}, test_x=np.zeros((1000, 1, 64, 64), np.uint8))
+    assert memory.check_evaluation_time(images, 1000, 1000, (), 100, 0)[1].startswith(
+        '--n-t 1000: about 2.2 h of evaluation')  # whole 64x64 images: 4 times a 32x32 training crop's work
 
 
 def test_an_evaluation_too_large_for_the_memory_is_one_line_naming_the_flag(finished_run, capsys):
