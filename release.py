@@ -115,13 +115,20 @@ def session_table(runs):
     return rows
 
 
+def json_in(model_dir, name):
+    """The JSON file `name` of the folder, or None where it is not there."""
+    path = os.path.join(model_dir, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def evaluation_line(model_dir, unit):
     """What evaluate.py wrote into the folder (evaluation_test.json), as one README line; K in `unit`."""
-    path = os.path.join(model_dir, 'evaluation_test.json')
-    if not os.path.exists(path):
+    r = json_in(model_dir, 'evaluation_test.json')
+    if r is None:
         return '`evaluate.py` has not been run on this checkpoint yet.'
-    with open(path) as f:
-        r = json.load(f)
     b = r['bound']
     return ('`python evaluate.py models/{} --n-t {}` after minibatch {:,}: K = {:.3f} +- {:.3f} {} '
             '({} test examples, {} draws of t each; evaluation_test.json).').format(
@@ -131,11 +138,9 @@ def evaluation_line(model_dir, unit):
 
 def results_line(model_dir, unit):
     """The held-out bound of train.py's final evaluation (results.json), as one README line; K in `unit`."""
-    path = os.path.join(model_dir, 'results.json')
-    if not os.path.exists(path):
+    r = json_in(model_dir, 'results.json')
+    if r is None:
         return 'The run has not ended: no final bound (results.json) yet.'
-    with open(path) as f:
-        r = json.load(f)
     return ('Final held-out bound of the last session (train.py, results.json): K = {:.3f} +- {:.3f} {} '
             '({} test examples, {} draws of t each, at minibatch {:,}).').format(
         r['K_bits'], r['stderr_bits'], unit, r['n_eval'], r['n_t'], r['iterations'])
