@@ -348,9 +348,10 @@ def print_report(report):
     m = report['machine']
     print('Machine: {} ({} cores; load average {:.1f} at the start)'.format(
         m['cpu'], m['cores'], m['load_average_1min']))
-    print('BLAS: {} (core {}, {} threads; OPENBLAS_CORETYPE={}), Theano openmp={}, floatX={}'.format(
-        m['blas'], m.get('openblas_core'), m.get('openblas_threads'), m['OPENBLAS_CORETYPE'],
-        m['openmp'], m['floatX']))
+    print('BLAS: {} (core {}, {} threads; OPENBLAS_CORETYPE={}), Theano openmp={}, floatX={}, '
+          'denormals {}'.format(m['blas'], m.get('openblas_core'), m.get('openblas_threads'),
+                                m['OPENBLAS_CORETYPE'], m['openmp'], m['floatX'],
+                                'flushed' if m.get('denormals_flushed') else 'kept'))
     print('Peak: {:.1f} GFLOP/s (float32 {}^3 product, {}, best of {})'.format(
         report['peak_gflops'], PEAK_SIZE, '/'.join(report['peak_ops']), PEAK_REPEATS))
     print('Networks: random stand-in images; {} process{}'.format(

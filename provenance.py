@@ -9,7 +9,7 @@ import shlex
 import subprocess
 import sys
 
-from backend import cpu_flags, cpuinfo, launched_processes, machine_isa, pinned_isa
+from backend import cpu_flags, cpuinfo, denormals_flushed, launched_processes, machine_isa, pinned_isa
 
 PROJECT = 'diffusion-thermodynamics'
 PACKAGE = 'diffusion_thermodynamics'  # the installed modules' folder (setup.py)
@@ -97,7 +97,8 @@ def isa_record():
 
 def machine():
     """The machine and numerical libraries a run is on: CPU, cores, BLAS and its thread
-    settings, Theano (version, flags) and numpy (environment; bench.py's report)."""
+    settings, Theano (version, flags), numpy, whether denormals are flushed (environment;
+    bench.py's report)."""
     import theano  # here, not at the top: this module sets THEANO_FLAGS before Theano is imported
     return {
         'cpu': cpuinfo('model name') or platform.processor() or platform.machine(), 'cores': os.cpu_count(),
@@ -105,7 +106,7 @@ def machine():
         'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),
         'OPENBLAS_NUM_THREADS': os.environ.get('OPENBLAS_NUM_THREADS'),
         'theano_flags': os.environ.get('THEANO_FLAGS'), 'theano': theano.__version__,
-        'numpy': package_version('numpy')}
+        'numpy': package_version('numpy'), 'denormals_flushed': denormals_flushed()}
 
 
 def environment():
