@@ -245,9 +245,10 @@ def check_time(seconds, what, work, basis):
     return None, (said if seconds > LONG_S else None)
 
 
-def check_training_time(dataset, s, args, iterations_done=0):
+def check_training_time(dataset, s, args, iterations_done=0, seconds_done=0.0):
     """check_time of the minibatches a run of model arguments `args` plans (settings `s`:
-    --max-batches, --max-epochs, --max-minutes), from iterations_done on."""
+    --max-batches, --max-epochs, --max-minutes), from iterations_done and seconds_done of
+    training (a resumed run's) on."""
     n_train = args['n_train'] if dataset not in presets.IMAGES else image_shape(dataset, args)[0] * 9 // 10
     batch_size = min(s['batch_size'], n_train)  # at most the training set (settings.check_batch_size)
     per_epoch = -(-n_train // batch_size)  # about: the image sets' test share varies
@@ -255,8 +256,8 @@ def check_training_time(dataset, s, args, iterations_done=0):
               '--max-epochs {}'.format(s['max_epochs']): s['max_epochs'] and s['max_epochs'] * per_epoch}
     what, planned = min(((k, v) for k, v in limits.items() if v), key=lambda kv: kv[1], default=(None, None))
     seconds = math.inf if planned is None else training_seconds(dataset, batch_size, max(planned - iterations_done, 0))
-    if s['max_minutes'] and s['max_minutes'] * 60 < seconds:
-        what, seconds = '--max-minutes {}'.format(s['max_minutes']), s['max_minutes'] * 60
+    if s['max_minutes'] and s['max_minutes'] * 60 - seconds_done < seconds:
+        what, seconds = '--max-minutes {}'.format(s['max_minutes']), max(s['max_minutes'] * 60 - seconds_done, 0)
     if what is None:
         return None, None
     basis = '{} s per minibatch of {} measured for {} on one process, scaled to {}'.format(

@@ -308,7 +308,8 @@ class Folder:
 
 class Float32Probability(Real):
     """A number in (0, 1) that float32, the precision the model computes in, holds as
-    neither 0 nor 1 (p = 1e-320 is 0 in float32, and its log, -inf, makes every bound NaN)."""
+    neither 0 nor 1 (p = 1e-300 is 0 in float32, and its log, -inf, makes every bound NaN;
+    with denormals flushed, as by default (backend.flush_denormals), so is 1e-40)."""
 
     def __init__(self):
         super().__init__(0, 1)
@@ -317,7 +318,7 @@ class Float32Probability(Real):
         return super().accepts(v) and 0 < np.float32(v) < 1
 
     def __str__(self):
-        return 'a number in (0, 1) that float32 holds as neither 0 nor 1 (about 1.4e-45 to 1 - 6e-8)'
+        return 'a number in (0, 1) that float32 holds as neither 0 nor 1 (about 1.2e-38 to 1 - 6e-8)'
 
 
 NONFINITE = ('drop_step', 'zero_gradient')  # what a step does with a NaN or inf gradient (steprules.gradient_updates)

@@ -142,8 +142,9 @@ def settings_and_experiment(args):
         too_large = memory.check_training(s['dataset'], s['fidelity'], config, s['batch_size'])
         if too_large:
             cli.fail(too_large)
-        refusal, notice = memory.check_training_time(s['dataset'], s, config,
-                                                     checkpoint['status']['iterations_done'] if checkpoint else 0)
+        done = checkpoint['status'] if checkpoint else {}
+        refusal, notice = memory.check_training_time(s['dataset'], s, config, done.get('iterations_done', 0),
+                                                     done.get('wall_s', 0.0))
         if refusal:
             cli.fail(refusal)
         if notice:

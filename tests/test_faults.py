@@ -130,6 +130,9 @@ def test_a_long_run_says_how_long_before_it_starts():
     assert memory.check_training_time('heartbeat', dict(s, max_minutes=5), config) == (None, None)
     assert memory.check_training_time('heartbeat', dict(s, max_batches=None, max_epochs=1000), config)[1].startswith(
         '--max-epochs 1000: about 22 min of training')  # 391 minibatches per epoch
+    resumed = dict(s, max_batches=10 ** 7, max_minutes=425)  # --max-minutes counts the run's whole training
+    assert memory.check_training_time('heartbeat', resumed, config, 20000, seconds_done=284 * 60)[1].startswith(
+        '--max-minutes 425: about 2.4 h of training')
 
 
 def test_long_sampling_and_evaluation_say_how_long(capsys):
@@ -427,8 +430,9 @@ def test_a_bound_far_below_the_null_model_is_warned_about():
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--dataset', 'heartbeat', '--model-args', 'p=1e-320'], '--model-args p=1e-320: p must be a number in (0, 1) '
+    (['--dataset', 'heartbeat', '--model-args', 'p=1e-300'], '--model-args p=1e-300: p must be a number in (0, 1) '
                                                                'that float32 holds as neither 0 nor 1'),
+    (['--dataset', 'heartbeat', '--model-args', 'p=1e-40'], 'p must be a number in (0, 1)'),  # a flushed denormal
     (['--dataset', 'heartbeat', '--model-args', 'p=0.9999999999'], 'p must be a number in (0, 1) that float32'),
 ])
 def test_a_probability_that_float32_cannot_hold_is_refused(tmp_path, capsys, argv, message):
