@@ -29,7 +29,10 @@ ACTIVATIONS = (None, 'leaky_relu', 'softplus')  # index = the C code's activatio
 # The leaky ReLU's slope for negatives (released code), its one definition: conv3x3.c takes
 # it as an argument, multiscale.py defines multiscale.c's MS_LEAKY_SLOPE from it.
 LEAKY_RELU_SLOPE = 0.05
-WORKSPACE = 4 * 2 ** 20  # floats (16 MB) of transformed buffers per block of images
+# Floats (256 kB) of transformed buffers per block of images: a block that stays in the
+# core's cache. Against 16 MB blocks, one thread, forward and both gradients (docs/performance.md):
+# dead leaves' 32 -> 32 channels at 32x32 0.055 s against 0.094 s, at 16x16 0.015 s against 0.041.
+WORKSPACE = 64 * 2 ** 10
 
 
 def c_source():

@@ -105,8 +105,8 @@ def test_untied_biases_are_the_centre_of_the_full_output_shape(placement, conv_i
 
 
 @pytest.mark.parametrize('n_in,expected', [(3, ['corrmm'] * 3), (20, ['corrmm'] * 3),
-                                           (32, ['winograd', 'corrmm', 'corrmm'])])
-def test_auto_convolution_takes_winograd_at_full_resolution_from_32_channels(n_in, expected):
+                                           (32, ['winograd'] * 3), (100, ['winograd'] * 3)])
+def test_auto_convolution_takes_winograd_at_every_scale_from_32_channels(n_in, expected):
     layer = R.MultiScaleConv('ms', n_in, 4, 3, np.random.default_rng(0), 'softplus', 'after_sum', conv_impl='auto')
     assert layer.conv_impls == expected
 
