@@ -262,6 +262,15 @@ def default_threads():
         os.environ.setdefault(name, str(threads))
 
 
+
+def compute_threads():
+    """The OpenMP threads this process computes with: OMP_NUM_THREADS, else the cores it may
+    use (what libgomp takes)."""
+    try:
+        return max(1, int(os.environ.get('OMP_NUM_THREADS', '').split(',')[0]))
+    except ValueError:
+        return len(os.sched_getaffinity(0))
+
 # Idle threads sleep at once instead of spinning (libgomp spins for a while by default,
 # OpenBLAS up to 2^28 cycles): Theano's OpenMP loops, conv3x3's transforms and OpenBLAS's
 # products take turns on the same cores, and a spinning pool slowed the CIFAR-10 step

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-import backend  # noqa: F401  (configures Theano before it is imported)
+import backend  # first: it configures Theano before Theano is imported
 import theano.tensor as T
 from theano import gof
 from theano.tensor import blas, blas_headers
@@ -29,10 +29,16 @@ ACTIVATIONS = (None, 'leaky_relu', 'softplus')  # index = the C code's activatio
 # The leaky ReLU's slope for negatives (released code), its one definition: conv3x3.c takes
 # it as an argument, multiscale.py defines multiscale.c's MS_LEAKY_SLOPE from it.
 LEAKY_RELU_SLOPE = 0.05
-# Floats (256 kB) of transformed buffers per block of images: a block that stays in the
-# core's cache. Against 16 MB blocks, one thread, forward and both gradients (docs/performance.md):
-# dead leaves' 32 -> 32 channels at 32x32 0.055 s against 0.094 s, at 16x16 0.015 s against 0.041.
-WORKSPACE = 64 * 2 ** 10
+# Floats of transformed buffers per block of images. One thread: 256 kB, a block that stays
+# in the core's cache (dead leaves' 32 -> 32 channels at 32x32, forward and both gradients:
+# 0.055 s against 0.094 s with 16 MB blocks; docs/performance.md). Several threads: 16 MB,
+# enough work per block to share out (with 256 kB blocks two threads were slower than one).
+WORKSPACE_ONE_THREAD, WORKSPACE = 64 * 2 ** 10, 4 * 2 ** 20
+
+
+def block_floats(threads):
+    """The block size for a process computing with `threads` OpenMP threads."""
+    return WORKSPACE_ONE_THREAD if threads == 1 else WORKSPACE
 
 
 def c_source():
@@ -178,12 +184,13 @@ class Conv3x3GradW(Conv3x3Base):
                      workspace=self.workspace, fail=sub['fail'])
 
 
-def conv3x3(x, W, b=None, activation=None, impl='winograd', workspace=WORKSPACE):
+def conv3x3(x, W, b=None, activation=None, impl='winograd', workspace=None):
     """f(corr(x, W) + b): the 'same' 3x3 cross-correlation of x (n, C_in, H, W) with
     W (C_out, C_in, 3, 3), plus b (C_out,) per channel, through f in the same C pass.
 
     activation: None, 'leaky_relu' (slope 0.05) or 'softplus'. impl: 'winograd',
-    'im2col', or 'auto' (chosen at run time from C_in, see conv3x3.c).
+    'im2col', or 'auto' (chosen at run time from C_in, see conv3x3.c). workspace: floats
+    per block of images (default: block_floats of this process's threads).
     """
-    op = Conv3x3(impl, activation, workspace)
+    op = Conv3x3(impl, activation, workspace or block_floats(backend.compute_threads()))
     return op(x, W) if b is None else op(x, W, b)

@@ -4,7 +4,7 @@ A network maps x^t to read-out coefficients; model.py turns those into the mean
 and variance of p(x^{t-1} | x^t). Every parameter is a named Theano shared
 variable with an explicit initialisation.
 """
-import backend  # noqa: F401  (configures Theano before it is imported)
+import backend  # first: it configures Theano before Theano is imported
 
 import numpy as np
 import theano
@@ -243,10 +243,17 @@ def leaky_relu(x, slope=conv3x3.LEAKY_RELU_SLOPE):
     return T.nnet.relu(x, alpha=slope)
 
 
-# conv_impl='auto': Winograd at every scale of layers with at least this many input channels,
-# CorrMM below (measured: CorrMM wins at 1, 3 and 20 channels; with conv3x3's cache-sized
-# blocks Winograd wins at 32 and 100 channels down to the 4x4 scale, docs/performance.md)
+# conv_impl='auto': Winograd for layers with at least this many input channels, CorrMM below
+# (CorrMM wins at 1, 3 and 20 channels); on the pooled scales only in a one-thread process,
+# where conv3x3's cache-sized blocks win down to the 4x4 scale, while with more threads
+# CorrMM shares the small images out better (docs/performance.md)
 WINOGRAD_MIN_CHANNELS = 32
+
+
+def auto_conv_impls(n_in, n_scales, threads):
+    """conv_impl='auto' resolved per scale for a layer of n_in input channels."""
+    winograd = n_in >= WINOGRAD_MIN_CHANNELS
+    return ['winograd' if winograd and (s == 0 or threads == 1) else 'corrmm' for s in range(n_scales)]
 
 
 class MultiScaleConv(Layer):
@@ -282,8 +289,8 @@ class MultiScaleConv(Layer):
         if conv_impl not in ('auto', 'corrmm') and filter_size != 3:
             raise ValueError('conv_impl={!r} computes 3x3 filters only; use corrmm'.format(conv_impl))
         if conv_impl == 'auto':
-            winograd = n_in >= WINOGRAD_MIN_CHANNELS and filter_size == 3
-            self.conv_impls = ['winograd' if winograd else 'corrmm'] * n_scales
+            self.conv_impls = (auto_conv_impls(n_in, n_scales, backend.compute_threads()) if filter_size == 3
+                               else ['corrmm'] * n_scales)
         else:
             self.conv_impls = [conv_impl] * n_scales
         std = np.sqrt(1.0 / n_filters) / filter_size ** 2
