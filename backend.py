@@ -262,7 +262,6 @@ def default_threads():
         os.environ.setdefault(name, str(threads))
 
 
-
 def compute_threads():
     """The OpenMP threads this process computes with: OMP_NUM_THREADS, else the cores it may
     use (what libgomp takes)."""
@@ -270,6 +269,7 @@ def compute_threads():
         return max(1, int(os.environ.get('OMP_NUM_THREADS', '').split(',')[0]))
     except ValueError:
         return len(os.sched_getaffinity(0))
+
 
 # Idle threads sleep at once instead of spinning (libgomp spins for a while by default,
 # OpenBLAS up to 2^28 cycles): Theano's OpenMP loops, conv3x3's transforms and OpenBLAS's
@@ -368,6 +368,7 @@ def denormals_flushed():
     """True when this thread flushes denormals (FTZ and DAZ set), for the provenance record."""
     fp = floating_point_env()
     return fp is not None and fp[1][7] & MXCSR_FTZ_DAZ == MXCSR_FTZ_DAZ
+
 
 flush_denormals()
 pin_isa()
