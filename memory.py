@@ -203,10 +203,11 @@ def check_sampling(n, n_frames, dims):
 # Seconds per training minibatch at the data set's default batch size (presets.RUN_DEFAULTS),
 # one process on this machine (2-core Xeon, AVX-512), the paper preset unless said: README.md's
 # table of runs and bench.py. MNIST and CIFAR10: the code preset's networks (the paper's
-# MNIST network costs less). bark, folder and mnist5k were not timed: the same network's
-# figure (dead leaves', MNIST's) scaled by their batch size.
-STEP_S = {'swissroll': 0.0074, 'heartbeat': 0.0068, 'digits': 0.032, 'deadleaves': 0.60, 'bark': 0.77,
-          'folder': 0.60, 'MNIST': 0.50, 'mnist5k': 0.10, 'CIFAR10': 4.1}
+# MNIST network costs less). deadleaves: the fast preset's long run, one thread (0.36 s with
+# two); mnist5k: the fast preset's dense-only network, one thread. bark and folder were not
+# timed: dead leaves' network as it was before conv3x3's cache-sized blocks.
+STEP_S = {'swissroll': 0.0074, 'heartbeat': 0.0068, 'digits': 0.032, 'deadleaves': 0.40, 'bark': 0.77,
+          'folder': 0.60, 'MNIST': 0.50, 'mnist5k': 0.04, 'CIFAR10': 4.1}
 FORWARD_SHARE = 1 / 3  # a forward pass of the network: about a third of a training step's work
 LONG_S = 10 * 60        # a command that will take longer says so before it starts
 ABSURD_S = 365 * 86400  # and one that would take longer than a year is refused

@@ -150,7 +150,7 @@ def test_long_sampling_and_evaluation_say_how_long(capsys):
     images = types.SimpleNamespace(dataset='deadleaves', diffusion=types.SimpleNamespace(T_steps=1000),
                                    args={'crop': 32}, test_x=np.zeros((1000, 1, 64, 64), np.uint8))
     assert memory.check_evaluation_time(images, 1000, 1000, (), 100, 0)[1].startswith(
-        '--n-t 1000: about 2.2 h of evaluation')  # whole 64x64 images: 4 times a 32x32 training crop's work
+        '--n-t 1000: about 89 min of evaluation')  # whole 64x64 images: 4 times a 32x32 training crop's work
 
 
 def test_an_evaluation_too_large_for_the_memory_is_one_line_naming_the_flag(finished_run, capsys):
