@@ -181,8 +181,8 @@ def readme(name, model_dir, meta, rows, figure=None):
                   name, status.get('wall_s', 0.0) / 60),
               '',
               '`--max-minutes` counts the run\'s whole training time, so a session of N minutes gives the total '
-              'above plus N. A resumed run repeats the uninterrupted one exactly (the data order and noise '
-              'come from the seed and the minibatch count).', '',
+              'above plus N. A resumed run repeats the uninterrupted one exactly on the same code and thread '
+              'count (the data order and noise come from the seed and the minibatch count).', '',
               '## Sessions', ''] + session_table(runs) + ['', '## Files', ''] + file_table(model_dir)
     return '\n'.join(lines) + '\n'
 
