@@ -388,6 +388,13 @@ def vector_figure(result, path):
     return [path]
 
 
+def shown_training_images(train_x, n, seed=0):
+    """n training images in [0, 1] drawn without replacement by a fixed seed: a training set
+    stored sorted by class (mnist5k) would otherwise show its first class only."""
+    pick = np.sort(np.random.default_rng(seed).choice(len(train_x), min(n, len(train_x)), replace=False))
+    return experiments.PixelUnits.unit(train_x[pick], np.float32)
+
+
 def save_samples(result, exp, out_dir, mode, arrays=True):
     """The figures OUT_DIR/MODE_*.png and, if `arrays`, OUT_DIR/MODE.npz; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -397,6 +404,5 @@ def save_samples(result, exp, out_dir, mode, arrays=True):
         np.savez_compressed(prefix + '.npz', **result)
         paths.append(prefix + '.npz')
     if exp.pixels:
-        training_images = experiments.PixelUnits.unit(exp.train_x[:len(result['samples'])], np.float32)
-        return paths + image_figures(result, prefix, training_images)
+        return paths + image_figures(result, prefix, shown_training_images(exp.train_x, len(result['samples'])))
     return paths + vector_figure(result, prefix + '_frames.png')

@@ -333,3 +333,13 @@ def test_paper_layouts_figure_4_and_5(image_exp, tmp_path):
     path = os.path.join(str(tmp_path), 'paper.png')
     figures.save_labelled_panels(fig4, path, zoom=4)
     assert os.path.getsize(path) > 0
+
+
+def test_the_training_images_shown_come_from_the_whole_training_set():
+    """A training set sorted by class (mnist5k's) shows every part of it, not its first class."""
+    train_x = np.repeat(np.arange(10, dtype=np.uint8) * 25, 400).reshape(4000, 1, 1, 1)  # 10 'classes' in order
+    shown = figures.shown_training_images(train_x, 16)
+    assert shown.shape == (16, 1, 1, 1) and shown.dtype == np.float32
+    assert len(np.unique(shown)) >= 6  # 16 draws of 10 equal classes: at least 6 of them (first 16 images: 1)
+    np.testing.assert_array_equal(shown, figures.shown_training_images(train_x, 16))  # fixed seed
+    assert len(figures.shown_training_images(train_x[:5], 16)) == 5
