@@ -195,8 +195,7 @@ def ulps(ours, ref):
     computed in float64 (2^(e - 24) for ref's float32 exponent e, at least float32's smallest
     denormal 2^-149): float32 spacings below 2^-126 are denormals, which flush to zero."""
     _, exponent = np.frexp(np.abs(ref).astype(np.float32).astype(np.float64))
-    spacing = np.where(ref == 0, 0.0, np.maximum(np.ldexp(1.0, exponent - 24), np.ldexp(1.0, -149)))
-    spacing = np.maximum(spacing, np.ldexp(1.0, -149))
+    spacing = np.maximum(np.where(ref == 0, 0.0, np.ldexp(1.0, exponent - 24)), np.ldexp(1.0, -149))
     return np.abs(ours.astype(np.float64) - ref) / spacing
 
 
