@@ -244,9 +244,9 @@ def leaky_relu(x, slope=conv3x3.LEAKY_RELU_SLOPE):
 
 
 # conv_impl='auto': Winograd for layers with at least this many input channels, at every
-# scale (conv3x3's cache-sized blocks win down to the 4x4 scale on one thread and on two),
-# CorrMM below (CorrMM wins at 1, 3 and 20 channels; docs/performance.md)
-WINOGRAD_MIN_CHANNELS = 32
+# scale (conv3x3's cache-sized blocks win from 8 channels and down to the 4x4 scale, on one
+# thread and on two), CorrMM below (it wins at 1, 3 and 4; docs/performance.md)
+WINOGRAD_MIN_CHANNELS = 8
 
 
 def auto_conv_impls(n_in, n_scales):

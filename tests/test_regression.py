@@ -104,9 +104,9 @@ def test_untied_biases_are_the_centre_of_the_full_output_shape(placement, conv_i
         assert not g[ring].any() and np.abs(g[~ring]).min() > 0
 
 
-@pytest.mark.parametrize('n_in,expected', [(3, ['corrmm'] * 3), (20, ['corrmm'] * 3), (32, ['winograd'] * 3),
-                                            (100, ['winograd'] * 3)])
-def test_auto_convolution_takes_winograd_from_32_channels_at_every_scale(n_in, expected):
+@pytest.mark.parametrize('n_in,expected', [(1, ['corrmm'] * 3), (7, ['corrmm'] * 3), (8, ['winograd'] * 3),
+                                            (20, ['winograd'] * 3), (100, ['winograd'] * 3)])
+def test_auto_convolution_takes_winograd_from_8_channels_at_every_scale(n_in, expected):
     assert R.auto_conv_impls(n_in, 3) == expected
     layer = R.MultiScaleConv('ms', n_in, 4, 3, np.random.default_rng(0), 'softplus', 'after_sum', conv_impl='auto')
     assert layer.conv_impls == expected
