@@ -262,15 +262,6 @@ def default_threads():
         os.environ.setdefault(name, str(threads))
 
 
-def compute_threads():
-    """The OpenMP threads this process computes with: OMP_NUM_THREADS, else the cores it may
-    use (what libgomp takes)."""
-    try:
-        return max(1, int(os.environ.get('OMP_NUM_THREADS', '').split(',')[0]))
-    except ValueError:
-        return len(os.sched_getaffinity(0))
-
-
 # Idle threads sleep at once instead of spinning (libgomp spins for a while by default,
 # OpenBLAS up to 2^28 cycles): Theano's OpenMP loops, conv3x3's transforms and OpenBLAS's
 # products take turns on the same cores, and a spinning pool slowed the CIFAR-10 step
@@ -304,11 +295,14 @@ def configure_theano():
 
 # glibc gives every array above its mmap threshold (128 kB at first, raised as it goes, at
 # most 32 MB) fresh pages from the kernel and unmaps them when it is freed, so a training step
-# that makes and frees the same arrays pays the page faults again every step. Arrays up to
-# 32 MB from the heap, and freed heap kept (trimmed beyond 2 GB): the dead-leaves step took
-# 14% less CPU time and its slowest step fell from 1.10-1.16x the median to 1.04-1.06x
-# (docs/performance.md). The numbers a run computes do not change (the golden runs).
-HEAP_SETTINGS = {'MALLOC_MMAP_THRESHOLD_': (-3, 32 << 20), 'MALLOC_TRIM_THRESHOLD_': (-1, 2 ** 31 - 1)}
+# that makes and frees the same arrays pays the page faults (and the kernel's zeroing of the
+# pages) again every step. Every array from the heap (no mmap'd chunks at all, which also
+# covers CIFAR-10's 82 MB activations, above the largest threshold), and freed heap kept
+# (trimmed beyond 2 GB): the dead-leaves step took 14% less CPU time with arrays up to 32 MB
+# from the heap, and the CIFAR-10 step on one thread 4.7-4.9 s against 6.6-7.8 s with all of
+# them, at the same peak memory (docs/performance.md). The numbers a run computes do not
+# change (the golden runs).
+HEAP_SETTINGS = {'MALLOC_MMAP_MAX_': (-4, 0), 'MALLOC_TRIM_THRESHOLD_': (-1, 2 ** 31 - 1)}
 
 
 def keep_heap_memory():

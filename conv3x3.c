@@ -9,10 +9,21 @@
      sgemm each), Y = A^T m A;
    - im2col: the (9 C_in, block * H * W) patch matrix of a block of images, one sgemm.
 
-   sgemm_ is only called from serial code (OpenBLAS runs its own threads); the
-   transforms run in OpenMP loops. The two thread pools take turns, so their idle threads
-   must sleep rather than spin on the cores the other pool needs (util.THREAD_WAIT). Tensors are C-contiguous; per-tile arrays are laid
-   out (16, channels, tiles) with tile t = (image, ty, tx) of the current block. */
+   Winograd: each OpenMP thread takes whole blocks of images (transforms and 16 sgemm
+   calls, OpenBLAS held at one thread meanwhile) into its own cache-sized buffers; the
+   weight gradient adds the threads' partial sums in thread order, so results depend on
+   the thread count only. im2col: sgemm_ from serial code (OpenBLAS runs its own
+   threads) and its copies in OpenMP loops; the two thread pools take turns, so their idle
+   threads must sleep rather than spin on the cores the other pool needs
+   (backend.THREAD_WAIT). Tensors are C-contiguous; per-tile arrays are laid out
+   (16, channels, tiles) with tile t = (image, ty, tx) of the current block. */
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+/* OpenBLAS's thread count, if OpenBLAS is the BLAS (weak: absent from other BLAS). */
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" int openblas_get_num_threads(void) __attribute__((weak));
 
 enum { C3_WINOGRAD = 0, C3_IM2COL = 1, C3_AUTO = 2 };
 enum { C3_LINEAR = 0, C3_LEAKY_RELU = 1, C3_SOFTPLUS = 2 };
@@ -54,6 +65,45 @@ static void c3_bias_activate(float *out, const float *in, npy_intp len, float bi
     }
 }
 
+/* OpenMP threads that may each call sgemm_ at once: all of them when OpenBLAS can be held
+   at one thread (c3_blas_threads), else one (another BLAS may not allow concurrent calls). */
+static int c3_threads(void)
+{
+#ifdef _OPENMP
+    if (openblas_set_num_threads && openblas_get_num_threads)
+        return omp_get_max_threads();
+#endif
+    return 1;
+}
+
+static int c3_thread(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* Sets OpenBLAS's thread count to `threads` when several OpenMP threads will call sgemm_,
+   and returns the count to restore (0: nothing to do). */
+static int c3_blas_threads(int omp_threads, int threads)
+{
+    int before;
+    if (omp_threads < 2)
+        return 0;
+    before = openblas_get_num_threads();
+    openblas_set_num_threads(threads);
+    return before;
+}
+
+/* Images per block when `threads` threads share n images: at most nb, at least one block each. */
+static npy_intp c3_share(npy_intp n, npy_intp nb, int threads)
+{
+    const npy_intp fair = (n + threads - 1) / threads;
+    return fair < nb ? (fair < 1 ? 1 : fair) : nb;
+}
+
 /* C = op(A) op(B) + beta C for column-major A, B, C (Fortran BLAS, OpenBLAS's threads). */
 static void c3_sgemm(char ta, char tb, npy_intp m, npy_intp n, npy_intp k,
                      const float *A, npy_intp lda, const float *B, npy_intp ldb,
@@ -81,9 +131,8 @@ static void c3_flag(int *failed, int err)
 
 /* ------------------------------------------------------------------ Winograd transforms
 
-   The transforms are OpenMP work-sharing loops: call them from every thread of a
-   parallel region (they do not wait at the end), or serially. Those with scratch
-   memory return -1 if this thread could not allocate it. */
+   Serial: each thread transforms its own block. Those with scratch memory return -1 if
+   they could not allocate it. */
 
 /* U = G g G^T for each of the k_count 3x3 filters: g (k_count, 3, 3) -> U (16, k_count).
    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]. */
@@ -171,7 +220,6 @@ static int c3_input_transform(const float *x, npy_intp nb, npy_intp C, npy_intp 
     const npy_intp T = nb * th * tw, pstride = c3_plane(C, T);
     float *d = (float *)calloc((size_t)(ph + 4) * pw, sizeof(float));  /* image, then u */
     npy_intp ic;
-    #pragma omp for schedule(static) nowait
     for (ic = 0; ic < nb * C; ic++) {
         const npy_intp i = ic / C, c = ic % C;
         const float *xc = x + ic * H * W;
@@ -215,7 +263,6 @@ static int c3_output_transform(const float *M, npy_intp nb, npy_intp Co, npy_int
     const npy_intp th = (H + 1) / 2, tw = (W + 1) / 2, T = nb * th * tw, pstride = c3_plane(Co, T);
     float *rows = (float *)malloc(4 * tw * sizeof(float));  /* two output rows */
     npy_intp ic;
-    #pragma omp for schedule(static) nowait
     for (ic = 0; ic < nb * Co; ic++) {
         const npy_intp i = ic / Co, co = ic % Co;
         const float bias = b ? b[co] : 0.f;
@@ -269,7 +316,6 @@ static int c3_gradient_transform(const float *dy, npy_intp nb, npy_intp Co, npy_
     const npy_intp th = (H + 1) / 2, tw = (W + 1) / 2, T = nb * th * tw, pstride = c3_plane(Co, T);
     float *rows = (float *)calloc(12 * tw, sizeof(float));  /* two zero-padded rows, then r */
     npy_intp ic;
-    #pragma omp for schedule(static) nowait
     for (ic = 0; ic < nb * Co; ic++) {
         const npy_intp i = ic / Co, co = ic % Co;
         const float *gc = dy + ic * H * W;
@@ -291,80 +337,145 @@ static int c3_gradient_transform(const float *dy, npy_intp nb, npy_intp Co, npy_
 
 /* ------------------------------------------------------------------ Winograd drivers */
 
-/* y = f(corr(x, g) + b) by Winograd F(2x2, 3x3), blocked over images; block k's input
-   transform and block k-1's output transform share one parallel region. */
+/* Images per block: blocks of at most `workspace` floats of V and M, at least one block per
+   thread; *n_blocks the number of blocks. */
+static npy_intp c3_winograd_block(npy_intp n, npy_intp Ci, npy_intp Co, npy_intp tiles,
+                                  npy_intp workspace, int threads, npy_intp *n_blocks)
+{
+    const npy_intp nb = c3_share(n, c3_block(n, 16 * (Ci + Co) * tiles, workspace), threads);
+    *n_blocks = (n + nb - 1) / nb;
+    return nb;
+}
+
+/* y = f(corr(x, g) + b) for one block of m images: V = B^T d B, M[p] = U[p] V[p], then
+   A^T m A plus bias and activation. V and M: this thread's buffers. */
+static int c3_winograd_forward_block(const float *x, const float *U, const float *b,
+                                     npy_intp m, npy_intp Ci, npy_intp H, npy_intp W, npy_intp Co,
+                                     int act, float slope, float *V, float *M, float *y)
+{
+    const npy_intp T = m * ((H + 1) / 2) * ((W + 1) / 2);
+    int p;
+    if (c3_input_transform(x, m, Ci, H, W, V))
+        return -1;
+    for (p = 0; p < 16; p++)  /* M[p] (Co, T) = U[p] (Co, Ci) V[p] (Ci, T) */
+        c3_sgemm('N', 'N', T, Co, Ci, V + p * c3_plane(Ci, T), T, U + p * Co * Ci, Ci,
+                 0.f, M + p * c3_plane(Co, T), T);
+    return c3_output_transform(M, m, Co, H, W, b, act, slope, y);
+}
+
+/* y = f(corr(x, g) + b) by Winograd F(2x2, 3x3), blocked over images, the blocks shared out
+   between the threads. */
 static int c3_winograd_forward(const float *x, const float *g, const float *b,
                                npy_intp n, npy_intp Ci, npy_intp H, npy_intp W, npy_intp Co,
                                int act, float slope, npy_intp workspace, float *y)
 {
     const npy_intp tiles = ((H + 1) / 2) * ((W + 1) / 2);
-    const npy_intp nb = c3_block(n, 16 * (Ci + Co) * tiles, workspace);
+    const int threads = c3_threads();
+    npy_intp n_blocks;
+    const npy_intp nb = c3_winograd_block(n, Ci, Co, tiles, workspace, threads, &n_blocks);
     const npy_intp v_size = 16 * c3_plane(Ci, nb * tiles), m_size = 16 * c3_plane(Co, nb * tiles);
-    float *V = (float *)malloc((v_size + m_size + 16 * Co * Ci) * sizeof(float));  /* one block */
-    float *M = V + v_size, *U = M + m_size;  /* V (16, Ci, T), M (16, Co, T), U (16, Co, Ci) */
-    npy_intp i0, p;
-    int failed = !V;
+    float *U = (float *)malloc(16 * Co * Ci * sizeof(float));  /* U (16, Co, Ci) */
+    int failed = !U, blas_before = 0;
     if (failed)
         goto done;
     c3_filter_transform(g, Co * Ci, U);
-    for (i0 = 0; i0 < n + nb; i0 += nb) {  /* i0: block in; i0 - nb: block out */
-        const npy_intp m_in = i0 < n ? (n - i0 < nb ? n - i0 : nb) : 0, T = m_in * tiles;
-        const npy_intp m_out = i0 > 0 ? (n - (i0 - nb) < nb ? n - (i0 - nb) : nb) : 0;
-        #pragma omp parallel
-        {
-            int err = 0;
-            if (m_in)
-                err |= c3_input_transform(x + i0 * Ci * H * W, m_in, Ci, H, W, V);
-            if (m_out)
-                err |= c3_output_transform(M, m_out, Co, H, W, b, act, slope,
-                                           y + (i0 - nb) * Co * H * W);
-            c3_flag(&failed, err);
+    blas_before = c3_blas_threads(threads, 1);
+    #pragma omp parallel num_threads(threads)
+    {
+        float *V = (float *)malloc((v_size + m_size) * sizeof(float));  /* V (16, Ci, T), M (16, Co, T) */
+        int err = !V;
+        npy_intp k;
+        #pragma omp for schedule(static)
+        for (k = 0; k < n_blocks; k++) {
+            const npy_intp i0 = k * nb, m = n - i0 < nb ? n - i0 : nb;
+            if (!err)
+                err = c3_winograd_forward_block(x + i0 * Ci * H * W, U, b, m, Ci, H, W, Co, act, slope,
+                                                V, V + v_size, y + i0 * Co * H * W);
         }
-        if (failed || !m_in)
-            break;
-        for (p = 0; p < 16; p++)  /* M[p] (Co, T) = U[p] (Co, Ci) V[p] (Ci, T) */
-            c3_sgemm('N', 'N', T, Co, Ci, V + p * c3_plane(Ci, T), T, U + p * Co * Ci, Ci,
-                     0.f, M + p * c3_plane(Co, T), T);
+        free(V);
+        c3_flag(&failed, err);
     }
+    if (blas_before)
+        c3_blas_threads(threads, blas_before);
 done:
-    free(V);
+    free(U);
     if (failed)
         PyErr_NoMemory();
     return failed ? -1 : 0;
 }
 
-/* dg = d(sum dy * corr(x, g)) / dg by Winograd: dU[p] = sum_tiles dM[p] V[p]^T, dg = G^T dU G. */
+/* dU[p] += dM[p] V[p]^T for one block of m images (dM = A dY A^T, V = B^T d B). V and dM:
+   this thread's buffers; dU (16, Co, Ci) this thread's sum. */
+static int c3_winograd_grad_weights_block(const float *x, const float *dy, npy_intp m, npy_intp Ci,
+                                          npy_intp H, npy_intp W, npy_intp Co, float *V, float *dM,
+                                          float *dU)
+{
+    const npy_intp T = m * ((H + 1) / 2) * ((W + 1) / 2);
+    int p;
+    if (c3_input_transform(x, m, Ci, H, W, V) || c3_gradient_transform(dy, m, Co, H, W, dM))
+        return -1;
+    for (p = 0; p < 16; p++)  /* dU[p] (Co, Ci) += dM[p] (Co, T) V[p]^T (T, Ci) */
+        c3_sgemm('T', 'N', Ci, Co, T, V + p * c3_plane(Ci, T), T, dM + p * c3_plane(Co, T), T,
+                 1.f, dU + p * Co * Ci, Ci);
+    return 0;
+}
+
+/* dg = d(sum dy * corr(x, g)) / dg by Winograd: dU[p] = sum_tiles dM[p] V[p]^T, dg = G^T dU G.
+   Each thread sums its blocks (consecutive ones) in order; the threads' sums are added in
+   thread order. */
 static int c3_winograd_grad_weights(const float *x, const float *dy,
                                     npy_intp n, npy_intp Ci, npy_intp H, npy_intp W, npy_intp Co,
                                     npy_intp workspace, float *dg)
 {
-    const npy_intp tiles = ((H + 1) / 2) * ((W + 1) / 2);
-    const npy_intp nb = c3_block(n, 16 * (Ci + Co) * tiles, workspace);
+    const npy_intp tiles = ((H + 1) / 2) * ((W + 1) / 2), u_size = 16 * Co * Ci;
+    const int threads = c3_threads();
+    npy_intp n_blocks;
+    const npy_intp nb = c3_winograd_block(n, Ci, Co, tiles, workspace, threads, &n_blocks);
     const npy_intp v_size = 16 * c3_plane(Ci, nb * tiles), m_size = 16 * c3_plane(Co, nb * tiles);
-    float *V = (float *)malloc((v_size + m_size + 16 * Co * Ci) * sizeof(float));  /* one block */
-    float *dM = V + v_size, *dU = dM + m_size;  /* V (16, Ci, T), dM (16, Co, T), dU (16, Co, Ci) */
-    npy_intp i0, p;
-    int failed = !V;
+    float *dU = (float *)malloc(u_size * sizeof(float));  /* the threads' sum */
+    float **parts = (float **)calloc(threads, sizeof(float *));  /* each thread's sum */
+    int failed = !dU || !parts, blas_before = 0;
     if (failed)
         goto done;
-    memset(dU, 0, 16 * Co * Ci * sizeof(float));
-    for (i0 = 0; i0 < n; i0 += nb) {
-        const npy_intp m = n - i0 < nb ? n - i0 : nb, T = m * tiles;
-        #pragma omp parallel
-        {
-            int err = c3_input_transform(x + i0 * Ci * H * W, m, Ci, H, W, V);
-            err |= c3_gradient_transform(dy + i0 * Co * H * W, m, Co, H, W, dM);
-            c3_flag(&failed, err);
+    blas_before = c3_blas_threads(threads, 1);
+    #pragma omp parallel num_threads(threads)
+    {
+        const int t = c3_thread();
+        float *V = (float *)malloc((v_size + m_size + u_size) * sizeof(float));  /* V, dM, dU */
+        int err = !V;
+        npy_intp k, j;
+        if (V) {
+            parts[t] = V + v_size + m_size;
+            memset(parts[t], 0, u_size * sizeof(float));
         }
-        if (failed)
-            goto done;
-        for (p = 0; p < 16; p++)  /* dU[p] (Co, Ci) += dM[p] (Co, T) V[p]^T (T, Ci) */
-            c3_sgemm('T', 'N', Ci, Co, T, V + p * c3_plane(Ci, T), T, dM + p * c3_plane(Co, T), T,
-                     1.f, dU + p * Co * Ci, Ci);
+        #pragma omp for schedule(static)
+        for (k = 0; k < n_blocks; k++) {
+            const npy_intp i0 = k * nb, m = n - i0 < nb ? n - i0 : nb;
+            if (!err)
+                err = c3_winograd_grad_weights_block(x + i0 * Ci * H * W, dy + i0 * Co * H * W, m, Ci,
+                                                     H, W, Co, V, V + v_size, parts[t]);
+        }
+        c3_flag(&failed, err);
+        #pragma omp barrier
+        if (!failed) {
+            #pragma omp for schedule(static)
+            for (j = 0; j < u_size; j++) {
+                float s = parts[0][j];
+                int q;
+                for (q = 1; q < threads; q++)
+                    s += parts[q][j];
+                dU[j] = s;
+            }
+        }
+        free(V);
     }
-    c3_filter_transform_grad(dU, Co * Ci, dg);
+    if (blas_before)
+        c3_blas_threads(threads, blas_before);
+    if (!failed)
+        c3_filter_transform_grad(dU, Co * Ci, dg);
 done:
-    free(V);
+    free(dU);
+    free(parts);
     if (failed)
         PyErr_NoMemory();
     return failed ? -1 : 0;

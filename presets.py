@@ -85,10 +85,10 @@ MODEL_ARGS = {
 }
 # Images: the released code's network defaults (its MNIST run) under its own names, T and
 # the temporal basis; b_1 = 1e-3 for the learned schedule of the paper preset (OUR_CHOICES).
-# conv_impl: the 3x3 convolution; 'auto' takes Winograd F(2x2, 3x3) of conv3x3.py at the
-# full-resolution scale of layers with 32 or more input channels and Theano's CorrMM (the
-# released code's) elsewhere, the faster on each (regression.WINOGRAD_MIN_CHANNELS,
-# docs/performance.md); 'corrmm', 'winograd', 'im2col' force one.
+# conv_impl: the 3x3 convolution; 'auto' takes Winograd F(2x2, 3x3) of conv3x3.py for
+# layers with 8 or more input channels and Theano's CorrMM (the released code's) below, the
+# faster on each (regression.WINOGRAD_MIN_CHANNELS, docs/performance.md); 'corrmm',
+# 'winograd', 'im2col' force one.
 IMAGE_DEFAULTS = dict(T=1000, n_temporal_basis=10, beta_init='harmonic', beta_1=1e-3,
                       n_hidden_dense_lower=500, n_hidden_dense_lower_output=2,
                       n_hidden_dense_upper=20, n_hidden_conv=20, n_layers_conv=4,

@@ -243,17 +243,15 @@ def leaky_relu(x, slope=conv3x3.LEAKY_RELU_SLOPE):
     return T.nnet.relu(x, alpha=slope)
 
 
-# conv_impl='auto': Winograd for layers with at least this many input channels, CorrMM below
-# (CorrMM wins at 1, 3 and 20 channels); on the pooled scales only in a one-thread process,
-# where conv3x3's cache-sized blocks win down to the 4x4 scale, while with more threads
-# CorrMM shares the small images out better (docs/performance.md)
-WINOGRAD_MIN_CHANNELS = 32
+# conv_impl='auto': Winograd for layers with at least this many input channels, at every
+# scale (conv3x3's cache-sized blocks win from 8 channels and down to the 4x4 scale, on one
+# thread and on two), CorrMM below (it wins at 1, 3 and 4; docs/performance.md)
+WINOGRAD_MIN_CHANNELS = 8
 
 
-def auto_conv_impls(n_in, n_scales, threads):
+def auto_conv_impls(n_in, n_scales):
     """conv_impl='auto' resolved per scale for a layer of n_in input channels."""
-    winograd = n_in >= WINOGRAD_MIN_CHANNELS
-    return ['winograd' if winograd and (s == 0 or threads == 1) else 'corrmm' for s in range(n_scales)]
+    return ['winograd' if n_in >= WINOGRAD_MIN_CHANNELS else 'corrmm'] * n_scales
 
 
 class MultiScaleConv(Layer):
@@ -289,7 +287,7 @@ class MultiScaleConv(Layer):
         if conv_impl not in ('auto', 'corrmm') and filter_size != 3:
             raise ValueError('conv_impl={!r} computes 3x3 filters only; use corrmm'.format(conv_impl))
         if conv_impl == 'auto':
-            self.conv_impls = (auto_conv_impls(n_in, n_scales, backend.compute_threads()) if filter_size == 3
+            self.conv_impls = (auto_conv_impls(n_in, n_scales) if filter_size == 3
                                else ['corrmm'] * n_scales)
         else:
             self.conv_impls = [conv_impl] * n_scales

@@ -1,12 +1,18 @@
 """conv3x3.py: the Winograd and im2col 'same' 3x3 correlations against Theano's CorrMM
 (forward and gradients), the fused activations, finite differences, error messages and
 the compiled training graph."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import theano
 import theano.tensor as T
 
 import conv3x3 as C
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.slow  # compiles the C op and its gradients (python -m pytest -m "not slow" leaves it out)
 
@@ -73,6 +79,47 @@ def test_blocks_of_images(impl):
     got = value_and_grads(lambda x, W, b: C.conv3x3(x, W, b, impl=impl, workspace=SMALL_WORKSPACE),
                           x, W, b, cot)
     assert_all_close(got, want)
+
+
+# A child process computing [y, dx, dW, db] of random_problem(shape) with Winograd blocks of
+# `workspace` floats (argv: output file, shape, workspace), at the thread count of its environment.
+CHILD = """
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+import numpy as np
+import conv3x3 as C
+import test_conv3x3 as t
+x, W, b, cot = t.random_problem(tuple(map(int, sys.argv[2].split(','))), seed=7)
+out = t.value_and_grads(lambda x, W, b: C.conv3x3(x, W, b, 'leaky_relu', 'winograd', int(sys.argv[3])),
+                        x, W, b, cot)
+np.savez(sys.argv[1], *out)
+"""
+
+
+def winograd_in_child(tmp_path, threads, shape, workspace):
+    """[y, dx, dW, db] from a child process of `threads` OpenMP threads."""
+    out = tmp_path / 'threads{}.npz'.format(threads)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    code = CHILD.format(root=ROOT, tests=os.path.join(ROOT, 'tests'))
+    subprocess.run([sys.executable, '-c', code, str(out), ','.join(map(str, shape)), str(workspace)],
+                   env=env, check=True, capture_output=True, timeout=600)
+    got = np.load(out)
+    return [got['arr_{}'.format(k)] for k in range(4)]
+
+
+def test_threads_share_blocks(tmp_path):
+    """Three threads take the blocks of 7 images (uneven shares): the output and the input
+    gradient are those of one thread bit for bit (each image is computed alone); the weight
+    gradient adds the threads' sums in another order, so it agrees within float32 rounding;
+    both match CorrMM."""
+    shape = (7, 8, 8, 6, 6)
+    one, three = (winograd_in_child(tmp_path, threads, shape, SMALL_WORKSPACE) for threads in (1, 3))
+    for name, a, b in zip(('y', 'dx', 'db'), (one[0], one[1], one[3]), (three[0], three[1], three[3])):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    np.testing.assert_allclose(three[2], one[2], rtol=1e-5, atol=tolerance(one[2]))
+    x, W, b, cot = random_problem(shape, seed=7)
+    assert_all_close(three, value_and_grads(lambda x, W, b: corrmm(x, W, b, lambda v: T.nnet.relu(v, alpha=0.05)),
+                                            x, W, b, cot))
 
 
 @pytest.mark.parametrize('impl', IMPLS)

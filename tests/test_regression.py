@@ -5,7 +5,6 @@ import pytest
 import theano
 import theano.tensor as T
 
-import conv3x3
 import experiments
 import multiscale
 import presets
@@ -105,26 +104,12 @@ def test_untied_biases_are_the_centre_of_the_full_output_shape(placement, conv_i
         assert not g[ring].any() and np.abs(g[~ring]).min() > 0
 
 
-@pytest.mark.parametrize('n_in,threads,expected', [
-    (3, 1, ['corrmm'] * 3), (20, 1, ['corrmm'] * 3), (32, 1, ['winograd'] * 3), (100, 1, ['winograd'] * 3),
-    (20, 2, ['corrmm'] * 3), (32, 2, ['winograd', 'corrmm', 'corrmm']), (100, 4, ['winograd', 'corrmm', 'corrmm'])])
-def test_auto_convolution_takes_winograd_from_32_channels_at_pooled_scales_on_one_thread(n_in, threads, expected):
-    assert R.auto_conv_impls(n_in, 3, threads) == expected
-
-
-def test_a_layer_resolves_auto_with_the_process_threads(monkeypatch):
-    for threads, expected in (('1', ['winograd'] * 3), ('2', ['winograd', 'corrmm', 'corrmm'])):
-        monkeypatch.setenv('OMP_NUM_THREADS', threads)
-        layer = R.MultiScaleConv('ms', 32, 4, 3, np.random.default_rng(0), 'softplus', 'after_sum', conv_impl='auto')
-        assert layer.conv_impls == expected
-
-
-def test_conv3x3_blocks_fit_the_cache_on_one_thread_only(monkeypatch):
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    x, W = T.tensor4('x'), T.tensor4('W')
-    assert conv3x3.conv3x3(x, W).owner.op.workspace == conv3x3.WORKSPACE_ONE_THREAD
-    monkeypatch.setenv('OMP_NUM_THREADS', '2')
-    assert conv3x3.conv3x3(x, W).owner.op.workspace == conv3x3.WORKSPACE
+@pytest.mark.parametrize('n_in,expected', [(1, ['corrmm'] * 3), (7, ['corrmm'] * 3), (8, ['winograd'] * 3),
+                                            (20, ['winograd'] * 3), (100, ['winograd'] * 3)])
+def test_auto_convolution_takes_winograd_from_8_channels_at_every_scale(n_in, expected):
+    assert R.auto_conv_impls(n_in, 3) == expected
+    layer = R.MultiScaleConv('ms', n_in, 4, 3, np.random.default_rng(0), 'softplus', 'after_sum', conv_impl='auto')
+    assert layer.conv_impls == expected
 
 
 @pytest.mark.parametrize('placement', ['after_sum', 'per_scale'])
