@@ -25,7 +25,7 @@ def fitted_on_dead_leaves():
 @pytest.mark.parametrize('row, col', [(0, 0), (0, 1), (0, 5), (1, 0), (1, 7), (2, 3), (5, 7), (7, 7)])
 def test_each_conditional_integrates_to_one_at_the_borders_too(row, col, fitted_on_dead_leaves):
     g, x0 = fitted_on_dead_leaves
-    sweep = np.linspace(-8, 8, 40001)
+    sweep = np.linspace(-8, 8, 4001)  # densities here peak at 2.6 at most: steps of 0.004 integrate to 1e-6
     images = np.repeat(x0[:1], len(sweep), axis=0)
     images[:, row, col] = sweep
     density = np.exp(B.conditional_log_density(g, B.patches(images))[:, row, col])
