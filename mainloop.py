@@ -45,12 +45,17 @@ class MainLoop:
         return {'shared': {n: v.get_value() for n, v in self.shared.items()},
                 'status': dict(self.status), 'config': self.config}
 
-    def load_state_dict(self, state):
-        missing = set(self.shared) - set(state['shared'])
+    def load_state_dict(self, state, begun=()):
+        """Set the shared variables and the status from a checkpoint's `state`; those named
+        in `begun` start in this session (an average of the parameters begun at a resume):
+        they keep their values, and the checkpoint may lack them."""
+        missing = set(self.shared) - set(state['shared']) - set(begun)
         if missing:
             raise ValueError('checkpoint lacks {}; was it made with other --model-args?'
                              .format(', '.join(sorted(missing))))
         for name, var in self.shared.items():
+            if name in begun:
+                continue
             value = state['shared'][name]
             if np.shape(value) != np.shape(var.get_value()):
                 raise ValueError('checkpoint shape of {} is {}, the model has {}'.format(

@@ -132,12 +132,13 @@ def settings_and_experiment(args):
             settings.check_resumable(checkpoint, args.resume)
         except ValueError as e:
             cli.fail(str(e))
-        s, overrides = settings.resumed_settings(given, dict(settings.DEFAULTS, **checkpoint['config']['args']))
+        s, overrides = settings.resumed_settings(given, dict(settings.DEFAULTS, **checkpoint['config']['args']),
+                                                 presets.checkpoint_model_config(checkpoint))
     else:
         s = settings.new_run_settings(given)
     settings.check_settings(s)
     try:
-        config = (presets.checkpoint_model_config(checkpoint) if checkpoint else
+        config = (settings.resumed_model_config(checkpoint, s) if checkpoint else
                   presets.model_args(s['dataset'], s['fidelity'], s['model_args']))
         too_large = memory.check_training(s['dataset'], s['fidelity'], config, s['batch_size'])
         if too_large:
@@ -202,7 +203,8 @@ def run_directory(s, args, checkpoint, overrides, comm):
 def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
     """The main loop of the run, its state loaded from the checkpoint if there is one, and
     the learning-rate schedule planned (lr_schedule). The checkpoint holds the parameters,
-    the optimiser's state, the step sampler's (an adaptive proposal) and the average's."""
+    the optimiser's state, the step sampler's (an adaptive proposal) and the average's, but
+    for an average begun at this resume (--model-args ema=RATE on a run without one)."""
     print('Compiling the training function (the first run takes a minute or two) ...', flush=True)
     start = time.time()
     with meter.waiting('compiling the training function'):
@@ -224,8 +226,11 @@ def main_loop(s, exp, checkpoint, overrides, step_rule, comm, average=None):
               'results': {'dataset': s['dataset'], 'fidelity': s['fidelity'], 'T': exp.args['T']}}
     loop = mainloop.MainLoop(step, stream, shared, [], s['seed'], config, comm)
     if checkpoint:
+        # an average begun at this resume starts as the parameters loaded (settings_and_experiment
+        # loaded them before ParameterAverage copied them), its count at 0
+        begun = average.state if average and not presets.checkpoint_model_config(checkpoint).get('ema') else []
         try:
-            loop.load_state_dict(checkpoint)
+            loop.load_state_dict(checkpoint, begun=[v.name for v in begun])
         except ValueError as e:
             cli.fail('the checkpoint does not fit this model: {}'.format(e))
         loop.status['resumed_from'] = done

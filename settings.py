@@ -18,9 +18,13 @@ FOLDER = 'folder:'  # --dataset folder:PATH, your own images (datasets.folder_im
 DEFAULTS = {'fidelity': 'paper', 'model_args': {}, 'optimizer': 'rmsprop', 'seed': 0,
             'max_epochs': None, 'max_minutes': None, 'output_dir': 'runs', 'suffix': '',
             'data_path': None}
-FIXED_ON_RESUME = ('dataset', 'fidelity', 'model_args', 'seed', 'batch_size', 'optimizer')
+FIXED_ON_RESUME = ('dataset', 'fidelity', 'seed', 'batch_size', 'optimizer')
 OVERRIDABLE = ('max_batches', 'max_epochs', 'max_minutes', 'ext_every_n', 'lr', 'lr_final', 'data_path')
 NEW_RUN_ONLY = ('output_dir', 'suffix')
+# --model-args is fixed on resume too, but for this key: an average of the parameters
+# (steprules.ParameterAverage) may begin at a resume, from the parameters loaded, or go on
+# at another rate (resumed_model_args).
+RESUMABLE_MODEL_ARG = 'ema'
 # What a checkpoint must hold to resume (checkpoints.require); settings it lacks beyond these
 # take DEFAULTS.
 NUMBER = (int, float)
@@ -72,8 +76,9 @@ def run_name(s):
     return 'folder-' + (re.sub(r'[^A-Za-z0-9.-]+', '-', os.path.basename(folder)).strip('-.') or 'images')
 
 
-def resumed_settings(given, saved):
-    """The settings of a resumed run: the checkpoint's, with the OVERRIDABLE ones given
+def resumed_settings(given, saved, model):
+    """The settings of a resumed run: the checkpoint's (`saved`; `model`, its model
+    configuration), with the OVERRIDABLE ones and --model-args RESUMABLE_MODEL_ARG given
     again replacing them; returns (settings, list of overrides). A FIXED_ON_RESUME setting
     given with another value, or a NEW_RUN_ONLY one, is a user error."""
     settings, overrides = dict(saved), []
@@ -89,6 +94,12 @@ def resumed_settings(given, saved):
                 value = datasets.canonical_name(value, tuple(presets.MODEL_ARGS))
             except ValueError:
                 pass  # reported as a change of --dataset below
+        if key == 'model_args':
+            value = resumed_model_args(value, model)
+            if value:
+                overrides.append({'flag': flag, 'checkpoint': {k: model.get(k) for k in value}, 'given': value})
+                settings[key] = dict(saved[key], **value)
+            continue
         if value == saved.get(key):
             continue
         if key in FIXED_ON_RESUME:
@@ -97,6 +108,31 @@ def resumed_settings(given, saved):
         overrides.append({'flag': flag, 'checkpoint': saved.get(key), 'given': value})
         settings[key] = value
     return settings, overrides
+
+
+def resumed_model_args(given, model):
+    """The --model-args given to a resumed run that differ from its model configuration
+    `model`: RESUMABLE_MODEL_ARG alone, or none; another key is a user error."""
+    changed = {k: v for k, v in given.items() if v != model.get(k)}
+    others = sorted(set(changed) - {RESUMABLE_MODEL_ARG})
+    if others:
+        cli.fail('--model-args {} cannot change when resuming (the run has {}): only {} may change; start a new '
+                  'run instead'.format(', '.join(others), ', '.join('{}={!r}'.format(k, model.get(k)) for k in others),
+                                       RESUMABLE_MODEL_ARG))
+    try:
+        presets.check_model_args(changed)
+    except ValueError as e:
+        cli.fail(str(e))
+    return changed
+
+
+def resumed_model_config(checkpoint, s):
+    """The model configuration of a resumed run: the checkpoint's, with the run's
+    --model-args RESUMABLE_MODEL_ARG (given at this resume or an earlier one)."""
+    config = presets.checkpoint_model_config(checkpoint)
+    if RESUMABLE_MODEL_ARG in s['model_args']:
+        config[RESUMABLE_MODEL_ARG] = s['model_args'][RESUMABLE_MODEL_ARG]
+    return config
 
 
 def check_settings(s):

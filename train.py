@@ -14,7 +14,8 @@ and results.json at the end.
 A resumed run takes every setting from its checkpoint. Given again, --max-batches,
 --max-epochs, --max-minutes, --ext-every-n, --lr, --lr-final and --data-path override
 the stored value (the run says so); the settings that define the model and the data
-order cannot change.
+order cannot change, but for --model-args ema=RATE, which begins an average of the
+parameters at the resume (or gives the run's average another rate).
 """
 import backend  # noqa: F401  (before numpy and Theano load)
 
@@ -66,7 +67,8 @@ def build_parser():
                         '(docs/paper_and_code.md, section 3); fast: the paper\'s model and bound, '
                         'trained the fastest way measured here')
     p.add_argument('--model-args', type=model_args_type,
-                   help='key=value,... overriding the preset\'s model arguments (default: none)')
+                   help='key=value,... overriding the preset\'s model arguments (default: none); with --resume, '
+                        'ema=RATE alone may change')
     p.add_argument('--batch-size', type=int, help='examples per minibatch' + per_set)
     p.add_argument('--lr', type=float, help='initial learning rate' + per_set)
     p.add_argument('--lr-final', type=float,

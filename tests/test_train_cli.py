@@ -1,7 +1,9 @@
-"""train.py end to end: bad input, a short run, Ctrl-C, kill -9 and resume, extending a run."""
+"""train.py end to end: bad input, a short run, Ctrl-C, kill -9 and resume, extending a run, an
+average of the parameters begun at a resume."""
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 import checkpoints
+import experiments
 import settings
 import train
 
@@ -199,6 +202,108 @@ def test_extended_run_keeps_its_learning_rate_plan_and_flags_are_checked(tmp_pat
     assert state['config']['overrides'] == [{'flag': '--max-batches', 'checkpoint': 200, 'given': 300,
                                              'iteration': 200}]
     assert len(state['config']['sessions']) == 2
+
+
+
+# ---------------------------------------------------------------- an average of the parameters begun at a resume
+
+def test_only_the_average_may_change_on_resume(capsys):
+    saved = dict(settings.DEFAULTS, dataset='heartbeat', model_args={'n_hidden': 20})
+    model = {'T': 2000, 'n_hidden': 20, 'ema': None}
+    s, overrides = settings.resumed_settings({'model_args': {'T': 2000, 'n_hidden': 20}}, saved, model)
+    assert s['model_args'] == {'n_hidden': 20} and overrides == []  # the run's own values: no change
+    s, overrides = settings.resumed_settings({'model_args': {'T': 2000, 'ema': 0.999}}, saved, model)
+    assert s['model_args'] == {'n_hidden': 20, 'ema': 0.999}
+    assert overrides == [{'flag': '--model-args', 'checkpoint': {'ema': None}, 'given': {'ema': 0.999}}]
+    checkpoint = {'config': {'args': {'dataset': 'heartbeat'}, 'model': model}}
+    assert settings.resumed_model_config(checkpoint, s)['ema'] == 0.999
+    for model_args, message in [({'ema': 0.999, 'n_hidden': 21}, '--model-args n_hidden cannot change when resuming '
+                                  '(the run has n_hidden=20): only ema may change; start a new run instead'),
+                                ({'ema': 1.5}, '--model-args ema=1.5: ema must be a number in (0, 1)')]:
+        with pytest.raises(SystemExit) as e:
+            settings.resumed_settings({'model_args': model_args}, saved, model)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+@pytest.fixture(scope='module')
+def without_average(tmp_path_factory):
+    """The tiny heartbeat run at 100 minibatches, without an average of the parameters."""
+    out = tmp_path_factory.mktemp('without_average')
+    r = train_cli(*TINY_HEARTBEAT, '--max-batches', '100', '--output-dir', str(out))
+    assert r.returncode == 0, r.stderr
+    run_dir, = glob.glob(str(out / 'diffusion_heartbeat_*'))
+    return run_dir
+
+
+def resumed(run_dir, *args):
+    r = train_cli('--resume', run_dir, *args)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def state(run_dir):
+    return checkpoints.load_checkpoint(os.path.join(run_dir, 'checkpoint.npz'))
+
+
+def test_an_average_begun_at_a_resume_starts_as_the_parameters_loaded(without_average, tmp_path):
+    run_dir = shutil.copytree(without_average, str(tmp_path / 'run'))
+    bad = train_cli('--resume', run_dir, '--model-args', 'ema=0.9,n_hidden=21')
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        'train.py: error: --model-args n_hidden cannot change when resuming (the run has n_hidden=20): only ema '
+        'may change; start a new run instead')
+    r = resumed(run_dir, '--model-args', 'ema=0.9,n_hidden=20')  # n_hidden as it was; no minibatch (100 done)
+    assert "--model-args {'ema': 0.9} replaces the checkpoint's {'ema': None}" in r.stdout
+    before, after = state(without_average)['shared'], state(run_dir)['shared']
+    params = [name[len('ema/'):] for name in after if name.startswith('ema/')]
+    assert params and after['ema.n'] == 0
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    for name in params:
+        np.testing.assert_array_equal(after['ema/' + name], before[name], err_msg=name)
+    results = finished(run_dir)
+    assert results['K_bits'] == finished(without_average)['K_bits']  # the average is the parameters
+    assert results['ema'] == 0.9 and 'K_bits' in results['without_ema']
+
+
+def test_an_average_begun_at_a_resume_resumes_to_the_last_digit_and_keeps_its_rate(without_average, tmp_path):
+    """The average begun at minibatch 100 in one session to 160 equals the same run stopped at
+    130 and resumed without the flag, bit for bit; it follows the parameters, which are those
+    of the run without an average; another rate later goes on with the average and its count."""
+    once, twice, plain = (shutil.copytree(without_average, str(tmp_path / name)) for name in ('once', 'twice', 'plain'))
+    resumed(once, '--model-args', 'ema=0.9', '--max-batches', '160')
+    resumed(twice, '--model-args', 'ema=0.9', '--max-batches', '130')
+    other_rate = shutil.copytree(twice, str(tmp_path / 'other_rate'))
+    resumed(twice, '--max-batches', '160')
+    resumed(plain, '--max-batches', '160')
+    resumed(other_rate, '--model-args', 'ema=0.5', '--max-batches', '160')  # below the warm-up's rate
+    a, b = state(once)['shared'], state(twice)['shared']
+    assert sorted(a) == sorted(b) and a['ema.n'] == 60  # the minibatches since the resume
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    start, last = state(without_average)['shared'], state(plain)['shared']
+    params = [name[len('ema/'):] for name in a if name.startswith('ema/')]
+    for name in last:  # the average does not change training
+        np.testing.assert_array_equal(a[name], last[name], err_msg=name)
+    moved = sum(np.abs(a[name] - start[name]).sum() for name in params)  # the parameters since the resume
+    behind = sum(np.abs(a[name] - a['ema/' + name]).sum() for name in params)  # the average behind them
+    assert 0 < behind < 0.5 * moved
+    config = state(twice)['config']
+    assert config['model']['ema'] == 0.9 and config['args']['model_args']['ema'] == 0.9
+    assert config['overrides'][0] == {'flag': '--model-args', 'checkpoint': {'ema': None}, 'given': {'ema': 0.9},
+                                      'iteration': 100}
+    assert finished(twice)['K_bits'] == finished(once)['K_bits'] and finished(twice)['ema'] == 0.9
+    c = state(other_rate)
+    assert c['shared']['ema.n'] == 60 and c['config']['model']['ema'] == 0.5
+    assert {'flag': '--model-args', 'checkpoint': {'ema': 0.9}, 'given': {'ema': 0.5},
+            'iteration': 130} in c['config']['overrides']
+    for name in params:
+        np.testing.assert_array_equal(c['shared'][name], a[name], err_msg=name)
+        assert not np.array_equal(c['shared']['ema/' + name], a['ema/' + name])
+    path = os.path.join(twice, 'checkpoint.npz')  # evaluate.py and sampler.py load the average, or --no-ema the last
+    for ema, prefix in ((True, 'ema/'), (False, '')):
+        for p in experiments.from_checkpoint(path, ema=ema).params:
+            np.testing.assert_array_equal(p.get_value(), b[prefix + p.name], err_msg=p.name)
 
 
 # ---------------------------------------------------------------- the command lines of train, evaluate, sampler
