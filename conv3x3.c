@@ -6,17 +6,17 @@
 
    - Winograd F(2x2, 3x3) (Lavin & Gray 2016): 4x4 input tiles d at stride 2,
      U = G g G^T, V = B^T d B, M[p] = U[p] V[p] for the 16 tile positions p (one
-     sgemm each), Y = A^T m A;
+     matrix product each), Y = A^T m A;
    - im2col: the (9 C_in, block * H * W) patch matrix of a block of images, one sgemm.
 
-   Winograd: each OpenMP thread takes whole blocks of images (transforms and 16 sgemm
-   calls, OpenBLAS held at one thread meanwhile) into its own cache-sized buffers; the
-   weight gradient adds the threads' partial sums in thread order, so results depend on
-   the thread count only. im2col: sgemm_ from serial code (OpenBLAS runs its own
-   threads) and its copies in OpenMP loops; the two thread pools take turns, so their idle
-   threads must sleep rather than spin on the cores the other pool needs
-   (backend.THREAD_WAIT). Tensors are C-contiguous; per-tile arrays are laid out
-   (16, channels, tiles) with tile t = (image, ty, tx) of the current block. */
+   Winograd: each OpenMP thread takes whole blocks of images (transforms and 16 products:
+   sgemm_ with OpenBLAS held at one thread, or for few input channels this file's loops)
+   into its own cache-sized buffers; the weight gradient adds the threads' partial sums in
+   thread order, so results depend on the thread count only. im2col: sgemm_ from serial
+   code (OpenBLAS runs its own threads) and its copies in OpenMP loops; the two thread
+   pools take turns, so their idle threads must sleep rather than spin on the cores the
+   other pool needs (backend.THREAD_WAIT). Tensors are C-contiguous; per-tile arrays are
+   laid out (16, channels, tiles) with tile t = (image, ty, tx) of the current block. */
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -45,7 +45,7 @@ static npy_intp c3_block(npy_intp n, npy_intp floats_per_image, npy_intp workspa
 }
 
 /* out[k] = f(in[k] + bias) for k < len; f the activation (leaky slope for negatives). */
-static void c3_bias_activate(float *out, const float *in, npy_intp len, float bias,
+static void c3_bias_activate(float *__restrict__ out, const float *__restrict__ in, npy_intp len, float bias,
                              int act, float slope)
 {
     npy_intp k;
@@ -132,7 +132,9 @@ static void c3_flag(int *failed, int err)
 /* ------------------------------------------------------------------ Winograd transforms
 
    Serial: each thread transforms its own block. Those with scratch memory return -1 if
-   they could not allocate it. */
+   they could not allocate it. The rows' pointers never overlap and say so (__restrict__):
+   GCC 12 otherwise left the output transform scalar, its sixteen streams too many to
+   check for overlap at run time. */
 
 /* U = G g G^T for each of the k_count 3x3 filters: g (k_count, 3, 3) -> U (16, k_count).
    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]. */
@@ -185,8 +187,8 @@ static void c3_filter_transform_grad(const float *dU, npy_intp k_count, float *d
 /* B^T d B for one row of tw tiles whose 4 padded input rows start at r (row length pw):
    V[p * pstride + tx] for p = 4 i + j. u: 4 pw floats of scratch.
    B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]. */
-static void c3_input_tile_row(const float *r, npy_intp pw, npy_intp tw, float *u,
-                              float *V, npy_intp pstride)
+static void c3_input_tile_row(const float *__restrict__ r, npy_intp pw, npy_intp tw, float *__restrict__ u,
+                              float *__restrict__ V, npy_intp pstride)
 {
     const float *r0 = r, *r1 = r + pw, *r2 = r + 2 * pw, *r3 = r + 3 * pw;
     npy_intp k, tx;
@@ -237,7 +239,8 @@ static int c3_input_transform(const float *x, npy_intp nb, npy_intp C, npy_intp 
 
 /* A^T m A for one row of tw tiles, m_p = M[p * pstride + tx], into the two output rows
    y0, y1 (2 tw floats each). A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]. */
-static void c3_output_tile_row(const float *M, npy_intp pstride, npy_intp tw, float *y0, float *y1)
+static void c3_output_tile_row(const float *__restrict__ M, npy_intp pstride, npy_intp tw,
+                               float *__restrict__ y0, float *__restrict__ y1)
 {
     npy_intp tx;
     for (tx = 0; tx < tw; tx++) {
@@ -283,8 +286,8 @@ static int c3_output_transform(const float *M, npy_intp nb, npy_intp Co, npy_int
 /* A dY A^T for one row of tw tiles from the two gradient rows g0, g1 (2 tw floats, zero
    past the image): dM[p * pstride + tx]. r: 8 tw floats of scratch.
    A = [[1, 0], [1, 1], [1, -1], [0, -1]]. */
-static void c3_gradient_tile_row(const float *g0, const float *g1, npy_intp tw, float *r,
-                                 float *dM, npy_intp pstride)
+static void c3_gradient_tile_row(const float *__restrict__ g0, const float *__restrict__ g1, npy_intp tw,
+                                 float *__restrict__ r, float *__restrict__ dM, npy_intp pstride)
 {
     const npy_intp w2 = 2 * tw;
     npy_intp k, tx;
@@ -335,6 +338,77 @@ static int c3_gradient_transform(const float *dy, npy_intp nb, npy_intp Co, npy_
     return rows ? 0 : -1;
 }
 
+/* ------------------------------------------------------------------ Winograd products
+
+   M[p] = U[p] V[p] for one tile position p, U (Co, Ci), V (Ci, T), M (Co, T), row-major,
+   by the loops below for at most C3_OWN_PRODUCT_MAX_CIN input channels: there V[p] stays
+   in the core's first-level cache, and sgemm_ spent about as long copying V into its packed
+   layout as multiplying (MNIST's 20 channels, 196 tiles: these loops 3x faster; at 64
+   channels and more no faster, so sgemm_ there). Each element is summed over ci in order. */
+#define C3_OWN_PRODUCT_MAX_CIN 32
+
+/* The widest vector of floats the target has, loaded and stored at any float's address. */
+#ifdef __AVX512F__
+typedef float c3_vec __attribute__((vector_size(64), aligned(4), may_alias));
+#else
+typedef float c3_vec __attribute__((vector_size(32), aligned(4), may_alias));
+#endif
+#define C3_VEC_FLOATS ((npy_intp)(sizeof(c3_vec) / sizeof(float)))
+
+/* R rows of M from R rows of U, NV vectors of columns: R NV sums held in registers. */
+template <int R, int NV>
+static inline void c3_product_tile(const float *U, const float *V, npy_intp Ci, npy_intp T, float *M)
+{
+    c3_vec acc[R][NV] = {};
+    for (npy_intp ci = 0; ci < Ci; ci++) {
+        c3_vec v[NV];
+        int r, j;
+        for (j = 0; j < NV; j++)
+            v[j] = ((const c3_vec *)(V + ci * T))[j];
+        for (r = 0; r < R; r++)
+            for (j = 0; j < NV; j++)
+                acc[r][j] += U[r * Ci + ci] * v[j];
+    }
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < NV; j++)
+            ((c3_vec *)(M + r * T))[j] = acc[r][j];
+}
+
+/* R rows of M from R rows of U, one column. */
+template <int R>
+static inline void c3_product_column(const float *U, const float *V, npy_intp Ci, npy_intp T, float *M)
+{
+    float acc[R] = {};
+    for (npy_intp ci = 0; ci < Ci; ci++)
+        for (int r = 0; r < R; r++)
+            acc[r] = fmaf(U[r * Ci + ci], V[ci * T], acc[r]);
+    for (int r = 0; r < R; r++)
+        M[r * T] = acc[r];
+}
+
+/* R rows of M, all T columns: three vectors at a time, then one, then single columns. */
+template <int R>
+static void c3_product_rows(const float *U, const float *V, npy_intp Ci, npy_intp T, float *M)
+{
+    npy_intp t = 0;
+    for (; t + 3 * C3_VEC_FLOATS <= T; t += 3 * C3_VEC_FLOATS)
+        c3_product_tile<R, 3>(U, V + t, Ci, T, M + t);
+    for (; t + C3_VEC_FLOATS <= T; t += C3_VEC_FLOATS)
+        c3_product_tile<R, 1>(U, V + t, Ci, T, M + t);
+    for (; t < T; t++)
+        c3_product_column<R>(U, V + t, Ci, T, M + t);
+}
+
+/* M (Co, T) = U (Co, Ci) V (Ci, T): four rows at a time, then one. */
+static void c3_product(const float *U, const float *V, npy_intp Co, npy_intp Ci, npy_intp T, float *M)
+{
+    npy_intp co = 0;
+    for (; co + 4 <= Co; co += 4)
+        c3_product_rows<4>(U + co * Ci, V, Ci, T, M + co * T);
+    for (; co < Co; co++)
+        c3_product_rows<1>(U + co * Ci, V, Ci, T, M + co * T);
+}
+
 /* ------------------------------------------------------------------ Winograd drivers */
 
 /* Images per block: blocks of at most `workspace` floats of V and M, at least one block per
@@ -357,9 +431,14 @@ static int c3_winograd_forward_block(const float *x, const float *U, const float
     int p;
     if (c3_input_transform(x, m, Ci, H, W, V))
         return -1;
-    for (p = 0; p < 16; p++)  /* M[p] (Co, T) = U[p] (Co, Ci) V[p] (Ci, T) */
-        c3_sgemm('N', 'N', T, Co, Ci, V + p * c3_plane(Ci, T), T, U + p * Co * Ci, Ci,
-                 0.f, M + p * c3_plane(Co, T), T);
+    for (p = 0; p < 16; p++) {  /* M[p] (Co, T) = U[p] (Co, Ci) V[p] (Ci, T) */
+        const float *Up = U + p * Co * Ci, *Vp = V + p * c3_plane(Ci, T);
+        float *Mp = M + p * c3_plane(Co, T);
+        if (Ci <= C3_OWN_PRODUCT_MAX_CIN)
+            c3_product(Up, Vp, Co, Ci, T, Mp);
+        else
+            c3_sgemm('N', 'N', T, Co, Ci, Vp, T, Up, Ci, 0.f, Mp, T);
+    }
     return c3_output_transform(M, m, Co, H, W, b, act, slope, y);
 }
 
