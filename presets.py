@@ -206,12 +206,16 @@ OUR_CHOICES = {
 }
 OPTIMIZER_NOTE = ('optimizer', 'SFO', 'RMSProp (decay 0.9, max_scaling 1e5) as in the released code but '
                   'its max_scaling 1e10: SFO no longer installs')
+AVERAGE_NOTE = ('ema', 'the last parameters', 'an exponential moving average of the parameters evaluates '
+                'and samples (not in the paper or the released code); results.json keeps the last parameters\' K '
+                'as without_ema')
 
 
 def non_paper_choices(dataset, args, fidelity='paper', optimizer='rmsprop'):
     """[{'key', 'value', 'paper', 'reason'}] for each key of `args` (a paper- or fast-preset
-    configuration) where the value is ours, not the paper's; and the optimiser (the paper
-    trained every model but CIFAR-10 with SFO). The fast preset adds its own (FAST_CHOICES)."""
+    configuration) where the value is ours, not the paper's; the optimiser (the paper
+    trained every model but CIFAR-10 with SFO); an average of the parameters, where the run
+    keeps one (AVERAGE_NOTE). The fast preset adds its own (FAST_CHOICES)."""
     table = dict(OUR_CHOICES.get('images', {}) if dataset in IMAGES else {}, **OUR_CHOICES.get(dataset, {}))
     if fidelity == 'fast':
         table.update(FAST_CHOICES)
@@ -223,6 +227,9 @@ def non_paper_choices(dataset, args, fidelity='paper', optimizer='rmsprop'):
     elif dataset != 'CIFAR10':
         key, paper, reason = OPTIMIZER_NOTE
         out.append({'key': key, 'value': optimizer, 'paper': paper, 'reason': reason})
+    if args.get('ema'):
+        key, paper, reason = AVERAGE_NOTE
+        out.append({'key': key, 'value': args[key], 'paper': paper, 'reason': reason})
     return out
 
 
