@@ -19,6 +19,17 @@ def duration(seconds):
     return '{} min'.format(minutes) if minutes < 100 else '{} h {:02d} min'.format(minutes // 60, minutes % 60)
 
 
+def elapsed(seconds):
+    """'45 s', '4 min 30 s', '1 h 05 min 30 s': time spent, to the second, so that lines every
+    30 s never repeat a figure (duration() rounds to whole minutes)."""
+    seconds = int(round(seconds))
+    if seconds < 100:
+        return '{} s'.format(seconds)
+    if seconds < 3600:
+        return '{} min {:02d} s'.format(seconds // 60, seconds % 60)
+    return '{} h {:02d} min {:02d} s'.format(seconds // 3600, seconds % 3600 // 60, seconds % 60)
+
+
 def is_terminal(stream):
     """Whether `stream` is a terminal (where a bar may redraw itself in place)."""
     return bool(getattr(stream, 'isatty', lambda: False)())
@@ -84,7 +95,7 @@ def track(iterable, desc, total=None, **options):
 @contextlib.contextmanager
 def waiting(what, stream=None, every_s=QUIET_S, enabled=True):
     """For work that reports no progress of its own (compiling): a line 'still <what>
-    (N s)' on `stream` (stdout) every `every_s` seconds until the block ends."""
+    (4 min 30 s)' on `stream` (stdout) every `every_s` seconds until the block ends."""
     if not enabled:
         yield
         return
@@ -93,7 +104,7 @@ def waiting(what, stream=None, every_s=QUIET_S, enabled=True):
 
     def beat():
         while not done.wait(every_s):
-            print('  still {} ({})'.format(what, duration(time.monotonic() - start)), file=stream, flush=True)
+            print('  still {} ({})'.format(what, elapsed(time.monotonic() - start)), file=stream, flush=True)
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()

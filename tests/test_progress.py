@@ -41,7 +41,7 @@ def test_a_run_says_its_compile_time_rate_and_time_left_and_writes_progress_csv(
     lines = r.stdout.splitlines()
     i = next(i for i, line in enumerate(lines) if line.startswith('Compiling the training function'))
     waiting = [line for line in lines[i + 1:] if line.startswith('  still compiling')]  # every 30 s of it
-    assert all(re.fullmatch(r'  still compiling the (training function|held-out bound) \(\d+ (s|min)\)', line)
+    assert all(re.fullmatch(r'  still compiling the (training function|held-out bound) \((\d+ s|\d+ min \d\d s|\d+ h \d\d min \d\d s)\)', line)
                for line in waiting)
     compiled = next(line for line in lines[i + 1:] if not line.startswith('  still'))
     assert re.fullmatch(r'Compiled in \d+\.\d s\.', compiled), compiled
@@ -85,6 +85,12 @@ def test_the_time_left_is_to_the_limit_that_ends_the_run_first():
     assert E.FinishAfter(max_seconds=30.0).time_left(status, 2.0) == (0.0, '--max-minutes')
     assert E.FinishAfter().time_left(status, 2.0) is None
     assert [meter.duration(s) for s in (45, 720, 3 * 3600 + 300)] == ['45 s', '12 min', '3 h 05 min']
+
+
+def test_waiting_lines_every_30_s_never_repeat_a_figure():
+    beats = [meter.elapsed(30 * k + 0.4) for k in range(1, 130)]  # 30 s to 64.5 min
+    assert len(set(beats)) == len(beats)
+    assert beats[:4] == ['30 s', '60 s', '90 s', '2 min 00 s'] and meter.elapsed(3930) == '1 h 05 min 30 s'
 
 
 def quiet_loop(printing):
