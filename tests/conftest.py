@@ -1,4 +1,6 @@
+import glob
 import os
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,3 +42,24 @@ def stand_in_images():
         return {'train': rng.integers(0, 256, (n_train,) + shape).astype(np.uint8),
                 'test': rng.integers(0, 256, (n_test,) + shape).astype(np.uint8)}
     return make
+
+
+# A tiny digits run with the fast preset (an adaptive proposal, an average of the parameters,
+# Adam), 20 minibatches: test_training_estimate.py resumes a copy of it, test_parallel.py
+# trains it again on two processes. Its 'train_t_history=2' lets the proposal leave its
+# uniform start within those minibatches.
+FAST_DIGITS = ['--dataset', 'digits', '--fidelity', 'fast', '--seed', '3', '--ext-every-n', '10', '--batch-size', '50',
+               '--model-args', 'T=20,n_temporal_basis=3,n_hidden_dense_lower=16,n_hidden_dense_lower_output=2,'
+               'n_hidden_dense_upper=8,n_hidden_conv=6,n_layers_conv=2,n_layers_dense_lower=2,n_layers_dense_upper=2,'
+               'train_t_history=2,ema=0.9', '--max-batches', '20']
+
+
+@pytest.fixture(scope='session')
+def fast_digits_run(tmp_path_factory):
+    """The run directory of train.py FAST_DIGITS, one process (tests that change it copy it)."""
+    out = tmp_path_factory.mktemp('fast_digits')
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py')] + FAST_DIGITS + ['--output-dir', str(out)],
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr
+    run_dir, = glob.glob(str(out / 'diffusion_*'))
+    return run_dir

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FAST_DIGITS
 
 import parallel
 import checkpoints
@@ -78,9 +79,9 @@ def test_two_processes_train_the_same_parameters_as_one(digits_runs):
 
 
 @pytest.fixture(scope='module')
-def fast_runs(tmp_path_factory):
-    fast = TINY_DIGITS[:-1] + [TINY_DIGITS[-1] + ',ema=0.9', '--fidelity', 'fast']  # and an average
-    return train(fast, 1, tmp_path_factory.mktemp('fast1')), train(fast, 2, tmp_path_factory.mktemp('fast2'))
+def fast_runs(fast_digits_run, tmp_path_factory):
+    """conftest's fast run (an adaptive proposal, an average, Adam) and the same on two processes."""
+    return fast_digits_run, train(FAST_DIGITS, 2, tmp_path_factory.mktemp('fast2'))
 
 
 def test_two_processes_train_a_fast_run_as_one(fast_runs):
