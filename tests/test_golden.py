@@ -85,6 +85,7 @@ def comparable(env):
         env['blas'] = os.path.basename(env['blas'])
     if env.get('theano_flags'):
         env['theano_flags'] = re.sub(r'"?blas\.ldflags=[^"]*"?', 'blas.ldflags=<BLAS>', env['theano_flags'])
+        env['theano_flags'] = re.sub(r',?"?base_compiledir=[^,"]*"?', '', env['theano_flags'])  # the cache's place
     return env
 
 
@@ -108,6 +109,10 @@ def test_short_run_reproduces_golden_figures(name, tmp_path):
     expected = golden['runs'][name]
     if (K_bits, params) != (expected['K_bits'], expected['params_sha256']):
         changes = environment_changes(expected['environment'], environment) or ['none: the code changed']
+        cores = len(os.sched_getaffinity(0))
+        if cores < int(PINNED['OPENBLAS_NUM_THREADS']):
+            changes.insert(0, 'this process may use {} core(s) (taskset?), the golden runs {} threads: run them on '
+                              'more cores'.format(cores, PINNED['OPENBLAS_NUM_THREADS']))
         pytest.fail('{}: K = {!r}, parameters {} but the golden figures are K = {!r}, parameters {}; '
                     'environment changes: {}'.format(name, K_bits, params[:12], expected['K_bits'],
                                                      expected['params_sha256'][:12], '; '.join(changes)))

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FAST_DIGITS
 
 import parallel
 import checkpoints
@@ -26,14 +27,32 @@ TINY_DIGITS = ['--dataset', 'digits', '--seed', '5', '--max-batches', '20', '--e
                'n_hidden_dense_upper=8,n_hidden_conv=6,n_layers_conv=2,n_layers_dense_lower=2,n_layers_dense_upper=2,'
                'conv_path=True']
 TINY_HEARTBEAT = ['--dataset', 'heartbeat', '--seed', '7', '--max-batches', '300', '--ext-every-n', '100',
-                  '--model-args', 'n_train=2000,n_eval=400,n_final_eval=50,n_hidden=20']
+                  '--model-args', 'T=100,n_train=2000,n_eval=400,n_final_eval=50,n_hidden=20']  # T: 99 final draws, not 1,999
 
 
-def train(args, processes, out, timeout=600):
+# A job still running after this long is hung: a guard, not a measure. A fixture's two runs
+# took 150 s on one core beside two other jobs, so the 600 s of before was within reach of
+# an overloaded core.
+HANG_S = 1800
+
+
+def run_job(cmd, timeout=HANG_S):
+    """(exit code, stderr) of a job run in its own session; a job still running after
+    `timeout` seconds is hung: it is killed, with every process it started, and the test fails."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail('the job hung:\n' + err)
+    return proc.returncode, err
+
+
+def train(args, processes, out):
     prefix = [MPIEXEC, '-n', str(processes)] if processes > 1 else []
-    r = subprocess.run(prefix + [sys.executable, os.path.join(ROOT, 'train.py')] + args + ['--output-dir', str(out)],
-                       capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, r.stderr
+    code, err = run_job(prefix + [sys.executable, os.path.join(ROOT, 'train.py')] + args + ['--output-dir', str(out)])
+    assert code == 0, err
     run_dir, = glob.glob(str(out / 'diffusion_*'))
     return run_dir
 
@@ -60,9 +79,9 @@ def test_two_processes_train_the_same_parameters_as_one(digits_runs):
 
 
 @pytest.fixture(scope='module')
-def fast_runs(tmp_path_factory):
-    fast = TINY_DIGITS[:-1] + [TINY_DIGITS[-1] + ',ema=0.9', '--fidelity', 'fast']  # and an average
-    return train(fast, 1, tmp_path_factory.mktemp('fast1')), train(fast, 2, tmp_path_factory.mktemp('fast2'))
+def fast_runs(fast_digits_run, tmp_path_factory):
+    """conftest's fast run (an adaptive proposal, an average, Adam) and the same on two processes."""
+    return fast_digits_run, train(FAST_DIGITS, 2, tmp_path_factory.mktemp('fast2'))
 
 
 def test_two_processes_train_a_fast_run_as_one(fast_runs):
@@ -87,10 +106,9 @@ def test_sampling_on_two_processes_gives_one_processs_samples(digits_runs, tmp_p
     out = {}
     for n in (1, 2):
         prefix = [MPIEXEC, '-n', '2'] if n == 2 else []
-        r = subprocess.run(prefix + [sys.executable, os.path.join(ROOT, 'sampler.py'), ckpt, '--n', '7', '--frames', '3',
-                                     '--batch-size', '3', '--out', str(tmp_path / str(n))],
-                           capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr
+        code, err = run_job(prefix + [sys.executable, os.path.join(ROOT, 'sampler.py'), ckpt, '--n', '7', '--frames', '3',
+                                      '--batch-size', '3', '--out', str(tmp_path / str(n))])
+        assert code == 0, err
         with np.load(str(tmp_path / str(n) / 'sample.npz')) as f:
             out[n] = f['samples'], f['frames']
     np.testing.assert_allclose(out[2][0], out[1][0], rtol=1e-5, atol=1e-6)
@@ -105,19 +123,22 @@ def test_interrupted_two_process_run_resumes_on_one(tmp_path):
     uninterrupted = json.load(open(os.path.join(train(args, 1, tmp_path / 'a'), 'results.json')))
     cmd = [MPIEXEC, '-n', '2', sys.executable, os.path.join(ROOT, 'train.py')] + args + [
         '--output-dir', str(tmp_path / 'b')]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith('iter 100'):
-            break
-    proc.send_signal(signal.SIGINT)  # mpiexec passes it on to every process
-    _, err = proc.communicate(timeout=120)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith('iter 100'):
+                break
+        proc.send_signal(signal.SIGINT)  # mpiexec passes it on to every process
+        _, err = proc.communicate(timeout=HANG_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # hung: neither it nor its processes stay behind
     assert proc.returncode == 130, err
     run_dir, = glob.glob(str(tmp_path / 'b' / 'diffusion_*'))
     ckpt = os.path.join(run_dir, 'checkpoint.npz')
     assert 100 <= checkpoints.load_checkpoint(ckpt)['status']['iterations_done'] < 1000
-    r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--resume_file', ckpt],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    code, err = run_job([sys.executable, os.path.join(ROOT, 'train.py'), '--resume_file', ckpt])
+    assert code == 0, err
     resumed = json.load(open(os.path.join(run_dir, 'results.json')))
     assert abs(resumed['K_bits'] - uninterrupted['K_bits']) < 1e-4
 
@@ -136,10 +157,10 @@ def test_a_failing_process_ends_the_job_within_seconds(tmp_path):
     args = [sys.executable, os.path.join(ROOT, 'train.py'), '--dataset', 'mnist', '--max-batches', '5',
             '--model-args', 'T=10,n_hidden_dense_lower=8', '--output-dir', str(tmp_path / 'runs')]
     start = time.time()
-    r = subprocess.run([MPIEXEC, '-n', '1'] + args + ['--data-path', str(good), ':', '-n', '1'] + args
-                       + ['--data-path', str(bad)], capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0
-    assert 'not a readable HDF5 file' in r.stderr and 'process 1 of 2 stopped' in r.stderr
+    code, err = run_job([MPIEXEC, '-n', '1'] + args + ['--data-path', str(good), ':', '-n', '1'] + args
+                        + ['--data-path', str(bad)])
+    assert code != 0
+    assert 'not a readable HDF5 file' in err and 'process 1 of 2 stopped' in err
     assert time.time() - start < 120
 
 
@@ -186,22 +207,9 @@ MOMENTS = {
 }
 # --ext-every-n past the last minibatch: no monitored bound, so the signalled process of
 # 'final evaluation' compiles nothing on its way there (waiting for the Theano cache's
-# compile lock, which other jobs on the machine hold, took 263 s of run_job's 300 once).
+# compile lock, which other jobs on the machine held, took 263 s once).
 SHORT_HEARTBEAT = ['--dataset', 'heartbeat', '--max-batches', '6', '--ext-every-n', '7',
                    '--model-args', 'T=50,n_train=600,n_eval=50,n_final_eval=20,n_hidden=10']
-
-
-def run_job(cmd, timeout=300):
-    """(exit code, stderr) of a job run in its own session; a job still running after
-    `timeout` seconds is hung: it is killed, with every process it started, and the test fails."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-        pytest.fail('the job hung:\n' + err)
-    return proc.returncode, err
 
 
 def signal_one_process(out, rank, moment):

@@ -26,7 +26,7 @@ TINY = ['--dataset', 'digits', '--seed', '3', '--ext-every-n', '10', '--batch-si
 
 
 def train_cli(*args):
-    return subprocess.run(['nice', '-n', '19', sys.executable, os.path.join(ROOT, 'train.py')] + list(args),
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'train.py')] + list(args),
                           capture_output=True, text=True, timeout=900)
 
 

@@ -21,14 +21,21 @@ pytestmark = pytest.mark.slow  # runs train.py (python -m pytest -m "not slow" l
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['--model-args', 'n_train=2000,n_eval=400', '--batch-size', '100']
-# a heartbeat run of a few seconds: 300 minibatches, a checkpoint every 100
+# a heartbeat run of a few seconds: 300 minibatches, a checkpoint every 100; T=100, not 2,000:
+# the final bound's 50 examples x (T - 1) draws took 17 s of each run on the busy core, 4 s now
 TINY_HEARTBEAT = ['--dataset', 'heartbeat', '--seed', '7', '--max-batches', '300', '--ext-every-n', '100',
-                  '--model-args', 'n_train=2000,n_eval=400,n_final_eval=50,n_hidden=20']
+                  '--model-args', 'T=100,n_train=2000,n_eval=400,n_final_eval=50,n_hidden=20']
+
+
+# A run still going after this long is hung: a guard, not a measure (these runs take seconds
+# to a few minutes on a busy core). With 300 s for the first line, a run still compiling after
+# that on an overloaded core would have been signalled before training, at the wrong moment.
+HANG_S = 1800
 
 
 def train_cli(*args, **kw):
     return subprocess.run([sys.executable, os.path.join(ROOT, 'train.py')] + list(args),
-                          capture_output=True, text=True, timeout=600, **kw)
+                          capture_output=True, text=True, timeout=HANG_S, **kw)
 
 
 @pytest.mark.parametrize('args, expected', [
@@ -139,12 +146,15 @@ def start_and_stop(tmp_path, signum, after_line):
     (the process's exit code, stderr, run directory)."""
     cmd = [sys.executable, os.path.join(ROOT, 'train.py')] + TINY_HEARTBEAT + ['--output-dir', str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    for line in proc.stdout:  # wait until training is under way
-        if line.startswith(after_line) or time.time() > deadline:
+    deadline = time.time() + HANG_S
+    for line in proc.stdout:  # wait until training is under way (the run prints a line at least every 30 s)
+        if line.startswith(after_line):
             break
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail('no {!r} line in {} s: the run hung'.format(after_line, HANG_S))
     proc.send_signal(signum)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=HANG_S)
     run_dir, = glob.glob(str(tmp_path / 'diffusion_heartbeat_*'))
     return proc.returncode, err, run_dir
 
