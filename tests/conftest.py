@@ -27,6 +27,11 @@ signal.signal(signal.SIGTERM, signal.SIG_DFL)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# A tiny heartbeat run's flags (add --max-batches): T=100, so its final bound takes 99 draws,
+# not 1,999; test_train_cli.py, test_faults.py and test_parallel.py train it.
+TINY_HEARTBEAT = ['--dataset', 'heartbeat', '--seed', '7', '--ext-every-n', '100',
+                  '--model-args', 'T=100,n_train=2000,n_eval=400,n_final_eval=50,n_hidden=20']
+
 # A tiny image network (released-code names) for tests that build image Experiments.
 TINY_IMAGE_ARGS = dict(T=20, n_temporal_basis=3, n_hidden_dense_lower=8,
                        n_hidden_dense_lower_output=2, n_hidden_dense_upper=4, n_hidden_conv=3,

@@ -20,6 +20,7 @@ import types
 import numpy as np
 import pytest
 import theano
+from conftest import TINY_HEARTBEAT as TINY
 
 import bound
 import checkpoints
@@ -40,8 +41,6 @@ pytestmark = pytest.mark.slow  # runs train.py, evaluate.py and sampler.py in su
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, 'train.py')
-TINY = ['--dataset', 'heartbeat', '--seed', '7', '--ext-every-n', '100',  # T=100: a final bound of 99 draws, not 1,999
-        '--model-args', 'T=100,n_train=2000,n_eval=400,n_final_eval=50,n_hidden=20']
 
 
 def train_cli(*args, timeout=600):

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import FAST_DIGITS
+from conftest import FAST_DIGITS, TINY_HEARTBEAT as HEARTBEAT
 
 import parallel
 import checkpoints
@@ -26,8 +26,7 @@ TINY_DIGITS = ['--dataset', 'digits', '--seed', '5', '--max-batches', '20', '--e
                '--model-args', 'T=20,n_temporal_basis=3,n_hidden_dense_lower=16,n_hidden_dense_lower_output=2,'
                'n_hidden_dense_upper=8,n_hidden_conv=6,n_layers_conv=2,n_layers_dense_lower=2,n_layers_dense_upper=2,'
                'conv_path=True']
-TINY_HEARTBEAT = ['--dataset', 'heartbeat', '--seed', '7', '--max-batches', '300', '--ext-every-n', '100',
-                  '--model-args', 'T=100,n_train=2000,n_eval=400,n_final_eval=50,n_hidden=20']  # T: 99 final draws, not 1,999
+TINY_HEARTBEAT = HEARTBEAT + ['--max-batches', '300']
 
 
 # A job still running after this long is hung: a guard, not a measure. A fixture's two runs

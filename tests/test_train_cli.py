@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import TINY_HEARTBEAT as HEARTBEAT
 
 import checkpoints
 import experiments
@@ -23,8 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['--model-args', 'n_train=2000,n_eval=400', '--batch-size', '100']
 # a heartbeat run of a few seconds: 300 minibatches, a checkpoint every 100; T=100, not 2,000:
 # the final bound's 50 examples x (T - 1) draws took 17 s of each run on the busy core, 4 s now
-TINY_HEARTBEAT = ['--dataset', 'heartbeat', '--seed', '7', '--max-batches', '300', '--ext-every-n', '100',
-                  '--model-args', 'T=100,n_train=2000,n_eval=400,n_final_eval=50,n_hidden=20']
+TINY_HEARTBEAT = HEARTBEAT + ['--max-batches', '300']
 
 
 # A run still going after this long is hung: a guard, not a measure (these runs take seconds
