@@ -12,6 +12,8 @@ A checkpoint is one .npz file (a zip of .npy arrays, np.load(path, allow_pickle=
                    state, learning rate, counters), by name.
 The per-minibatch log is not inside: it is RUN_DIR/log.jsonl, and status['log_bytes']
 is its length when the checkpoint was written (a resumed run truncates it there).
+A released model may hold the parameters only (parameters_only): status[PARAMETERS_ONLY]
+is then true, and a resume refuses it (settings.check_resumable).
 """
 import glob
 import io
@@ -30,6 +32,7 @@ import rundirs
 CHECKPOINT_FORMAT = 'diffusion-thermodynamics checkpoint'
 CHECKPOINT_VERSION = 1
 SHARED_PREFIX = 'shared/'
+PARAMETERS_ONLY = 'parameters_only'  # status key of a checkpoint without the optimiser's state
 
 
 def save_checkpoint(path, state):
@@ -55,6 +58,14 @@ def save_checkpoint(path, state):
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def parameters_only(state, names):
+    """The checkpoint `state` with only the shared variables `names` (what evaluate.py and
+    sampler.py load: experiments.load_parameters), marked PARAMETERS_ONLY; KeyError for a
+    name it lacks."""
+    return {'shared': {name: state['shared'][name] for name in names}, 'config': state['config'],
+            'status': dict(state['status'], **{PARAMETERS_ONLY: True})}
 
 
 def finite(arrays):

@@ -12,6 +12,13 @@ minibatches and training minutes), the totals in minibatches and core-hours, the
 bound, and the size and sha256 of every file. Files that evaluate.py and sampler.py wrote
 into models/NAME are listed too. Running it again on the same run (or on
 models/NAME itself, after a resume there) brings the folder up to date.
+
+    python release.py runs/<run> models/mnist5k --parameters-only
+
+keeps, for a network whose optimiser's state would make the folder large, only what
+evaluate.py and sampler.py load (the parameters, and their average where the run kept one)
+and leaves log.jsonl out: the folder evaluates and samples but cannot be resumed, and its
+README gives the command that trains it again.
 """
 import argparse
 import csv
@@ -24,6 +31,7 @@ import time
 import checkpoints
 import cli
 import presets
+import settings
 
 RUN_FILES = ('checkpoint.npz', 'log.jsonl', 'progress.csv', 'results.json')
 
@@ -83,16 +91,33 @@ def latest_K(meta):
     return e['iteration'], e['heldout_K_bits'], e.get('heldout_stderr_bits')
 
 
-def copy_run(run_dir, model_dir):
-    """Copy RUN_FILES that the run has from run_dir into model_dir (nothing when they are the same folder)."""
+def copy_run(run_dir, model_dir, names=RUN_FILES):
+    """Copy the files `names` that the run has from run_dir into model_dir (nothing when they are the same folder)."""
     os.makedirs(model_dir, exist_ok=True)
     if os.path.samefile(run_dir, model_dir):
         return
-    for name in RUN_FILES:
+    for name in names:
         source = os.path.join(run_dir, name)
         if os.path.exists(source):
             shutil.copyfile(source, os.path.join(model_dir, name) + '.part')
             os.replace(os.path.join(model_dir, name) + '.part', os.path.join(model_dir, name))
+
+
+def parameter_names(path):
+    """The shared variables of the checkpoint `path` that evaluate.py and sampler.py load
+    (experiments.load_parameters): the parameters, and their average where the run kept one
+    (builds the model; loads Theano)."""
+    import experiments
+    import steprules
+    exp = experiments.from_checkpoint(path)
+    names = [p.name for p in exp.params]
+    return names + ([steprules.AVERAGE_PREFIX + name for name in names] if exp.args.get('ema') else [])
+
+
+def keep_parameters(path):
+    """Rewrite the checkpoint `path` with its parameters only (checkpoints.parameters_only)."""
+    state = checkpoints.load_checkpoint(path)
+    checkpoints.save_checkpoint(path, checkpoints.parameters_only(state, parameter_names(path)))
 
 
 def file_table(model_dir):
@@ -151,6 +176,7 @@ def readme(name, model_dir, meta, rows, figure=None):
     own figure, where release drew one."""
     runs = sessions(meta, rows)
     status, args = meta['status'], meta['config'].get('args', {})
+    parameters_only = status.get(checkpoints.PARAMETERS_ONLY, False)
     dataset = args.get('dataset', name)
     core_hours = sum(s['minutes'] * s['cores'] for s in runs) / 60
     last = latest_K(meta)
@@ -174,17 +200,31 @@ def readme(name, model_dir, meta, rows, figure=None):
                      'from the checkpoint by `python release.py` (figures.{1}).'.format(*figure))
     lines += ['', '[heldout_bound.png](heldout_bound.png): the monitored K against minibatches and training hours{}.'
               .format(', the paper\'s value dashed' if paper else ' (Table 1 has no value for these data)'), '',
-              'Evaluate, sample, resume (from the repository\'s root):', '',
+              'Evaluate, sample{} (from the repository\'s root):'.format('' if parameters_only else ', resume'), '',
               '    python evaluate.py models/{} --n-t 10'.format(name),
-              '    python sampler.py models/{} --output-dir /tmp/samples'.format(name),
-              '    python train.py --resume models/{} --max-minutes {:.0f}   # + the minutes of this session'.format(
-                  name, status.get('wall_s', 0.0) / 60),
-              '',
-              '`--max-minutes` counts the run\'s whole training time, so a session of N minutes gives the total '
-              'above plus N. A resumed run repeats the uninterrupted one exactly on the same code and thread '
-              'count (the data order and noise come from the seed and the minibatch count).', '',
-              '## Sessions', ''] + session_table(runs) + ['', '## Files', ''] + file_table(model_dir)
+              '    python sampler.py models/{} --output-dir /tmp/samples'.format(name)]
+    lines += retrain_lines(meta) if parameters_only else resume_lines(name, status)
+    lines += ['', '## Sessions', ''] + session_table(runs) + ['', '## Files', ''] + file_table(model_dir)
     return '\n'.join(lines) + '\n'
+
+
+def resume_lines(name, status):
+    """README lines: how to resume the released run."""
+    return ['    python train.py --resume models/{} --max-minutes {:.0f}   # + the minutes of this session'.format(
+                name, status.get('wall_s', 0.0) / 60),
+            '',
+            '`--max-minutes` counts the run\'s whole training time, so a session of N minutes gives the total '
+            'above plus N. A resumed run repeats the uninterrupted one exactly on the same code and thread '
+            'count (the data order and noise come from the seed and the minibatch count).']
+
+
+def retrain_lines(meta):
+    """README lines of a release with the parameters only: it cannot be resumed; the command
+    that trains it again."""
+    return ['', '`checkpoint.npz` holds the parameters only (`python release.py RUN models/NAME --parameters-only`): '
+            'the optimiser\'s state and log.jsonl are left out to keep the folder small, so `train.py --resume` '
+            'refuses it. To train the model again (the sessions below, from the start):', '',
+            '    ' + settings.retrain_command(meta)]
 
 
 def draw_k_curve(meta, path):
@@ -211,9 +251,12 @@ def draw_dataset_figure(meta, model_dir):
     return name, figure.__name__
 
 
-def release(run_dir, model_dir):
-    """Copy the run into model_dir and write its README.md; returns the README's path."""
-    copy_run(run_dir, model_dir)
+def release(run_dir, model_dir, parameters_only=False):
+    """Copy the run into model_dir (its parameters only, without log.jsonl, if
+    `parameters_only`) and write its README.md; returns the README's path."""
+    copy_run(run_dir, model_dir, [n for n in RUN_FILES if not (parameters_only and n == 'log.jsonl')])
+    if parameters_only:
+        keep_parameters(os.path.join(model_dir, 'checkpoint.npz'))
     meta = checkpoints.load_checkpoint(os.path.join(model_dir, 'checkpoint.npz'))
     draw_k_curve(meta, os.path.join(model_dir, 'heldout_bound.png'))
     figure = draw_dataset_figure(meta, model_dir)
@@ -229,12 +272,15 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('run_dir', help='the training run (a run directory with checkpoint.npz)')
     p.add_argument('model_dir', help='the released model\'s folder, e.g. models/deadleaves')
+    p.add_argument('--parameters-only', action='store_true',
+                   help='keep only what evaluate.py and sampler.py load (no optimiser state, no log.jsonl): a '
+                        'smaller folder that cannot be resumed')
     args = p.parse_args(argv)
     if not os.path.isfile(os.path.join(args.run_dir, 'checkpoint.npz')):
         cli.fail('{} has no checkpoint.npz: give a run directory of train.py'.format(args.run_dir))
     if os.path.exists(args.model_dir) and not os.path.isdir(args.model_dir):
         cli.fail('{} is a file: give a folder for the released model'.format(args.model_dir))
-    print('wrote', release(args.run_dir, args.model_dir))
+    print('wrote', release(args.run_dir, args.model_dir, args.parameters_only))
 
 
 if __name__ == '__main__':

@@ -171,6 +171,9 @@ def check_batch_size(s, n_train, given):
 
 def check_resumable(checkpoint, path):
     """ValueError (one line) unless the checkpoint holds what a resumed run needs."""
+    if checkpoint['status'].get(checkpoints.PARAMETERS_ONLY):
+        raise ValueError('{} holds the parameters only (a released model without the optimiser\'s state): it cannot '
+                         'be resumed; train again with: {}'.format(path, retrain_command(checkpoint)))
     checkpoints.require(checkpoint, path, RESUME_FIELDS)
     saved = checkpoint['config']['args']
     for key, known in (('dataset', presets.MODEL_ARGS), ('fidelity', presets.PRESETS),
@@ -183,6 +186,18 @@ def check_resumable(checkpoint, path):
     if missing:
         raise ValueError('{} is not a complete checkpoint of this project: its model lacks {}'.format(
             path, ', '.join(sorted(missing))))
+
+
+def retrain_command(checkpoint):
+    """The command of the checkpoint's first training session (provenance.environment), or
+    one made from its data set and preset."""
+    config = checkpoint['config']
+    recorded = [s.get('environment', {}).get('command') for s in config.get('sessions', [])]
+    if recorded and recorded[0]:
+        return recorded[0]
+    args = config.get('args', {})
+    return 'python train.py --dataset {} --fidelity {}'.format(args.get('dataset', 'DATASET'),
+                                                               args.get('fidelity', 'paper'))
 
 
 def resume_command(run_dir):

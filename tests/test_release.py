@@ -7,10 +7,13 @@ import os
 import numpy as np
 import pytest
 
+import bound
 import checkpoints
 import experiments
 import presets
 import release
+import sampler
+import train
 
 
 def session(start, command, threads=1, processes=1):
@@ -90,3 +93,44 @@ def test_release_refuses_a_folder_without_a_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         release.main([str(tmp_path), str(tmp_path / 'm')])
     assert e.value.code == 2 and 'has no checkpoint.npz' in capsys.readouterr().err
+
+
+def test_resume_refuses_a_parameters_only_checkpoint_in_one_line(tmp_path, capsys):
+    run = str(tmp_path / 'run')
+    fake_run(run)
+    path = os.path.join(run, 'checkpoint.npz')
+    checkpoints.save_checkpoint(path, checkpoints.parameters_only(checkpoints.load_checkpoint(path), ['W']))
+    with pytest.raises(SystemExit) as e:
+        train.main(['--resume', run])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1
+    assert 'holds the parameters only' in err and 'train again with: python train.py --dataset deadleaves' in err
+
+
+@pytest.mark.slow  # builds the fast digits run's model, bounds a few images and samples
+def test_a_parameters_only_release_evaluates_and_samples_but_is_not_resumed(fast_digits_run, tmp_path, capsys):
+    model = str(tmp_path / 'models' / 'digits')
+    text = open(release.release(fast_digits_run, model, parameters_only=True)).read()
+    run_checkpoint, kept_checkpoint = (os.path.join(d, 'checkpoint.npz') for d in (fast_digits_run, model))
+    full, kept = checkpoints.load_checkpoint(run_checkpoint), checkpoints.load_checkpoint(kept_checkpoint)
+    exp = experiments.from_checkpoint(run_checkpoint)
+    names = {p.name for p in exp.params}
+    assert set(kept['shared']) == names | {'ema/' + n for n in names}  # the run kept an average (ema=0.9)
+    assert set(full['shared']) > set(kept['shared'])  # the optimiser's state left out
+    for name, value in kept['shared'].items():
+        np.testing.assert_array_equal(value, full['shared'][name])
+    assert 'log.jsonl' not in os.listdir(model) and os.path.getsize(kept_checkpoint) < os.path.getsize(run_checkpoint)
+    # evaluate.py's bound and sampler.py on it, as on the run's checkpoint
+    released = experiments.from_checkpoint(kept_checkpoint)
+    r, r_released = (bound.heldout_bound(e, e.test_x[:20], 2, seed=1) for e in (exp, released))
+    assert r_released['K_bits'] == r['K_bits']
+    sampler.main([model, '--n', '4', '--frames', '2', '--output-dir', str(tmp_path / 'samples')])
+    assert os.path.getsize(tmp_path / 'samples' / 'sample_paper.png') > 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main(['--resume', model])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1 and 'holds the parameters only' in err
+    command = full['config']['sessions'][0]['environment']['command']
+    assert err.rstrip().endswith('train again with: ' + command)
+    assert '    ' + command in text and '--resume models/' not in text and 'log.jsonl' not in text.split('## Files')[1]
