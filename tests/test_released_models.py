@@ -1,7 +1,8 @@
 """The released models (models/*): the files each README lists; for dead leaves a bound on
 freshly generated dead-leaves images that agrees with the bound monitored in training, and
-for the toys a bound on part of the test set that agrees with the run's final one (so the
-checkpoint, the network it describes and the data pipeline fit together)."""
+for the toys and mnist5k (its parameters only) a bound on part of the test set that agrees
+with the run's final one (so the checkpoint, the network it describes and the data pipeline
+fit together)."""
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ MODEL = os.path.join(ROOT, 'models', 'deadleaves')
 pytestmark = pytest.mark.slow  # builds and evaluates the released image network (python -m pytest -m "not slow" leaves it out)
 
 
-@pytest.mark.parametrize('name', ['deadleaves', 'digits', 'heartbeat', 'swissroll'])
+@pytest.mark.parametrize('name', ['deadleaves', 'digits', 'heartbeat', 'mnist5k', 'swissroll'])
 def test_the_readme_lists_each_file_with_its_sha256(name):
     folder = os.path.join(ROOT, 'models', name)
     text = open(os.path.join(folder, 'README.md')).read()
@@ -47,8 +48,8 @@ def test_the_checkpoint_bounds_fresh_images_as_its_monitor_did():
     assert abs(r['K_bits'] - monitored) < 0.25 + 3 * (r['stderr_bits'] + stderr), (r['K_bits'], monitored)
 
 
-@pytest.mark.parametrize('name, n', [('swissroll', 2000), ('heartbeat', 200)])
-def test_a_released_toy_model_bounds_held_out_data_as_its_final_bound_did(name, n):
+@pytest.mark.parametrize('name, n', [('swissroll', 2000), ('heartbeat', 200), ('mnist5k', 100)])
+def test_a_released_model_bounds_held_out_data_as_its_final_bound_did(name, n):
     folder = os.path.join(ROOT, 'models', name)
     exp = experiments.from_checkpoint(os.path.join(folder, 'checkpoint.npz'))
     with open(os.path.join(folder, 'results.json')) as f:
@@ -56,3 +57,9 @@ def test_a_released_toy_model_bounds_held_out_data_as_its_final_bound_did(name, 
     r = bound.heldout_bound(exp, exp.test_x[:n], exp.final_draws, seed=5)  # other draws, a part of the test set
     tolerance = 4 * np.hypot(r['stderr_bits'], final['stderr_bits'])
     assert abs(r['K_bits'] - final['K_bits']) < tolerance, (r['K_bits'], final['K_bits'])
+
+
+def test_the_mnist5k_release_holds_the_parameters_only():
+    state = checkpoints.load_checkpoint(os.path.join(ROOT, 'models', 'mnist5k', 'checkpoint.npz'))
+    assert state['status'][checkpoints.PARAMETERS_ONLY]
+    assert not [name for name in state['shared'] if name.endswith('.rms') or name.startswith('optimizer.')]
