@@ -18,9 +18,10 @@ pytestmark = pytest.mark.slow  # compiles the C op and its gradients (python -m 
 
 IMPLS = ('winograd', 'im2col')
 # (n, C_in, C_out, H, W): odd sizes, 1 and 3 input channels, pooled scales (32 -> 16 -> 8
-# -> 4, 28 -> 14 -> 7) down to 2x2 and 1x1, batch 1 and 5, C_out != C_in.
+# -> 4, 28 -> 14 -> 7) down to 2x2 and 1x1, batch 1 and 5, C_out != C_in; and more input
+# channels than conv3x3.c's own products take (C3_OWN_PRODUCT_MAX_CIN: sgemm_, as for CIFAR-10).
 SHAPES = [(5, 3, 4, 7, 5), (1, 1, 3, 28, 28), (5, 3, 6, 4, 4), (1, 6, 2, 7, 7),
-          (5, 4, 3, 2, 2), (5, 2, 3, 1, 1), (1, 5, 5, 16, 16)]
+          (5, 4, 3, 2, 2), (5, 2, 3, 1, 1), (1, 5, 5, 16, 16), (2, 40, 36, 8, 6)]
 # Room for 3 images of shape (8, 6, 6) under Winograd (2 under im2col): 7 images make
 # several blocks and a partial last one.
 SMALL_WORKSPACE = 3 * 16 * (8 + 8) * 9
