@@ -18,8 +18,6 @@ curve, the learning rate and the schedule go on from the checkpoint; the folder 
 run's log.jsonl and progress.csv, and the checkpoint's record of overrides says where the
 network was widened.
 """
-import backend  # noqa: F401  (configures Theano before it is imported)
-
 import argparse
 import os
 import re
@@ -29,10 +27,7 @@ import numpy as np
 
 import checkpoints
 import cli
-import experiments
 import presets
-import regression
-import steprules
 
 # (output axis, input axis) of each kind of weight: MultiScaleConv's W<scale> (out, in, 3, 3),
 # Dense's W (in, out); biases have the output axis alone.
@@ -65,6 +60,8 @@ def embed(old, fresh, axes):
 def fresh_parameters(state, config):
     """{name: initial value} of the network of model configuration `config`, drawn as a new run
     of the checkpoint's seed would draw it."""
+    import experiments  # Theano loads here, after the command line has been read
+    import regression
     C = state['shared']['readout.W'].shape[1] // (2 * config['n_temporal_basis'])  # channels of the images
     side = config.get('image_size') or config['crop']  # any size the scales allow: the biases are tied
     net = regression.ImageNetwork((C, side, side), np.random.default_rng([state['config']['args']['seed'], 0]),
@@ -75,6 +72,7 @@ def fresh_parameters(state, config):
 def widened_shared(shared, fresh):
     """The checkpoint's arrays for the wider network: parameters and their averages embedded
     (embed), Adam's moments grown (0 and the old mean), everything else as it was."""
+    import steprules  # Theano loads here
     out = dict(shared)
     for name, value in fresh.items():
         if shared[name].shape == value.shape:
