@@ -36,6 +36,19 @@ enum { C3_LINEAR = 0, C3_LEAKY_RELU = 1, C3_SOFTPLUS = 2 };
 
 /* ------------------------------------------------------------------ helpers */
 
+/* Eight floats at any float's address. The loops over a row below that take vectors of 8
+   end with the vector that ends at the row's end (it computes some values again, to the
+   same bits): GCC's loops left up to 7 floats of each short row (MNIST's 14 tiles, 28 and
+   30 floats) to scalar code. */
+typedef float c3_v8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int c3_i8 __attribute__((vector_size(32)));
+
+/* The start of the vector of 8 floats after k in a row of n >= 8: k, or n - 8 for the last. */
+static inline npy_intp c3_v8_at(npy_intp k, npy_intp n)
+{
+    return k + 8 <= n ? k : n - 8;
+}
+
 /* Images per block: as many as fit in workspace floats at floats_per_image each, at least 1. */
 static npy_intp c3_block(npy_intp n, npy_intp floats_per_image, npy_intp workspace)
 {
@@ -44,11 +57,20 @@ static npy_intp c3_block(npy_intp n, npy_intp floats_per_image, npy_intp workspa
     return nb < 1 ? 1 : nb;
 }
 
-/* out[k] = f(in[k] + bias) for k < len; f the activation (leaky slope for negatives). */
+/* out[k] = f(in[k] + bias) for k < len; f the activation (leaky slope for negatives).
+   From 8 floats on in vectors of 8 (c3_v8), but softplus. */
 static void c3_bias_activate(float *__restrict__ out, const float *__restrict__ in, npy_intp len, float bias,
                              int act, float slope)
 {
     npy_intp k;
+    if (len >= 8 && act != C3_SOFTPLUS) {
+        for (k = 0; k < len; k += 8) {
+            const npy_intp at = c3_v8_at(k, len);
+            const c3_v8 v = *(const c3_v8 *)(in + at) + bias;
+            *(c3_v8 *)(out + at) = act == C3_LEAKY_RELU ? (v > 0.f ? v : slope * v) : v;
+        }
+        return;
+    }
     if (act == C3_LEAKY_RELU) {
         for (k = 0; k < len; k++) {
             float v = in[k] + bias;
@@ -184,10 +206,7 @@ static void c3_filter_transform_grad(const float *dU, npy_intp k_count, float *d
     }
 }
 
-/* Eight floats at any float's address, and the even- and odd-numbered of 16 floats. */
-typedef float c3_v8 __attribute__((vector_size(32), aligned(4), may_alias));
-typedef int c3_i8 __attribute__((vector_size(32)));
-
+/* The even- and odd-numbered of 16 floats. */
 static inline void c3_evens_odds(const float *s, c3_v8 *even, c3_v8 *odd)
 {
     const c3_v8 lo = *(const c3_v8 *)s, hi = *(const c3_v8 *)(s + 8);
@@ -196,8 +215,8 @@ static inline void c3_evens_odds(const float *s, c3_v8 *even, c3_v8 *odd)
     *odd = __builtin_shuffle(lo, hi, odds);
 }
 
-/* dst[k] = src[k] for k < n; from 8 floats on in vectors of 8, the last ending at n: memcpy
-   was a library call for each of MNIST's 28-float rows (4% of the ops' time). */
+/* dst[k] = src[k] for k < n; from 8 floats on in vectors of 8 (c3_v8): memcpy was a
+   library call for each of MNIST's 28-float rows. */
 static inline void c3_copy_row(float *__restrict__ dst, const float *__restrict__ src, npy_intp n)
 {
     npy_intp k;
@@ -206,35 +225,45 @@ static inline void c3_copy_row(float *__restrict__ dst, const float *__restrict_
         return;
     }
     for (k = 0; k < n; k += 8) {
-        const npy_intp at = k + 8 <= n ? k : n - 8;
+        const npy_intp at = c3_v8_at(k, n);
         *(c3_v8 *)(dst + at) = *(const c3_v8 *)(src + at);
     }
 }
 
 /* B^T d B for one row of tw tiles whose 4 padded input rows start at r (row length pw):
    V[p * pstride + tx] for p = 4 i + j. u: 4 pw floats of scratch.
-   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
-   From 8 tiles on, in vectors of 8 tiles, the last one ending at tile tw (it computes some
-   tiles again, to the same bits): GCC's loops left the 6 of MNIST's 14 tiles past the first
-   8 to scalar code, and read every other float with one permutation per vector. */
+   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]. From 8 floats and
+   8 tiles on in vectors of 8 (c3_v8); every other float by one permutation per vector. */
 static void c3_input_tile_row(const float *__restrict__ r, npy_intp pw, npy_intp tw, float *__restrict__ u,
                               float *__restrict__ V, npy_intp pstride)
 {
     const float *r0 = r, *r1 = r + pw, *r2 = r + 2 * pw, *r3 = r + 3 * pw;
     npy_intp k, tx;
     int i;
-    for (k = 0; k < pw; k++) {  /* B^T d */
-        u[k] = r0[k] - r2[k];
-        u[pw + k] = r1[k] + r2[k];
-        u[2 * pw + k] = r2[k] - r1[k];
-        u[3 * pw + k] = r1[k] - r3[k];
+    if (pw >= 8) {  /* B^T d */
+        for (k = 0; k < pw; k += 8) {
+            const npy_intp at = c3_v8_at(k, pw);
+            const c3_v8 a = *(const c3_v8 *)(r0 + at), b = *(const c3_v8 *)(r1 + at);
+            const c3_v8 c = *(const c3_v8 *)(r2 + at), e = *(const c3_v8 *)(r3 + at);
+            *(c3_v8 *)(u + at) = a - c;
+            *(c3_v8 *)(u + pw + at) = b + c;
+            *(c3_v8 *)(u + 2 * pw + at) = c - b;
+            *(c3_v8 *)(u + 3 * pw + at) = b - e;
+        }
+    } else {
+        for (k = 0; k < pw; k++) {
+            u[k] = r0[k] - r2[k];
+            u[pw + k] = r1[k] + r2[k];
+            u[2 * pw + k] = r2[k] - r1[k];
+            u[3 * pw + k] = r1[k] - r3[k];
+        }
     }
     for (i = 0; i < 4; i++) {  /* (B^T d) B */
         const float *ui = u + i * pw;
         float *v0 = V + 4 * i * pstride, *v1 = v0 + pstride, *v2 = v1 + pstride, *v3 = v2 + pstride;
         if (tw >= 8) {
             for (tx = 0; tx < tw; tx += 8) {
-                const npy_intp at = tx + 8 <= tw ? tx : tw - 8;
+                const npy_intp at = c3_v8_at(tx, tw);
                 c3_v8 a, b, c, e;
                 c3_evens_odds(ui + 2 * at, &a, &b);
                 c3_evens_odds(ui + 2 * at + 2, &c, &e);
@@ -290,7 +319,7 @@ static void c3_output_tile_row(const float *__restrict__ M, npy_intp pstride, np
     if (tw >= 8) {
         const c3_i8 low = {0, 8, 1, 9, 2, 10, 3, 11}, high = {4, 12, 5, 13, 6, 14, 7, 15};
         for (tx = 0; tx < tw; tx += 8) {
-            const npy_intp at = tx + 8 <= tw ? tx : tw - 8;
+            const npy_intp at = c3_v8_at(tx, tw);
             c3_v8 m[16], s0[4], s1[4], e, o;
             int p, j;
             for (p = 0; p < 16; p++)
@@ -350,16 +379,39 @@ static int c3_output_transform(const float *M, npy_intp nb, npy_intp Co, npy_int
     return rows ? 0 : -1;
 }
 
+/* The four rows (a, b) of dM for one tile position's row i of A dY, (a, b) its even and
+   odd columns. */
+static inline void c3_gradient_tiles(c3_v8 a, c3_v8 b, float *d0, npy_intp pstride)
+{
+    *(c3_v8 *)d0 = a;
+    *(c3_v8 *)(d0 + pstride) = a + b;
+    *(c3_v8 *)(d0 + 2 * pstride) = a - b;
+    *(c3_v8 *)(d0 + 3 * pstride) = -b;
+}
+
 /* A dY A^T for one row of tw tiles from the two gradient rows g0, g1 (2 tw floats, zero
    past the image): dM[p * pstride + tx]. r: 8 tw floats of scratch.
-   A = [[1, 0], [1, 1], [1, -1], [0, -1]]. From 8 tiles on in vectors of 8 tiles, as
-   c3_input_tile_row. */
+   A = [[1, 0], [1, 1], [1, -1], [0, -1]]. From 8 tiles on in vectors of 8 (c3_v8), the even
+   and odd columns of g0 and g1 combined in registers. */
 static void c3_gradient_tile_row(const float *__restrict__ g0, const float *__restrict__ g1, npy_intp tw,
                                  float *__restrict__ r, float *__restrict__ dM, npy_intp pstride)
 {
     const npy_intp w2 = 2 * tw;
     npy_intp k, tx;
     int i;
+    if (tw >= 8) {
+        for (tx = 0; tx < tw; tx += 8) {
+            const npy_intp at = c3_v8_at(tx, tw);
+            c3_v8 a0, b0, a1, b1;
+            c3_evens_odds(g0 + 2 * at, &a0, &b0);
+            c3_evens_odds(g1 + 2 * at, &a1, &b1);
+            c3_gradient_tiles(a0, b0, dM + at, pstride);  /* A dY's rows g0, g0 + g1, g0 - g1, -g1 */
+            c3_gradient_tiles(a0 + a1, b0 + b1, dM + 4 * pstride + at, pstride);
+            c3_gradient_tiles(a0 - a1, b0 - b1, dM + 8 * pstride + at, pstride);
+            c3_gradient_tiles(-a1, -b1, dM + 12 * pstride + at, pstride);
+        }
+        return;
+    }
     for (k = 0; k < w2; k++) {  /* A dY */
         r[k] = g0[k];
         r[w2 + k] = g0[k] + g1[k];
@@ -369,18 +421,6 @@ static void c3_gradient_tile_row(const float *__restrict__ g0, const float *__re
     for (i = 0; i < 4; i++) {  /* (A dY) A^T */
         const float *ri = r + i * w2;
         float *d0 = dM + 4 * i * pstride, *d1 = d0 + pstride, *d2 = d1 + pstride, *d3 = d2 + pstride;
-        if (tw >= 8) {  /* as c3_input_tile_row */
-            for (tx = 0; tx < tw; tx += 8) {
-                const npy_intp at = tx + 8 <= tw ? tx : tw - 8;
-                c3_v8 a, b;
-                c3_evens_odds(ri + 2 * at, &a, &b);
-                *(c3_v8 *)(d0 + at) = a;
-                *(c3_v8 *)(d1 + at) = a + b;
-                *(c3_v8 *)(d2 + at) = a - b;
-                *(c3_v8 *)(d3 + at) = -b;
-            }
-            continue;
-        }
         for (tx = 0; tx < tw; tx++) {
             float a = ri[2 * tx], b = ri[2 * tx + 1];
             d0[tx] = a;
