@@ -508,8 +508,8 @@ static inline void c3_product_column(const float *U, const float *V, npy_intp Ci
 }
 
 /* R rows of M, all T columns: three vectors at a time, then one; the columns left over by
-   the vector that ends at column T (it computes some columns again, to the same bits: MNIST's
-   196 tiles leave 4, whose single columns took a third as long as the other 192), or single
+   the vector that ends at column T (it computes some columns again, to the same bits; MNIST's
+   196 tiles leave 4, one column at a time before: the forward op 4% slower), or single
    columns when T is shorter than a vector. */
 template <int R>
 static void c3_product_rows(const float *U, const float *V, npy_intp Ci, npy_intp T, float *M)
@@ -540,10 +540,9 @@ static void c3_product(const float *U, const float *V, npy_intp Co, npy_intp Ci,
    loops below on AVX2 when both channel counts are at most C3_OWN_PRODUCT_MAX_CIN and there
    are at least C3_OWN_GRAD_MIN_TILES tiles: 2 x 4 sums over the tiles in vector lanes, then
    across the lanes. OpenBLAS's Haswell sgemm_ copied both operands into its packed layouts
-   before each product, as long as 3/4 of its multiplying (MNIST's 20 channels, 196 tiles);
-   4 x 3 sums in registers were 5% slower than sgemm_ (GCC keeps them in memory), 2 x 4 about
-   13% faster; at 64 tiles (dead leaves' 16x16 scale) the sums across the lanes made them 1.2x
-   slower. With AVX-512 sgemm_ was faster (these loops 1.26x its time), so it stays there. */
+   before each product, as long as 3/4 of its multiplying (MNIST's 20 channels, 196 tiles):
+   4 x 3 sums in registers took 1.05x sgemm_'s time there, 2 x 4 0.87x; at 64 tiles (dead
+   leaves' 16x16 scale) 1.3x, and with AVX-512 (sgemm_'s SkylakeX kernel) 1.5x. */
 #ifdef __AVX512F__
 #define C3_OWN_GRAD_MIN_TILES NPY_MAX_INTP
 #else
