@@ -175,17 +175,25 @@ def readout_figure(exp, path, readout_fn, n_steps=25, seed=0):
 
 
 def heldout_figure(evaluations, path, unit, paper=None):
-    """The monitored held-out bound K with its standard error, against minibatches (left)
-    and training time (right), the paper's Table 1 value (`paper`) as a dashed line where
-    there is one; False when there is no evaluation yet."""
-    if not evaluations:
+    """The monitored held-out bound K of one run (heldout_curves_figure); False when there is
+    no evaluation yet."""
+    return heldout_curves_figure({'this run (held-out monitor)': evaluations}, path, unit, paper)
+
+
+def heldout_curves_figure(curves, path, unit, paper=None):
+    """The monitored held-out bound K with its standard error of each run of `curves` ({label:
+    evaluations}), against minibatches (left) and training time (right), the paper's Table 1
+    value (`paper`) as a dashed line where there is one; False when no run has an evaluation."""
+    curves = {label: e for label, e in curves.items() if e}
+    if not curves:
         return False
-    k = np.array([r['heldout_K_bits'] for r in evaluations])
-    se = np.array([r['heldout_stderr_bits'] for r in evaluations])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, label in ((axes[0], 'iteration', 'minibatches'), (axes[1], 'wall_s', 'training time (hours)')):
-        x = np.array([r.get(key, np.nan) for r in evaluations], dtype=float) / (3600 if key == 'wall_s' else 1)
-        ax.errorbar(x, k, yerr=se, marker='o', ms=3, capsize=2, label='this run (held-out monitor)')
+        for name, evaluations in curves.items():
+            k = np.array([r['heldout_K_bits'] for r in evaluations])
+            se = np.array([r['heldout_stderr_bits'] for r in evaluations])
+            x = np.array([r.get(key, np.nan) for r in evaluations], dtype=float) / (3600 if key == 'wall_s' else 1)
+            ax.errorbar(x, k, yerr=se, marker='o', ms=3, capsize=2, label=name)
         if paper is not None:
             ax.axhline(paper, color='k', linestyle='--', linewidth=1,
                        label='paper, Table 1: {} {}'.format(paper, unit))

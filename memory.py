@@ -257,12 +257,13 @@ def check_training_time(dataset, s, args, iterations_done=0, seconds_done=0.0):
               '--max-epochs {}'.format(s['max_epochs']): s['max_epochs'] and s['max_epochs'] * per_epoch}
     what, planned = min(((k, v) for k, v in limits.items() if v), key=lambda kv: kv[1], default=(None, None))
     seconds = math.inf if planned is None else training_seconds(dataset, batch_size, max(planned - iterations_done, 0))
-    if s['max_minutes'] and s['max_minutes'] * 60 - seconds_done < seconds:
-        what, seconds = '--max-minutes {}'.format(s['max_minutes']), max(s['max_minutes'] * 60 - seconds_done, 0)
-    if what is None:
-        return None, None
     basis = '{} s per minibatch of {} measured for {} on one process, scaled to {}'.format(
         STEP_S[dataset], presets.RUN_DEFAULTS[dataset]['batch_size'], dataset, batch_size)
+    if s['max_minutes'] and s['max_minutes'] * 60 - seconds_done < seconds:
+        what, seconds = '--max-minutes {}'.format(s['max_minutes']), max(s['max_minutes'] * 60 - seconds_done, 0)
+        basis = 'the time left of the limit, which counts from the run\'s start'  # no speed needed
+    if what is None:
+        return None, None
     return check_time(seconds, what, 'training', basis)
 
 

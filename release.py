@@ -155,9 +155,11 @@ def readme(name, model_dir, meta, rows, figure=None):
     core_hours = sum(s['minutes'] * s['cores'] for s in runs) / 60
     last = latest_K(meta)
     paper, unit = presets.TABLE_1.get(dataset, (None,))[0], presets.k_unit(dataset)
+    changed = ','.join('{}={}'.format(k, v) for k, v in sorted(args.get('model_args', {}).items()))
     lines = ['# {}: a released model'.format(name), '',
-             'The {} model of the `{}` preset, trained by `train.py`; made by `python release.py` on {}.'.format(
-                 dataset, args.get('fidelity'), time.strftime('%Y-%m-%d')), '',
+             'The {} model of the `{}` preset{}, trained by `train.py`; made by `python release.py` on {}.'.format(
+                 dataset, args.get('fidelity'), ' with `--model-args {}`'.format(changed) if changed else '',
+                 time.strftime('%Y-%m-%d')), '',
              '- Minibatches: {:,} ({} session(s), {:.2f} core-hours of training, {:.1f} training minutes).'.format(
                  status['iterations_done'], len(runs), core_hours, status.get('wall_s', 0.0) / 60)]
     if last:

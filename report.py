@@ -5,6 +5,7 @@ extrapolation of a run's K curve to the paper's figure.
     python report.py                      # the committed REPORT.md, from models/*/
     python report.py runs/<run_a> runs/<run_b> [--out REPORT.md]
     python report.py --extrapolate runs/<run> [--target 1.489]
+    python report.py --curves K.png runs/<run_a> models/deadleaves   # the K curves side by side
 
 With no run directories the report is made from the files committed in the repository:
 the released models, models/<name>/ (checkpoint.npz, results.json, progress.csv, and
@@ -357,9 +358,13 @@ def main(argv=None):
                    help='fit the K curve of one run and say when it would reach --target; writes '
                         'RUN/extrapolation.json and extrapolation.png')
     p.add_argument('--target', type=float, default=None, help='K to reach (default: the paper\'s, Table 1)')
+    p.add_argument('--curves', metavar='PNG', help='draw the monitored K of each run directory against minibatches '
+                   'and training hours into PNG, print K at the minibatches all of them monitored, and exit')
     args = p.parse_args(argv)
     if args.extrapolate:
         return extrapolate_run(args.run_dirs, args.target)
+    if args.curves:
+        return compare_curves(args.run_dirs, args.curves)
     root = None if args.run_dirs else ROOT
     if root:
         args.run_dirs = committed_dirs(root)
@@ -379,15 +384,44 @@ def main(argv=None):
     print('Written to {}'.format(args.out), file=sys.stderr)
 
 
+def load_run(run_dir):
+    """The run's checkpoint; a one-line exit when there is none."""
+    try:
+        return checkpoints.load_checkpoint(checkpoints.checkpoint_in(run_dir))
+    except ValueError as e:
+        cli.fail(str(e))
+
+
+def compare_curves(run_dirs, path):
+    """The --curves command: the K curves of several runs in one figure (named by their
+    folders), and a table of K at the minibatch counts that every run monitored."""
+    if len(run_dirs) < 2:
+        cli.fail('--curves takes two or more run directories')
+    states = {os.path.basename(os.path.normpath(d)): load_run(d) for d in run_dirs}
+    runs = {name: (s['config']['args']['dataset'], s['status']['evaluations']) for name, s in states.items()}
+    datasets = {dataset for dataset, _ in runs.values()}
+    if len(datasets) > 1:
+        cli.fail('--curves compares runs of one data set; these are of {}'.format(', '.join(sorted(datasets))))
+    dataset = datasets.pop()
+    by_iteration = {name: {e['iteration']: e for e in evaluations} for name, (_, evaluations) in runs.items()}
+    shared = sorted(set.intersection(*(set(v) for v in by_iteration.values())))
+    print('minibatches | ' + ' | '.join(by_iteration))
+    for i in shared:
+        print('{:,} | '.format(i) + ' | '.join('{:.3f} +- {:.3f}'.format(
+            v[i]['heldout_K_bits'], v[i]['heldout_stderr_bits']) for v in by_iteration.values()))
+    import figures  # Theano loads here, for this figure alone
+    figures.heldout_curves_figure({name: evaluations for name, (_, evaluations) in runs.items()}, path,
+                                  presets.k_unit(dataset), presets.TABLE_1.get(dataset, (None,))[0])
+    print('Written to {}'.format(path), file=sys.stderr)
+    return shared
+
+
 def extrapolate_run(run_dirs, target):
     """The --extrapolate command: the K curve from the run's checkpoint."""
     if len(run_dirs) != 1:
         cli.fail('--extrapolate takes one run directory')
     run_dir = run_dirs[0]
-    try:
-        state = checkpoints.load_checkpoint(checkpoints.checkpoint_in(run_dir))
-    except ValueError as e:
-        cli.fail(str(e))
+    state = load_run(run_dir)
     dataset = state['config']['args']['dataset']
     if target is None:
         if dataset not in presets.TABLE_1:

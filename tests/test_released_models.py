@@ -23,7 +23,7 @@ MODEL = os.path.join(ROOT, 'models', 'deadleaves')
 pytestmark = pytest.mark.slow  # builds and evaluates the released image network (python -m pytest -m "not slow" leaves it out)
 
 
-@pytest.mark.parametrize('name', ['deadleaves', 'digits', 'heartbeat', 'swissroll'])
+@pytest.mark.parametrize('name', sorted(os.listdir(os.path.join(ROOT, 'models'))))  # every released model
 def test_the_readme_lists_each_file_with_its_sha256(name):
     folder = os.path.join(ROOT, 'models', name)
     text = open(os.path.join(folder, 'README.md')).read()

@@ -3,8 +3,10 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
+import checkpoints
 import report
 
 ENV = {'python': '3.11.7', 'numpy': '1.23.5', 'scipy': '1.10.1', 'theano': '1.0.5', 'cpu': 'AMD EPYC',
@@ -220,3 +222,33 @@ def test_the_committed_folders_are_the_released_models_with_results(tmp_path, mo
     with pytest.raises(SystemExit) as stop:
         report.main([])
     assert stop.value.code == 2 and 'give run directories' in capsys.readouterr().err
+
+
+def monitored_run(folder, dataset, ks):
+    """A run directory whose checkpoint holds the monitor's K at 250, 500, ... minibatches."""
+    os.makedirs(folder)
+    evaluations = [{'iteration': 250 * (i + 1), 'wall_s': 100.0 * (i + 1), 'heldout_K_bits': k,
+                    'heldout_stderr_bits': 0.01} for i, k in enumerate(ks)]
+    checkpoints.save_checkpoint(os.path.join(folder, 'checkpoint.npz'), {
+        'shared': {'W': np.zeros(2, np.float32)}, 'config': {'args': {'dataset': dataset}},
+        'status': {'iterations_done': 250 * len(ks), 'wall_s': 100.0 * len(ks), 'evaluations': evaluations}})
+
+
+def test_curves_of_two_runs_share_a_figure_and_a_table_at_common_minibatches(tmp_path, capsys):
+    monitored_run(str(tmp_path / 'wide'), 'deadleaves', [0.5, 0.9, 1.1])
+    monitored_run(str(tmp_path / 'narrow'), 'deadleaves', [0.4, 0.7])
+    png = str(tmp_path / 'k.png')
+    assert report.main(['--curves', png, str(tmp_path / 'wide'), str(tmp_path / 'narrow')]) == [250, 500]
+    assert os.path.getsize(png) > 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ['minibatches | wide | narrow', '250 | 0.500 +- 0.010 | 0.400 +- 0.010',
+                   '500 | 0.900 +- 0.010 | 0.700 +- 0.010']
+
+
+def test_curves_refuse_runs_of_different_data_sets(tmp_path, capsys):
+    monitored_run(str(tmp_path / 'a'), 'deadleaves', [0.5])
+    monitored_run(str(tmp_path / 'b'), 'digits', [0.5])
+    with pytest.raises(SystemExit) as stop:
+        report.main(['--curves', str(tmp_path / 'k.png'), str(tmp_path / 'a'), str(tmp_path / 'b')])
+    assert stop.value.code == 2
+    assert 'one data set; these are of deadleaves, digits' in capsys.readouterr().err
