@@ -36,6 +36,19 @@ enum { C3_LINEAR = 0, C3_LEAKY_RELU = 1, C3_SOFTPLUS = 2 };
 
 /* ------------------------------------------------------------------ helpers */
 
+/* Eight floats at any float's address. The loops over a row below that take vectors of 8
+   end with the vector that ends at the row's end (it computes some values again, to the
+   same bits): GCC's loops left up to 7 floats of each short row (MNIST's 14 tiles, 28 and
+   30 floats) to scalar code. */
+typedef float c3_v8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int c3_i8 __attribute__((vector_size(32)));
+
+/* The start of the vector of 8 floats after k in a row of n >= 8: k, or n - 8 for the last. */
+static inline npy_intp c3_v8_at(npy_intp k, npy_intp n)
+{
+    return k + 8 <= n ? k : n - 8;
+}
+
 /* Images per block: as many as fit in workspace floats at floats_per_image each, at least 1. */
 static npy_intp c3_block(npy_intp n, npy_intp floats_per_image, npy_intp workspace)
 {
@@ -44,11 +57,21 @@ static npy_intp c3_block(npy_intp n, npy_intp floats_per_image, npy_intp workspa
     return nb < 1 ? 1 : nb;
 }
 
-/* out[k] = f(in[k] + bias) for k < len; f the activation (leaky slope for negatives). */
+/* out[k] = f(in[k] + bias) for k < len; f the activation (leaky slope for negatives).
+   Rows of 8 floats and more, not a multiple of 8, in vectors of 8 (c3_v8), but softplus;
+   GCC's own loops were as fast on multiples of 8 (and faster with the leaky ReLU). */
 static void c3_bias_activate(float *__restrict__ out, const float *__restrict__ in, npy_intp len, float bias,
                              int act, float slope)
 {
     npy_intp k;
+    if (len >= 8 && len % 8 && act != C3_SOFTPLUS) {
+        for (k = 0; k < len; k += 8) {
+            const npy_intp at = c3_v8_at(k, len);
+            const c3_v8 v = *(const c3_v8 *)(in + at) + bias;
+            *(c3_v8 *)(out + at) = act == C3_LEAKY_RELU ? (v > 0.f ? v : slope * v) : v;
+        }
+        return;
+    }
     if (act == C3_LEAKY_RELU) {
         for (k = 0; k < len; k++) {
             float v = in[k] + bias;
@@ -184,24 +207,74 @@ static void c3_filter_transform_grad(const float *dU, npy_intp k_count, float *d
     }
 }
 
+/* The even- and odd-numbered of 16 floats. */
+static inline void c3_evens_odds(const float *s, c3_v8 *even, c3_v8 *odd)
+{
+    const c3_v8 lo = *(const c3_v8 *)s, hi = *(const c3_v8 *)(s + 8);
+    const c3_i8 evens = {0, 2, 4, 6, 8, 10, 12, 14}, odds = {1, 3, 5, 7, 9, 11, 13, 15};
+    *even = __builtin_shuffle(lo, hi, evens);
+    *odd = __builtin_shuffle(lo, hi, odds);
+}
+
+/* dst[k] = src[k] for k < n; from 8 floats on in vectors of 8 (c3_v8): memcpy was a
+   library call for each of MNIST's 28-float rows. */
+static inline void c3_copy_row(float *__restrict__ dst, const float *__restrict__ src, npy_intp n)
+{
+    npy_intp k;
+    if (n < 8) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    for (k = 0; k < n; k += 8) {
+        const npy_intp at = c3_v8_at(k, n);
+        *(c3_v8 *)(dst + at) = *(const c3_v8 *)(src + at);
+    }
+}
+
 /* B^T d B for one row of tw tiles whose 4 padded input rows start at r (row length pw):
    V[p * pstride + tx] for p = 4 i + j. u: 4 pw floats of scratch.
-   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]. */
+   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]. From 8 floats and
+   8 tiles on in vectors of 8 (c3_v8); every other float by one permutation per vector. */
 static void c3_input_tile_row(const float *__restrict__ r, npy_intp pw, npy_intp tw, float *__restrict__ u,
                               float *__restrict__ V, npy_intp pstride)
 {
     const float *r0 = r, *r1 = r + pw, *r2 = r + 2 * pw, *r3 = r + 3 * pw;
     npy_intp k, tx;
     int i;
-    for (k = 0; k < pw; k++) {  /* B^T d */
-        u[k] = r0[k] - r2[k];
-        u[pw + k] = r1[k] + r2[k];
-        u[2 * pw + k] = r2[k] - r1[k];
-        u[3 * pw + k] = r1[k] - r3[k];
+    if (pw >= 8) {  /* B^T d */
+        for (k = 0; k < pw; k += 8) {
+            const npy_intp at = c3_v8_at(k, pw);
+            const c3_v8 a = *(const c3_v8 *)(r0 + at), b = *(const c3_v8 *)(r1 + at);
+            const c3_v8 c = *(const c3_v8 *)(r2 + at), e = *(const c3_v8 *)(r3 + at);
+            *(c3_v8 *)(u + at) = a - c;
+            *(c3_v8 *)(u + pw + at) = b + c;
+            *(c3_v8 *)(u + 2 * pw + at) = c - b;
+            *(c3_v8 *)(u + 3 * pw + at) = b - e;
+        }
+    } else {
+        for (k = 0; k < pw; k++) {
+            u[k] = r0[k] - r2[k];
+            u[pw + k] = r1[k] + r2[k];
+            u[2 * pw + k] = r2[k] - r1[k];
+            u[3 * pw + k] = r1[k] - r3[k];
+        }
     }
     for (i = 0; i < 4; i++) {  /* (B^T d) B */
         const float *ui = u + i * pw;
         float *v0 = V + 4 * i * pstride, *v1 = v0 + pstride, *v2 = v1 + pstride, *v3 = v2 + pstride;
+        if (tw >= 8) {
+            for (tx = 0; tx < tw; tx += 8) {
+                const npy_intp at = c3_v8_at(tx, tw);
+                c3_v8 a, b, c, e;
+                c3_evens_odds(ui + 2 * at, &a, &b);
+                c3_evens_odds(ui + 2 * at + 2, &c, &e);
+                *(c3_v8 *)(v0 + at) = a - c;
+                *(c3_v8 *)(v1 + at) = b + c;
+                *(c3_v8 *)(v2 + at) = c - b;
+                *(c3_v8 *)(v3 + at) = b - e;
+            }
+            continue;
+        }
         for (tx = 0; tx < tw; tx++) {
             float a = ui[2 * tx], b = ui[2 * tx + 1], c = ui[2 * tx + 2], e = ui[2 * tx + 3];
             v0[tx] = a - c;
@@ -228,7 +301,7 @@ static int c3_input_transform(const float *x, npy_intp nb, npy_intp C, npy_intp 
         npy_intp h, ty;
         if (!d) continue;
         for (h = 0; h < H; h++)
-            memcpy(d + (h + 1) * pw + 1, xc + h * W, W * sizeof(float));
+            c3_copy_row(d + (h + 1) * pw + 1, xc + h * W, W);
         for (ty = 0; ty < th; ty++)
             c3_input_tile_row(d + 2 * ty * pw, pw, tw, d + ph * pw,
                               V + c * T + (i * th + ty) * tw, pstride);
@@ -238,11 +311,35 @@ static int c3_input_transform(const float *x, npy_intp nb, npy_intp C, npy_intp 
 }
 
 /* A^T m A for one row of tw tiles, m_p = M[p * pstride + tx], into the two output rows
-   y0, y1 (2 tw floats each). A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]. */
+   y0, y1 (2 tw floats each). A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]. From 8 tiles on in
+   vectors of 8 tiles, as c3_input_tile_row. */
 static void c3_output_tile_row(const float *__restrict__ M, npy_intp pstride, npy_intp tw,
                                float *__restrict__ y0, float *__restrict__ y1)
 {
     npy_intp tx;
+    if (tw >= 8) {
+        const c3_i8 low = {0, 8, 1, 9, 2, 10, 3, 11}, high = {4, 12, 5, 13, 6, 14, 7, 15};
+        for (tx = 0; tx < tw; tx += 8) {
+            const npy_intp at = c3_v8_at(tx, tw);
+            c3_v8 m[16], s0[4], s1[4], e, o;
+            int p, j;
+            for (p = 0; p < 16; p++)
+                m[p] = *(const c3_v8 *)(M + p * pstride + at);
+            for (j = 0; j < 4; j++) {  /* A^T m */
+                s0[j] = m[j] + m[4 + j] + m[8 + j];
+                s1[j] = m[4 + j] - m[8 + j] - m[12 + j];
+            }
+            e = s0[0] + s0[1] + s0[2];  /* (A^T m) A, interleaved */
+            o = s0[1] - s0[2] - s0[3];
+            *(c3_v8 *)(y0 + 2 * at) = __builtin_shuffle(e, o, low);
+            *(c3_v8 *)(y0 + 2 * at + 8) = __builtin_shuffle(e, o, high);
+            e = s1[0] + s1[1] + s1[2];
+            o = s1[1] - s1[2] - s1[3];
+            *(c3_v8 *)(y1 + 2 * at) = __builtin_shuffle(e, o, low);
+            *(c3_v8 *)(y1 + 2 * at + 8) = __builtin_shuffle(e, o, high);
+        }
+        return;
+    }
     for (tx = 0; tx < tw; tx++) {
         float m[16], s0[4], s1[4];
         int p, j;
@@ -283,15 +380,39 @@ static int c3_output_transform(const float *M, npy_intp nb, npy_intp Co, npy_int
     return rows ? 0 : -1;
 }
 
+/* The four rows (a, b) of dM for one tile position's row i of A dY, (a, b) its even and
+   odd columns. */
+static inline void c3_gradient_tiles(c3_v8 a, c3_v8 b, float *d0, npy_intp pstride)
+{
+    *(c3_v8 *)d0 = a;
+    *(c3_v8 *)(d0 + pstride) = a + b;
+    *(c3_v8 *)(d0 + 2 * pstride) = a - b;
+    *(c3_v8 *)(d0 + 3 * pstride) = -b;
+}
+
 /* A dY A^T for one row of tw tiles from the two gradient rows g0, g1 (2 tw floats, zero
    past the image): dM[p * pstride + tx]. r: 8 tw floats of scratch.
-   A = [[1, 0], [1, 1], [1, -1], [0, -1]]. */
+   A = [[1, 0], [1, 1], [1, -1], [0, -1]]. From 8 tiles on in vectors of 8 (c3_v8), the even
+   and odd columns of g0 and g1 combined in registers. */
 static void c3_gradient_tile_row(const float *__restrict__ g0, const float *__restrict__ g1, npy_intp tw,
                                  float *__restrict__ r, float *__restrict__ dM, npy_intp pstride)
 {
     const npy_intp w2 = 2 * tw;
     npy_intp k, tx;
     int i;
+    if (tw >= 8) {
+        for (tx = 0; tx < tw; tx += 8) {
+            const npy_intp at = c3_v8_at(tx, tw);
+            c3_v8 a0, b0, a1, b1;
+            c3_evens_odds(g0 + 2 * at, &a0, &b0);
+            c3_evens_odds(g1 + 2 * at, &a1, &b1);
+            c3_gradient_tiles(a0, b0, dM + at, pstride);  /* A dY's rows g0, g0 + g1, g0 - g1, -g1 */
+            c3_gradient_tiles(a0 + a1, b0 + b1, dM + 4 * pstride + at, pstride);
+            c3_gradient_tiles(a0 - a1, b0 - b1, dM + 8 * pstride + at, pstride);
+            c3_gradient_tiles(-a1, -b1, dM + 12 * pstride + at, pstride);
+        }
+        return;
+    }
     for (k = 0; k < w2; k++) {  /* A dY */
         r[k] = g0[k];
         r[w2 + k] = g0[k] + g1[k];
@@ -325,9 +446,9 @@ static int c3_gradient_transform(const float *dy, npy_intp nb, npy_intp Co, npy_
         npy_intp ty;
         if (!rows) continue;
         for (ty = 0; ty < th; ty++) {
-            memcpy(rows, gc + 2 * ty * W, W * sizeof(float));
+            c3_copy_row(rows, gc + 2 * ty * W, W);
             if (2 * ty + 1 < H)
-                memcpy(rows + 2 * tw, gc + (2 * ty + 1) * W, W * sizeof(float));
+                c3_copy_row(rows + 2 * tw, gc + (2 * ty + 1) * W, W);
             else
                 memset(rows + 2 * tw, 0, 2 * tw * sizeof(float));
             c3_gradient_tile_row(rows, rows + 2 * tw, tw, rows + 4 * tw,
@@ -386,7 +507,10 @@ static inline void c3_product_column(const float *U, const float *V, npy_intp Ci
         M[r * T] = acc[r];
 }
 
-/* R rows of M, all T columns: three vectors at a time, then one, then single columns. */
+/* R rows of M, all T columns: three vectors at a time, then one; the columns left over by
+   the vector that ends at column T (it computes some columns again, to the same bits; MNIST's
+   196 tiles leave 4, one column at a time before: the forward op 4% slower), or single
+   columns when T is shorter than a vector. */
 template <int R>
 static void c3_product_rows(const float *U, const float *V, npy_intp Ci, npy_intp T, float *M)
 {
@@ -395,8 +519,11 @@ static void c3_product_rows(const float *U, const float *V, npy_intp Ci, npy_int
         c3_product_tile<R, 3>(U, V + t, Ci, T, M + t);
     for (; t + C3_VEC_FLOATS <= T; t += C3_VEC_FLOATS)
         c3_product_tile<R, 1>(U, V + t, Ci, T, M + t);
-    for (; t < T; t++)
-        c3_product_column<R>(U, V + t, Ci, T, M + t);
+    if (t < T && T >= C3_VEC_FLOATS)
+        c3_product_tile<R, 1>(U, V + T - C3_VEC_FLOATS, Ci, T, M + T - C3_VEC_FLOATS);
+    else
+        for (; t < T; t++)
+            c3_product_column<R>(U, V + t, Ci, T, M + t);
 }
 
 /* M (Co, T) = U (Co, Ci) V (Ci, T): four rows at a time, then one. */
@@ -407,6 +534,94 @@ static void c3_product(const float *U, const float *V, npy_intp Co, npy_intp Ci,
         c3_product_rows<4>(U + co * Ci, V, Ci, T, M + co * T);
     for (; co < Co; co++)
         c3_product_rows<1>(U + co * Ci, V, Ci, T, M + co * T);
+}
+
+/* dU[p] (Co, Ci) += dM[p] (Co, T) V[p]^T (T, Ci), the weight gradient's products, by the
+   loops below on AVX2 when both channel counts are at most C3_OWN_PRODUCT_MAX_CIN and there
+   are at least C3_OWN_GRAD_MIN_TILES tiles: 2 x 4 sums over the tiles in vector lanes, then
+   across the lanes. OpenBLAS's Haswell sgemm_ copied both operands into its packed layouts
+   before each product, as long as 3/4 of its multiplying (MNIST's 20 channels, 196 tiles):
+   4 x 3 sums in registers took 1.05x sgemm_'s time there, 2 x 4 0.87x; at 64 tiles (dead
+   leaves' 16x16 scale) 1.3x, and with AVX-512 (sgemm_'s SkylakeX kernel) 1.5x. */
+#ifdef __AVX512F__
+#define C3_OWN_GRAD_MIN_TILES NPY_MAX_INTP
+#else
+#define C3_OWN_GRAD_MIN_TILES 128
+#endif
+#ifdef __AVX512F__
+typedef int c3_ivec __attribute__((vector_size(64), aligned(4), may_alias));
+#else
+typedef int c3_ivec __attribute__((vector_size(32), aligned(4), may_alias));
+#endif
+
+/* The lanes of a vector from lane `first` on (the others zero). */
+static inline c3_ivec c3_lanes_from(npy_intp first)
+{
+    c3_ivec keep;
+    for (int i = 0; i < C3_VEC_FLOATS; i++)
+        keep[i] = i >= first ? -1 : 0;
+    return keep;
+}
+
+/* acc[r][q] += dM[r] V[q] over the vector of tiles from `at`, the lanes not in `keep` zero. */
+template <int R, int Q>
+static inline void c3_grad_product_step(c3_vec (&acc)[R][Q], const float *dM, const float *V,
+                                        npy_intp T, npy_intp at, c3_ivec keep)
+{
+    c3_vec v[Q];
+    int r, q;
+    for (q = 0; q < Q; q++)
+        v[q] = (c3_vec)(*(const c3_ivec *)(V + q * T + at) & keep);
+    for (r = 0; r < R; r++) {
+        const c3_vec d = *(const c3_vec *)(dM + r * T + at);
+        for (q = 0; q < Q; q++)
+            acc[r][q] += d * v[q];
+    }
+}
+
+/* R rows of dM against Q rows of V, over all T tiles: R Q sums in registers. The last
+   vector ends at tile T, its lanes of tiles already summed masked out. */
+template <int R, int Q>
+static inline void c3_grad_product_tile(const float *dM, const float *V, npy_intp T, npy_intp Ci,
+                                        float *dU)
+{
+    const c3_ivec all = c3_lanes_from(0);
+    c3_vec acc[R][Q] = {};
+    npy_intp t = 0;
+    int r, q;
+    for (; t + C3_VEC_FLOATS <= T; t += C3_VEC_FLOATS)
+        c3_grad_product_step<R, Q>(acc, dM, V, T, t, all);
+    if (t < T)
+        c3_grad_product_step<R, Q>(acc, dM, V, T, T - C3_VEC_FLOATS, c3_lanes_from(t - (T - C3_VEC_FLOATS)));
+    for (r = 0; r < R; r++)
+        for (q = 0; q < Q; q++) {
+            float s = 0.f;
+            for (int i = 0; i < C3_VEC_FLOATS; i++)
+                s += acc[r][q][i];
+            dU[r * Ci + q] += s;
+        }
+}
+
+/* R rows of dU, all Ci columns: four at a time, then one. */
+template <int R>
+static void c3_grad_product_rows(const float *dM, const float *V, npy_intp T, npy_intp Ci, float *dU)
+{
+    npy_intp ci = 0;
+    for (; ci + 4 <= Ci; ci += 4)
+        c3_grad_product_tile<R, 4>(dM, V + ci * T, T, Ci, dU + ci);
+    for (; ci < Ci; ci++)
+        c3_grad_product_tile<R, 1>(dM, V + ci * T, T, Ci, dU + ci);
+}
+
+/* dU (Co, Ci) += dM (Co, T) V (Ci, T)^T, T >= C3_VEC_FLOATS: two rows at a time, then one. */
+static void c3_grad_product(const float *dM, const float *V, npy_intp Co, npy_intp Ci, npy_intp T,
+                            float *dU)
+{
+    npy_intp co = 0;
+    for (; co + 2 <= Co; co += 2)
+        c3_grad_product_rows<2>(dM + co * T, V, T, Ci, dU + co * Ci);
+    for (; co < Co; co++)
+        c3_grad_product_rows<1>(dM + co * T, V, T, Ci, dU + co * Ci);
 }
 
 /* ------------------------------------------------------------------ Winograd drivers */
@@ -493,9 +708,13 @@ static int c3_winograd_grad_weights_block(const float *x, const float *dy, npy_i
     int p;
     if (c3_input_transform(x, m, Ci, H, W, V) || c3_gradient_transform(dy, m, Co, H, W, dM))
         return -1;
-    for (p = 0; p < 16; p++)  /* dU[p] (Co, Ci) += dM[p] (Co, T) V[p]^T (T, Ci) */
-        c3_sgemm('T', 'N', Ci, Co, T, V + p * c3_plane(Ci, T), T, dM + p * c3_plane(Co, T), T,
-                 1.f, dU + p * Co * Ci, Ci);
+    for (p = 0; p < 16; p++) {  /* dU[p] (Co, Ci) += dM[p] (Co, T) V[p]^T (T, Ci) */
+        const float *Vp = V + p * c3_plane(Ci, T), *dMp = dM + p * c3_plane(Co, T);
+        if (Ci <= C3_OWN_PRODUCT_MAX_CIN && Co <= C3_OWN_PRODUCT_MAX_CIN && T >= C3_OWN_GRAD_MIN_TILES)
+            c3_grad_product(dMp, Vp, Co, Ci, T, dU + p * Co * Ci);
+        else
+            c3_sgemm('T', 'N', Ci, Co, T, Vp, T, dMp, T, 1.f, dU + p * Co * Ci, Ci);
+    }
     return 0;
 }
 

@@ -555,10 +555,12 @@ static int ms_upsample_grad_run(const ms_levels *L, const float *y, const float 
    (C, H W), added in the images' order. Each thread takes one contiguous slice of the C H W
    values and reads it image after image: long runs through memory (a loop over the images
    of one channel at a time, reading H W floats every C H W, took 7x longer for MNIST's
-   512 x 20 x 28 x 28 on one thread). The sums are the same whatever the number of threads. */
+   512 x 20 x 28 x 28 on one thread). The sums are the same whatever the number of threads.
+   grad not NULL (a single part at shift 0): also grad = w0 g f'(y), in the same pass (a
+   second pass over y and g took as long again). */
 template <int ACT>
 static int ms_pixel_bias_grad_run(const float *y, const float *g, npy_intp n, npy_intp C,
-                                  npy_intp HW, float *db)
+                                  npy_intp HW, float *grad, float w0, float *db)
 {
     npy_intp size = C * HW;
     int slices = 1;
@@ -577,9 +579,19 @@ static int ms_pixel_bias_grad_run(const float *y, const float *g, npy_intp n, np
             acc[m] = 0.0;
         for (npy_intp i = 0; i < n; i++) {
             const float *gp = g + i * size, *yp = y ? y + i * size : NULL;
-            #pragma omp simd
-            for (npy_intp m = lo; m < hi; m++)
-                acc[m] += ACT == MS_LINEAR ? gp[m] : gp[m] * ms_activation_slope<ACT>(yp[m]);
+            float *op = grad ? grad + i * size : NULL;
+            if (op) {
+                #pragma omp simd
+                for (npy_intp m = lo; m < hi; m++) {
+                    float v = ACT == MS_LINEAR ? gp[m] : gp[m] * ms_activation_slope<ACT>(yp[m]);
+                    op[m] = w0 * v;
+                    acc[m] += v;
+                }
+            } else {
+                #pragma omp simd
+                for (npy_intp m = lo; m < hi; m++)
+                    acc[m] += ACT == MS_LINEAR ? gp[m] : gp[m] * ms_activation_slope<ACT>(yp[m]);
+            }
         }
         for (npy_intp m = lo; m < hi; m++)
             db[m] = (float)acc[m];
@@ -588,19 +600,20 @@ static int ms_pixel_bias_grad_run(const float *y, const float *g, npy_intp n, np
     return 0;
 }
 
-/* *dbias (C, H, W) = the sums over the images of g f'(y): the gradient of an untied bias. */
+/* *dbias (C, H, W) = the sums over the images of g f'(y): the gradient of an untied bias;
+   with grad (NULL or not) as ms_pixel_bias_grad_run. */
 static int ms_pixel_bias_grad(const ms_levels *L, const float *y, const float *g, int act,
-                              PyArrayObject **dbias)
+                              float *grad, float w0, PyArrayObject **dbias)
 {
-    npy_intp dims[3] = {L->C, L->H, L->W}, HW = L->H * L->W;
+    npy_intp dims[3] = {L->C, L->H, L->W}, HW = L->H * L->W, n = L->n, C = L->C;
     if (ms_prepare_output(dbias, 3, dims))
         return -1;
     float *db = (float *)PyArray_DATA(*dbias);
     switch (act) {
-    case MS_SOFTPLUS: return ms_pixel_bias_grad_run<MS_SOFTPLUS>(y, g, L->n, L->C, HW, db);
-    case MS_TANH: return ms_pixel_bias_grad_run<MS_TANH>(y, g, L->n, L->C, HW, db);
-    case MS_LEAKY_RELU: return ms_pixel_bias_grad_run<MS_LEAKY_RELU>(y, g, L->n, L->C, HW, db);
-    default: return ms_pixel_bias_grad_run<MS_LINEAR>(y, g, L->n, L->C, HW, db);
+    case MS_SOFTPLUS: return ms_pixel_bias_grad_run<MS_SOFTPLUS>(y, g, n, C, HW, grad, w0, db);
+    case MS_TANH: return ms_pixel_bias_grad_run<MS_TANH>(y, g, n, C, HW, grad, w0, db);
+    case MS_LEAKY_RELU: return ms_pixel_bias_grad_run<MS_LEAKY_RELU>(y, g, n, C, HW, grad, w0, db);
+    default: return ms_pixel_bias_grad_run<MS_LINEAR>(y, g, n, C, HW, grad, w0, db);
     }
 }
 
@@ -654,6 +667,10 @@ static int ms_upsample_sum_grad(PyArrayObject *y_in, PyArrayObject *g_in, int co
         }
         const float *yd = y ? (const float *)PyArray_DATA(y) : NULL;
         const float *gd = (const float *)PyArray_DATA(g);
+        if (untied && dbias && count == 1 && max_shift == 0) {  /* one pass for both */
+            status = ms_pixel_bias_grad(&L, yd, gd, act, grad[0], wk[0], dbias);
+            goto done;
+        }
         switch (act) {
         case MS_SOFTPLUS: status = ms_upsample_grad_run<MS_SOFTPLUS>(&L, yd, gd, grad, wk, plane_sums); break;
         case MS_TANH: status = ms_upsample_grad_run<MS_TANH>(&L, yd, gd, grad, wk, plane_sums); break;
@@ -663,7 +680,7 @@ static int ms_upsample_sum_grad(PyArrayObject *y_in, PyArrayObject *g_in, int co
         if (status || !dbias)
             goto done;
         if (untied) {
-            status = ms_pixel_bias_grad(&L, yd, gd, act, dbias);
+            status = ms_pixel_bias_grad(&L, yd, gd, act, NULL, 0.f, dbias);
             goto done;
         }
         npy_intp dims[1] = {L.C};

@@ -9,7 +9,7 @@ PACKAGE = 'diffusion_thermodynamics'
 MODULES = ['backend', 'cli', 'rundirs', 'provenance', 'util', 'meter', 'parallel', 'streams', 'archives',
            'datasets', 'multiscale', 'conv3x3', 'regression', 'model', 'presets', 'steprules', 'checkpoints',
            'mainloop', 'extensions', 'experiments', 'bound', 'reverse', 'figures', 'estimators', 'settings',
-           'session', 'sampler', 'evaluate', 'ceiling', 'baseline', 'report', 'bench', 'train', 'memory', 'release',
+           'session', 'sampler', 'evaluate', 'ceiling', 'baseline', 'report', 'bench', 'train', 'memory', 'release', 'widen',
            'commands', 'peer_torch']
 COMMANDS = {'train': 'train', 'evaluate': 'evaluate', 'sample': 'sampler', 'report': 'report',
             'datasets': 'datasets', 'ceiling': 'ceiling', 'baseline': 'baseline', 'bench': 'bench'}

@@ -18,10 +18,13 @@ pytestmark = pytest.mark.slow  # compiles the C op and its gradients (python -m 
 
 IMPLS = ('winograd', 'im2col')
 # (n, C_in, C_out, H, W): odd sizes, 1 and 3 input channels, pooled scales (32 -> 16 -> 8
-# -> 4, 28 -> 14 -> 7) down to 2x2 and 1x1, batch 1 and 5, C_out != C_in; and more input
-# channels than conv3x3.c's own products take (C3_OWN_PRODUCT_MAX_CIN: sgemm_, as for CIFAR-10).
+# -> 4, 28 -> 14 -> 7) down to 2x2 and 1x1, batch 1 and 5, C_out != C_in; rows of 8 tiles
+# and more (conv3x3.c's vectors of 8), 14 and an odd 9 of them; 196 tiles of 6 -> 5 channels
+# (on AVX2 the weight gradient's own products, from 128 tiles on); and more input channels
+# than conv3x3.c's own products take (C3_OWN_PRODUCT_MAX_CIN: sgemm_, as for CIFAR-10).
 SHAPES = [(5, 3, 4, 7, 5), (1, 1, 3, 28, 28), (5, 3, 6, 4, 4), (1, 6, 2, 7, 7),
-          (5, 4, 3, 2, 2), (5, 2, 3, 1, 1), (1, 5, 5, 16, 16), (2, 40, 36, 8, 6)]
+          (5, 4, 3, 2, 2), (5, 2, 3, 1, 1), (1, 5, 5, 16, 16), (2, 3, 4, 9, 17), (1, 6, 5, 28, 28),
+          (2, 40, 36, 8, 6)]
 # Room for 3 images of shape (8, 6, 6) under Winograd (2 under im2col): 7 images make
 # several blocks and a partial last one.
 SMALL_WORKSPACE = 3 * 16 * (8 + 8) * 9
@@ -108,12 +111,12 @@ def winograd_in_child(tmp_path, threads, shape, workspace):
     return [got['arr_{}'.format(k)] for k in range(4)]
 
 
-def test_threads_share_blocks(tmp_path):
-    """Three threads take the blocks of 7 images (uneven shares): the output and the input
-    gradient are those of one thread bit for bit (each image is computed alone); the weight
-    gradient adds the threads' sums in another order, so it agrees within float32 rounding;
-    both match CorrMM."""
-    shape = (7, 8, 8, 6, 6)
+@pytest.mark.parametrize('shape', [(7, 8, 8, 6, 6), (5, 8, 8, 17, 29)])
+def test_threads_share_blocks(tmp_path, shape):
+    """Three threads take the blocks of 7 or 5 images (uneven shares; rows of 3 tiles, and of
+    15 in vectors, 135 tiles an image: on AVX2 the weight gradient's own products): the output and the input gradient are those of one thread bit for bit (each
+    image is computed alone); the weight gradient adds the threads' sums in another order, so it
+    agrees within float32 rounding; both match CorrMM."""
     one, three = (winograd_in_child(tmp_path, threads, shape, SMALL_WORKSPACE) for threads in (1, 3))
     for name, a, b in zip(('y', 'dx', 'db'), (one[0], one[1], one[3]), (three[0], three[1], three[3])):
         np.testing.assert_array_equal(a, b, err_msg=name)
