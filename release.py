@@ -188,6 +188,9 @@ def readme(name, model_dir, meta, rows, figure=None):
                  time.strftime('%Y-%m-%d')), '',
              '- Minibatches: {:,} ({} session(s), {:.2f} core-hours of training, {:.1f} training minutes).'.format(
                  status['iterations_done'], len(runs), core_hours, status.get('wall_s', 0.0) / 60)]
+    lines += ['- Widened by `python widen.py` from {checkpoint} to {given} channels at minibatch {iteration:,}: the '
+              'sessions before trained the narrower network.'.format(**o)
+              for o in meta['config'].get('overrides', []) if o['flag'].startswith('widen.py')]
     if last:
         lines.append('- Monitored held-out bound at minibatch {:,}: K = {:.3f} +- {:.3f} {}{}.'.format(
             last[0], last[1], last[2] or float('nan'), unit,

@@ -22,11 +22,12 @@ def session(start, command, threads=1, processes=1):
                             'command': command, 'openblas_threads': threads}}
 
 
-def fake_run(run_dir, model_args=None):
+def fake_run(run_dir, model_args=None, overrides=()):
     """A run of two sessions: 0-300 on one core, 300-500 on two processes; 500 s of training;
-    model_args: the --model-args it was given."""
+    model_args: the --model-args it was given; overrides: its checkpoint's record of them."""
     os.makedirs(run_dir)
     config = {'args': dict({'dataset': 'deadleaves', 'fidelity': 'fast'}, **({'model_args': model_args} if model_args else {})),
+              'overrides': list(overrides),
               'sessions': [session(0, 'python train.py --dataset deadleaves'),
                            session(300, 'python train.py --resume x', processes=2)]}
     status = {'iterations_done': 500, 'wall_s': 500.0,
@@ -57,12 +58,15 @@ def test_release_copies_the_run_and_describes_its_sessions(tmp_path):
     assert digest in text
     assert '--resume models/deadleaves --max-minutes 8 ' in text
     assert 'The deadleaves model of the `fast` preset, trained' in text  # no model arguments changed
+    assert 'Widened' not in text
 
 
 def test_release_names_the_model_arguments_the_run_changed(tmp_path):
     run, model = str(tmp_path / 'run'), str(tmp_path / 'models' / 'deadleaves64')
-    fake_run(run, model_args={'n_hidden_conv': 64, 'ema': 0.9995})
+    fake_run(run, model_args={'n_hidden_conv': 64, 'ema': 0.9995},
+             overrides=[{'flag': 'widen.py --n-hidden-conv', 'checkpoint': 32, 'given': 64, 'iteration': 300}])
     text = open(release.release(run, model)).read()
+    assert '- Widened by `python widen.py` from 32 to 64 channels at minibatch 300:' in text
     assert 'The deadleaves model of the `fast` preset with `--model-args ema=0.9995,n_hidden_conv=64`' in text
 
 
