@@ -6,14 +6,14 @@ checkpoint of the same network with more channels that computes the same functio
     python train.py --resume runs/deadleaves64 --max-minutes 1000
 
 Not in the paper or the released code, which train each network from the start: a way to
-spend more channels without training again what the narrow network already knows. Each new
-channel's weights from the old channels are a fresh draw of the network's initialisation
+spend more channels without training again what the narrow network already knows. The
+weights into each new channel are a fresh draw of the network's initialisation
 (regression.ImageNetwork, the run's seed); every weight from a new channel into an old
 channel or into the per-pixel layers is 0, so the old channels, the features and K are
 unchanged until training moves them (Net2Net, Chen et al. 2016, widens by copying channels
 instead). The average of the parameters widens the same way; Adam's first moment of a new
 weight starts at 0 and its second at the mean of the old weights' in the same array, so the
-first steps of the new weights are of the usual size. The minibatch count, the monitor's
+first steps of the new weights are of about the usual size. The minibatch count, the monitor's
 curve, the learning rate and the schedule go on from the checkpoint; the folder gets the
 run's log.jsonl and progress.csv, and the checkpoint's record of overrides says where the
 network was widened.
