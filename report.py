@@ -118,8 +118,8 @@ def run_row(run_dir, name=None):
     if name and os.path.exists(os.path.join(run_dir, 'README.md')):  # a committed folder's account of the run
         row['readme'] = '{}/README.md'.format(name)
     evaluation = os.path.join(run_dir, 'evaluation_test.json')
-    if os.path.exists(evaluation):
-        e = read_json(evaluation)
+    e = read_json(evaluation) if os.path.exists(evaluation) else None
+    if e and e.get('iterations', row['iterations']) == row['iterations']:  # not of an earlier checkpoint
         row.update(K=e['bound']['K_bits'], K_minus_Lnull=e['bound']['K_minus_Lnull_bits'],
                    stderr=e['bound']['stderr_bits'], source='evaluate.py ({} draws each)'.format(e['bound']['n_t']),
                    environment=e.get('environment', row['environment']))

@@ -65,6 +65,14 @@ def test_evaluation_file_takes_precedence(tmp_path):
     assert 'discrete NLL 3.250 bits/dim' in '\n'.join(report.run_section(row))
 
 
+def test_an_evaluation_of_an_earlier_checkpoint_does_not_replace_the_final_bound(tmp_path):
+    run = write_run(tmp_path)  # results.json at 100 minibatches
+    json.dump({'bound': {'K_bits': 1.7, 'K_minus_Lnull_bits': 5.8, 'stderr_bits': 0.01, 'n_t': 10}, 'iterations': 80},
+              open(run / 'evaluation_test.json', 'w'))
+    row = report.run_row(str(run))
+    assert row['K'] == 1.5 and row['source'] == 'results.json' and row['iterations'] == 100
+
+
 def test_train_command_quotes_model_args():
     cmd = report.train_command({'dataset': 'swissroll', 'fidelity': 'code', 'model_args': {'T': 20, 'expert': 'x y'},
                                 'batch_size': 100, 'lr': 0.001, 'optimizer': 'rmsprop', 'seed': 3,
@@ -177,7 +185,7 @@ def test_the_committed_report_is_what_report_py_makes(tmp_path):
         assert f.read() == made, 'REPORT.md is stale: run python report.py'
     rows = [line.split(' | ')[:2] for line in made.splitlines() if line.startswith('| models/')]
     assert ['| models/swissroll', 'swissroll'] in rows and ['| models/heartbeat', 'heartbeat'] in rows  # the toy rows
-    assert len({name for _, name in rows}) == len(rows)  # one row per data set
+    assert len({folder for folder, _ in rows}) == len(rows) == len(report.committed_dirs())  # one row per model
 
 
 def test_the_readme_table_is_what_report_py_makes():
