@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import shlex
 import sys
 
 import numpy as np
@@ -31,6 +30,7 @@ import checkpoints
 import cli
 import presets
 import rundirs
+import settings
 
 COLUMNS = ('run', 'data set', 'preset', 'K', '+-', 'paper K', 'against the paper', 'K - L_null', 'paper K - L_null',
            'unit', 'minibatches', 'training', 'source', 'environment')
@@ -56,19 +56,6 @@ NOT_RUN = {
 def read_json(path):
     with open(path) as f:
         return json.load(f)
-
-
-def train_command(args):
-    """A train.py command line that makes a run, from its checkpoint's configuration (for
-    runs that did not record their own command line)."""
-    parts = ['python', 'train.py', '--dataset', args['dataset'], '--fidelity', args['fidelity']]
-    if args.get('model_args'):
-        pairs = sorted(args['model_args'].items())
-        parts += ['--model-args', ','.join('{}={!r}'.format(k, v) for k, v in pairs)]
-    for key in ('batch_size', 'lr', 'optimizer', 'seed', 'max_batches', 'max_epochs', 'max_minutes'):
-        if args.get(key) is not None:
-            parts += ['--' + key.replace('_', '-'), str(args[key])]
-    return ' '.join(shlex.quote(p) for p in parts)
 
 
 def environment_summary(env):
@@ -113,7 +100,7 @@ def run_row(run_dir, name=None):
            'not_the_paper': results.get('not_the_paper', [])}
     args = run_args(run_dir)
     if not any(row['commands']) and args:  # a run from before commands were recorded
-        row['commands'] = [train_command(args)]
+        row['commands'] = [settings.train_command(args)]
     row['stand_in'] = stand_in(row['dataset'], (args or {}).get('model_args') or {})
     if name and os.path.exists(os.path.join(run_dir, 'README.md')):  # a committed folder's account of the run
         row['readme'] = '{}/README.md'.format(name)

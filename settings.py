@@ -195,9 +195,20 @@ def retrain_command(checkpoint):
     recorded = [s.get('environment', {}).get('command') for s in config.get('sessions', [])]
     if recorded and recorded[0]:
         return recorded[0]
-    args = config.get('args', {})
-    return 'python train.py --dataset {} --fidelity {}'.format(args.get('dataset', 'DATASET'),
-                                                               args.get('fidelity', 'paper'))
+    return train_command(dict({'dataset': 'DATASET', 'fidelity': 'paper'}, **config.get('args', {})))
+
+
+def train_command(args):
+    """A train.py command line that makes a run, from its checkpoint's configuration (for
+    runs that did not record their own command line)."""
+    parts = ['python', 'train.py', '--dataset', args['dataset'], '--fidelity', args['fidelity']]
+    if args.get('model_args'):
+        pairs = sorted(args['model_args'].items())
+        parts += ['--model-args', ','.join('{}={!r}'.format(k, v) for k, v in pairs)]
+    for key in ('batch_size', 'lr', 'optimizer', 'seed', 'max_batches', 'max_epochs', 'max_minutes'):
+        if args.get(key) is not None:
+            parts += ['--' + key.replace('_', '-'), str(args[key])]
+    return ' '.join(shlex.quote(p) for p in parts)
 
 
 def resume_command(run_dir):

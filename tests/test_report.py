@@ -8,6 +8,7 @@ import pytest
 
 import checkpoints
 import report
+import settings
 
 ENV = {'python': '3.11.7', 'numpy': '1.23.5', 'scipy': '1.10.1', 'theano': '1.0.5', 'cpu': 'AMD EPYC',
        'cores': 2, 'blas': '/x/libopenblas.so', 'openblas_core': 'Haswell', 'openblas_threads': 2,
@@ -74,7 +75,7 @@ def test_an_evaluation_of_an_earlier_checkpoint_does_not_replace_the_final_bound
 
 
 def test_train_command_quotes_model_args():
-    cmd = report.train_command({'dataset': 'swissroll', 'fidelity': 'code', 'model_args': {'T': 20, 'expert': 'x y'},
+    cmd = settings.train_command({'dataset': 'swissroll', 'fidelity': 'code', 'model_args': {'T': 20, 'expert': 'x y'},
                                 'batch_size': 100, 'lr': 0.001, 'optimizer': 'rmsprop', 'seed': 3,
                                 'max_batches': 50, 'max_epochs': None, 'max_minutes': None})
     assert cmd == ("python train.py --dataset swissroll --fidelity code --model-args "
